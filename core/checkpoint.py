@@ -1,0 +1,189 @@
+"""Read a checkpoint lazily: resolve a reference, list its tensors, read one tensor at a time.
+
+    ckpt = Checkpoint.open("./models/base")            # or a Hub id such as "BAAI/bge-reranker-base"
+    ckpt.tensors["model.norm.weight"].shape            # from headers only, nothing loaded
+    ckpt.read("model.norm.weight", device="cpu")       # one tensor, straight from the mmap
+    ckpt.read("lm_head.weight", rows=slice(0, 1024))   # or a block of rows
+
+safetensors files are memory-mapped and read through `torch.frombuffer`, so only the bytes a
+merge touches are paged in and they stay page cache (file-backed), not process memory.
+`.bin` pickles are opened only with `torch.load(weights_only=True, mmap=True)`; arbitrary
+code in a pickle is refused, never executed. Hub ids are fetched with huggingface_hub; when
+the Hub cannot be reached the error says so in one line.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import re
+from pathlib import Path
+
+import torch
+
+from core.errors import CheckpointError
+from core.safetensors_header import TensorInfo, read_header
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SIDE_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "*.py", "1_Pooling/*", "2_Normalize/*"]
+
+
+class Checkpoint:
+    """One model's weights, listed from headers and read tensor by tensor."""
+
+    def __init__(self, ref: str, folder: Path):
+        self.ref = ref  # what the user wrote
+        self.folder = folder  # local folder holding the files
+        self.config = _read_json(folder / "config.json") if (folder / "config.json").exists() else {}
+        self.tensors: dict[str, TensorInfo] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._pickled: dict[str, torch.Tensor] = {}
+        self._list_tensors()
+
+    @classmethod
+    def open(cls, ref: str) -> "Checkpoint":
+        """Open a local folder or a Hugging Face Hub id."""
+        return cls(ref, resolve_reference(ref))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def num_layers(self) -> int | None:
+        """The layer count from config.json, if it says."""
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(self.config.get(key), int):
+                return self.config[key]
+        return None
+
+    def read(self, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             rows: slice | None = None) -> torch.Tensor:
+        """One tensor (or rows[start:stop] of its first dimension) on `device`, cast to `dtype`."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise CheckpointError(f"{self.ref}: has no tensor {name!r}")
+        if name in self._pickled:
+            tensor = self._pickled[name]
+            tensor = tensor[rows] if rows is not None else tensor
+        else:
+            tensor = self._mapped(info, rows)
+        return tensor.to(device=device, dtype=dtype or tensor.dtype)
+
+    def close(self) -> None:
+        """Release the memory maps (tensors already read stay valid only if copied)."""
+        for mapping in self._maps.values():
+            try:
+                mapping.close()
+            except BufferError:  # a view still points into it; the OS frees it with the view
+                pass
+        self._maps.clear()
+        self._pickled.clear()
+
+    def _mapped(self, info: TensorInfo, rows: slice | None) -> torch.Tensor:
+        mapping = self._maps.get(info.file)
+        if mapping is None:
+            with open(info.file, "rb") as handle:
+                # ACCESS_COPY: writable for torch.frombuffer, yet pages stay file-backed until written.
+                mapping = self._maps[info.file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        shape, offset = list(info.shape), info.offset
+        if rows is not None and shape:
+            start, stop, _ = rows.indices(shape[0])
+            row_bytes = info.nbytes // shape[0] if shape[0] else 0
+            offset += start * row_bytes
+            shape[0] = max(0, stop - start)
+        count = 1
+        for dim in shape:
+            count *= dim
+        if count == 0:
+            return torch.empty(shape, dtype=info.dtype)
+        return torch.frombuffer(mapping, dtype=info.dtype, count=count, offset=offset).reshape(shape)
+
+    def _list_tensors(self) -> None:
+        files = sorted(self.folder.glob("*.safetensors"))
+        index = self.folder / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = _read_json(index).get("weight_map", {})
+            files = sorted({self.folder / f for f in weight_map.values()})
+        for file in files:
+            if not file.exists():
+                raise CheckpointError(f"{self.ref}: index lists {file.name}, which is missing")
+            found, _ = read_header(file)
+            self._add(found)
+        if not files:
+            self._list_pickles()
+        if not self.tensors:
+            raise CheckpointError(f"{self.ref}: no weights found in {self.folder} "
+                                  "(expected *.safetensors or pytorch_model.bin)")
+
+    def _list_pickles(self) -> None:
+        index = self.folder / "pytorch_model.bin.index.json"
+        if index.exists():
+            files = sorted({self.folder / f for f in _read_json(index).get("weight_map", {}).values()})
+        else:
+            files = sorted(self.folder.glob("*.bin"))
+        for file in files:
+            state = _load_pickle(file)
+            self._pickled.update(state)
+            self._add({name: TensorInfo(name, tuple(t.shape), t.dtype, file, 0, t.numel() * t.element_size())
+                       for name, t in state.items()})
+
+    def _add(self, found: dict[str, TensorInfo]) -> None:
+        for name, info in found.items():
+            if name in self.tensors:
+                raise CheckpointError(f"{self.ref}: tensor {name!r} appears in both "
+                                      f"{self.tensors[name].file.name} and {info.file.name}")
+            self.tensors[name] = info
+
+
+def resolve_reference(ref: str) -> Path:
+    """A local folder for `ref`: the folder itself, or a Hub snapshot downloaded on demand."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.exists():
+        raise CheckpointError(f"model {ref!r} is a file: give the folder that holds config.json and the weights")
+    if not HUB_ID.match(ref):
+        raise CheckpointError(f"model {ref!r} not found: no such folder, and it is not a Hub id like 'org/name'")
+    return _download(ref)
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch the weights (safetensors preferred over .bin) and side files of a Hub model."""
+    from huggingface_hub import list_repo_files, snapshot_download
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    try:
+        try:
+            names = list_repo_files(repo_id)
+            weights = ["*.safetensors"] if any(n.endswith(".safetensors") for n in names) else ["*.bin"]
+        except OfflineModeIsEnabled:  # HF_HUB_OFFLINE=1: use whatever the local cache holds
+            weights = ["*.safetensors", "*.bin"]
+        return Path(snapshot_download(repo_id, allow_patterns=weights + SIDE_FILES))
+    except Exception as error:  # noqa: BLE001 - network, auth, missing repo: all end the same way
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(f"cannot get {repo_id!r} from the Hugging Face Hub ({reason}); check the id "
+                              "and your network, or give a local folder") from None
+
+
+def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
+    """A .bin state dict, loaded so that no pickled code can run (weights_only=True)."""
+    try:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (pre-zipfile) format cannot be memory-mapped
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a safe state dict"
+        raise CheckpointError(f"{file}: not a plain tensor state dict that can be loaded safely "
+                              f"({str(error).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{file}: expected a dict of tensors")
+    return state
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data

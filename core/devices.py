@@ -1,0 +1,91 @@
+"""Compute devices: parse the user's choice, check it exists, describe what is there.
+
+Accepted spellings: "cpu", "auto" (cuda:0 → mps → cpu), "cuda" (= cuda:0), "cuda:N", "mps".
+The merge engine, the reranker and the UI all go through `parse_device`, so a typo or a GPU
+that is not there gives the same one-line error everywhere.
+
+Example:
+    >>> parse_device("cpu")
+    device(type='cpu')
+    >>> parse_device("cuda:7")        # on a machine without 8 GPUs
+    DeviceError: device 'cuda:7' does not exist: this machine has 0 CUDA device(s) ...
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from core.errors import DeviceError
+
+_CUDA = re.compile(r"^cuda(?::(\d+))?$")
+
+
+def parse_device(spec: str) -> torch.device:
+    """Turn a device string into a torch.device that exists on this machine."""
+    text = str(spec).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "auto":
+        return auto_devices()[0]
+    if text == "mps":
+        if not _mps_available():
+            raise DeviceError("device 'mps' is not available on this machine: use 'cpu' or 'auto'")
+        return torch.device("mps")
+    match = _CUDA.match(text)
+    if not match:
+        raise DeviceError(f"unknown device {spec!r}: use 'cpu', 'auto', 'cuda', 'cuda:N' or 'mps'")
+    index = int(match.group(1) or 0)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        raise DeviceError(
+            f"device {spec!r} does not exist: this machine has {count} CUDA device(s); "
+            "use 'cpu' or 'auto'"
+        )
+    return torch.device("cuda", index)
+
+
+def auto_devices() -> list[torch.device]:
+    """What "auto" means here: every CUDA GPU, else the Apple GPU, else the CPU."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        return [torch.device("mps")]
+    return [torch.device("cpu")]
+
+
+def devices_for(spec: str) -> list[torch.device]:
+    """The devices a job may use: all GPUs for "auto" (tensors are spread), else just one."""
+    if str(spec).strip().lower() == "auto":
+        return auto_devices()
+    return [parse_device(spec)]
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One choice for a device picker."""
+
+    spec: str  # what parse_device accepts, e.g. "cuda:0"
+    label: str  # what a person reads, e.g. "cuda:0 · NVIDIA H100 · 75.2 / 79.1 GB free"
+    free_bytes: int | None  # free accelerator memory; None for the CPU (see monitor for RAM)
+    total_bytes: int | None
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every device this machine offers, CPU first, then "auto", each GPU, and mps."""
+    found = [DeviceInfo("cpu", "CPU", None, None), DeviceInfo("auto", "auto (best available)", None, None)]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            name = torch.cuda.get_device_name(index)
+            label = f"cuda:{index} · {name} · {free / 1e9:.1f} / {total / 1e9:.1f} GB free"
+            found.append(DeviceInfo(f"cuda:{index}", label, free, total))
+    if _mps_available():
+        found.append(DeviceInfo("mps", "mps (Apple GPU)", None, None))
+    return found
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())

@@ -1,0 +1,193 @@
+"""The merge engine: plan → stream. For each planned tensor: read the inputs, run the method
+on the chosen device, hand the result to the writer, report progress.
+
+    for event in merge_events(recipe, "out/my-merge", device="cpu"):
+        print(event.step, "/", event.total, event.tensor)
+    merge(recipe, "out/my-merge", on_progress=print, cancel=threading.Event())  # same, as a call
+
+Memory stays bounded by the largest tensor times the number of inputs (elementwise methods:
+by a fixed chunk), never by model size: inputs are memory-mapped, one tensor (or block of
+rows) is merged at a time, and shards are streamed to disk. `cancel` is checked between
+tensors and chunks; a cancelled or failed merge leaves no output folder behind.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from core.card import model_card
+from core.checkpoint import Checkpoint, resolve_reference
+from core.devices import devices_for
+from core.errors import MergeCancelled, OutputError
+from core.planner import DEFAULT_SHARD_BYTES, MergePlan, TensorJob, plan_merge
+from core.recipe import DTYPES, MergeRecipe, to_yaml
+from core.writer import ShardWriter, copy_side_files, staged_output
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a merge, reported after each output tensor is written."""
+
+    step: int  # tensors done
+    total: int  # tensors planned
+    tensor: str  # the tensor just written
+    bytes_done: int  # output bytes written so far
+    bytes_total: int
+    elapsed: float  # seconds since the merge started
+    device: str  # where that tensor was computed
+
+    @property
+    def eta(self) -> float:
+        """Seconds left, assuming the remaining bytes go as fast as the ones so far."""
+        rate = self.bytes_done / self.elapsed if self.elapsed > 0 else 0
+        return (self.bytes_total - self.bytes_done) / rate if rate else float("inf")
+
+
+def open_inputs(recipe: MergeRecipe) -> dict[str, Checkpoint]:
+    """Every input of the recipe, opened lazily (headers only), base first."""
+    opened: dict[str, Checkpoint] = {}
+    try:
+        for ref in recipe.inputs():
+            opened[ref] = Checkpoint.open(ref)
+    except BaseException:
+        for checkpoint in opened.values():
+            checkpoint.close()
+        raise
+    return opened
+
+
+def plan_for(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
+             shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergePlan:
+    """The MergePlan for opened inputs (layer count from the base's config when it has one)."""
+    first = checkpoints[recipe.inputs()[0]]
+    listings = {ref: ckpt.tensors for ref, ckpt in checkpoints.items()}
+    return plan_merge(recipe, listings, num_layers=first.num_layers(), shard_bytes=shard_bytes)
+
+
+def merge(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
+          seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES,
+          on_progress: Callable[[Progress], None] | None = None,
+          cancel: threading.Event | None = None) -> Path:
+    """Merge into `out_dir` and return its path; see merge_events for the arguments."""
+    for event in merge_events(recipe, out_dir, device=device, overwrite=overwrite, seed=seed,
+                              shard_bytes=shard_bytes, cancel=cancel):
+        if on_progress:
+            on_progress(event)
+    return Path(out_dir).expanduser().resolve()
+
+
+def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
+                 seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                 cancel: threading.Event | None = None) -> Iterator[Progress]:
+    """Merge, yielding a Progress after each tensor. Closing the iterator early cancels.
+
+    Args:
+        recipe: a validated MergeRecipe.
+        out_dir: the model folder to create (written as OUT.partial, renamed at the end).
+        device: "cpu", "auto" (GPUs, tensors spread over all of them), "cuda", "cuda:N", "mps".
+        overwrite: replace an existing out_dir (only once the new model is complete).
+        seed: seeds the random methods (DARE, DELLA); each tensor gets its own stream.
+        shard_bytes: maximum size of one output safetensors file.
+        cancel: set it to stop between tensors; raises MergeCancelled, nothing is left behind.
+    """
+    started = time.perf_counter()
+    devices = devices_for(device)
+    checkpoints = open_inputs(recipe)
+    try:
+        plan = plan_for(recipe, checkpoints, shard_bytes=shard_bytes)
+        refs = recipe.inputs()
+        first = checkpoints[refs[0]]
+        tokenizer_from = _tokenizer_folder(recipe)
+        with staged_output(out_dir, overwrite=overwrite, inputs=tuple(c.folder for c in checkpoints.values())) as staging:
+            _check_disk(staging, plan)
+            writer = ShardWriter(staging, plan)
+            try:
+                done = 0
+                for step, job in enumerate(plan.jobs, 1):
+                    _stop_if_cancelled(cancel)
+                    target = devices[(step - 1) % len(devices)]
+                    for chunk in _tensor_chunks(recipe, job, checkpoints, target, seed, cancel):
+                        writer.write(job.name, chunk)
+                    done += job.nbytes
+                    yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
+                                   time.perf_counter() - started, str(target))
+                writer.finish()
+            finally:
+                writer.abort()
+            out_dtype = _main_dtype(plan)
+            copy_side_files(first.folder, staging, tokenizer_source=tokenizer_from, dtype=out_dtype)
+            (staging / "mergekit_config.yml").write_text(to_yaml(recipe), encoding="utf-8")
+            is_st = (first.folder / "modules.json").exists()
+            name = Path(out_dir).name
+            (staging / "README.md").write_text(model_card(recipe, name=name, sentence_transformers=is_st), encoding="utf-8")
+    finally:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
+
+
+def _tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
+                   device: torch.device, seed: int, cancel: threading.Event | None) -> Iterator[torch.Tensor]:
+    """The output tensor of one job, as one tensor or as consecutive blocks of rows."""
+    refs = recipe.inputs()
+    if not job.merged:
+        yield checkpoints[refs[0]].read(job.name)
+        return
+    working = DTYPES.get(recipe.dtype or "")
+    rows = [checkpoints[e.model] for e in recipe.rows()]
+    base = checkpoints[recipe.base_model] if recipe.uses_base else None
+    generator = None
+    if recipe.method.random:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed * 1_000_003 + zlib.crc32(job.name.encode()))
+    for index, piece in enumerate(job.row_slices()):
+        if index:
+            _stop_if_cancelled(cancel)
+        first = rows[0].read(job.name, device=device, dtype=working, rows=piece)
+        stack = torch.empty((len(rows), *first.shape), dtype=torch.float32, device=device)  # (n, *shape)
+        stack[0].copy_(first)
+        del first
+        for i, checkpoint in enumerate(rows[1:], 1):
+            stack[i].copy_(checkpoint.read(job.name, device=device, dtype=working, rows=piece))
+        base_tensor = None
+        if base is not None:
+            base_tensor = base.read(job.name, device=device, dtype=working, rows=piece).to(torch.float32)
+        merged = recipe.method.merge(stack, base_tensor, generator=generator, **job.params)
+        del stack, base_tensor
+        yield merged.to(job.out_dtype)
+
+
+def _stop_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise MergeCancelled("merge stopped: no output was written")
+
+
+def _tokenizer_folder(recipe: MergeRecipe) -> Path | None:
+    source = recipe.tokenizer_source
+    if source in (None, "base"):
+        return None
+    return resolve_reference(source)
+
+
+def _main_dtype(plan: MergePlan) -> torch.dtype:
+    """The dtype most output bytes are in: what config.json should announce."""
+    totals: dict[torch.dtype, int] = {}
+    for job in plan.jobs:
+        if job.merged:
+            totals[job.out_dtype] = totals.get(job.out_dtype, 0) + job.nbytes
+    return max(totals, key=totals.get) if totals else torch.float32
+
+
+def _check_disk(folder: Path, plan: MergePlan) -> None:
+    """Refuse to start a merge that cannot fit on the destination disk."""
+    free = shutil.disk_usage(folder).free
+    needed = plan.bytes_written + 16 * 1024 * 1024
+    if free < needed:
+        raise OutputError(f"not enough disk space at {folder.parent}: the merge writes {needed / 1e9:.2f} GB, "
+                          f"{free / 1e9:.2f} GB free")

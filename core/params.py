@@ -1,0 +1,136 @@
+"""Method parameters: declared once, validated from that declaration, resolved per tensor.
+
+A `Param` is plain data (name, type, default, range, per-model or global, help). Recipe
+validation, the CLI's `methods` listing and the UI form all read these declarations; nothing
+else describes a parameter.
+
+A recipe *setting* for a parameter is, as in mergekit:
+  - a scalar:                       weight: 0.5
+  - a per-layer gradient (numbers): t: [0, 0.5, 1]   piecewise-linear over the layer index
+  - a filter list, first match wins: t: [{filter: self_attn, value: 0.2}, {value: 0.7}]
+    (`filter` is a substring of the tensor name; no filter or "*" matches everything;
+    `value` may itself be a gradient).
+
+Example:
+    >>> resolve_setting([0, 1], "model.layers.1.mlp.up_proj.weight", t=0.5)
+    0.5
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import RecipeError
+
+Setting = Any  # float | bool | list[float] | list[dict]  (the YAML value as written)
+
+
+@dataclass(frozen=True)
+class Param:
+    """Declaration of one method parameter."""
+
+    name: str
+    kind: type  # float or bool
+    default: float | bool | None  # None: the recipe must give it
+    per_model: bool  # True: one value per input model (weight, density); False: global (lambda, t)
+    help: str
+    low: float | None = None  # inclusive bounds checked on every resolved value (None: unbounded)
+    high: float | None = None
+    ui_low: float | None = None  # slider range when it is narrower than the valid range
+    ui_high: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in (float, bool):
+            raise TypeError(f"parameter {self.name!r}: kind must be float or bool, not {self.kind!r}")
+        if self.kind is bool and (self.low is not None or self.high is not None):
+            raise TypeError(f"parameter {self.name!r}: a bool parameter cannot have a range")
+        if self.kind is float and self.default is not None and not self._in_range(self.default):
+            raise TypeError(f"parameter {self.name!r}: default {self.default} is outside its range")
+        if self.kind is bool and self.default is not None and not isinstance(self.default, bool):
+            raise TypeError(f"parameter {self.name!r}: default of a bool parameter must be a bool")
+
+    def _in_range(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+    def range_text(self) -> str:
+        """The valid range as a person writes it, e.g. "[0, 1]" or "[-10, inf)"."""
+        low = "(-inf" if self.low is None else f"[{self.low:g}"
+        high = "inf)" if self.high is None else f"{self.high:g}]"
+        return f"{low}, {high}"
+
+    def check_value(self, value: Any, where: str) -> float | bool:
+        """Check one scalar against this declaration; `where` names its place in the recipe."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise RecipeError(f"{where}: '{self.name}' must be true or false, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where}: '{self.name}' must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RecipeError(f"{where}: '{self.name}' must be finite, got {value!r}")
+        if not self._in_range(value):
+            raise RecipeError(
+                f"{where}: '{self.name}' = {value} is outside its range {self.range_text()}"
+            )
+        return float(value)
+
+    def check_setting(self, setting: Setting, where: str) -> None:
+        """Check a whole setting (scalar, gradient or filter list) before any tensor is read."""
+        if isinstance(setting, list):
+            if not setting:
+                raise RecipeError(f"{where}: '{self.name}' is an empty list")
+            if all(isinstance(item, dict) for item in setting):
+                for item in setting:
+                    unknown = set(item) - {"filter", "value"}
+                    if unknown or "value" not in item:
+                        raise RecipeError(
+                            f"{where}: each filter entry of '{self.name}' needs 'value' (and optional "
+                            f"'filter'), got keys {sorted(item)}"
+                        )
+                    if item.get("filter") is not None and not isinstance(item["filter"], str):
+                        raise RecipeError(f"{where}: filter of '{self.name}' must be a string")
+                    if isinstance(item["value"], (list, dict)) and not _is_gradient(item["value"]):
+                        raise RecipeError(f"{where}: a filter value of '{self.name}' must be a number or a list of numbers")
+                    self.check_setting(item["value"], where)
+                return
+            if self.kind is bool or not _is_gradient(setting):
+                raise RecipeError(
+                    f"{where}: '{self.name}' list must be all numbers (a gradient) or all "
+                    "{filter, value} entries"
+                )
+            for value in setting:
+                self.check_value(value, where)
+            return
+        if isinstance(setting, dict):
+            raise RecipeError(f"{where}: '{self.name}' must be a value or a list, got a mapping")
+        self.check_value(setting, where)
+
+
+def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
+    """The value a setting takes for one tensor; `t` is the layer position in [0, 1].
+
+    Returns None when a filter list has no entry matching the tensor (the caller then falls
+    back to the next source of the parameter, as mergekit does).
+    """
+    if isinstance(setting, list):
+        if all(isinstance(item, dict) for item in setting):
+            for item in setting:
+                pattern = item.get("filter")
+                if pattern in (None, "*") or pattern in tensor_name:
+                    return resolve_setting(item["value"], tensor_name, t)
+            return None
+        # Piecewise-linear over evenly spaced anchors: t=0 → first value, t=1 → last.
+        scaled = t * (len(setting) - 1)
+        lower = int(scaled)
+        upper = min(len(setting) - 1, lower + 1)
+        frac = scaled - lower
+        return (1 - frac) * setting[lower] + frac * setting[upper]
+    return setting
+
+
+def _is_gradient(values: Any) -> bool:
+    return isinstance(values, list) and bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    )
+

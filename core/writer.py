@@ -1,0 +1,161 @@
+"""Write a merged model folder without ever showing a half-written one.
+
+`staged_output(out_dir, ...)` is a context manager that builds the model in OUT.partial and
+renames it to OUT only when everything is written; on any error or cancel the partial folder
+is deleted. An existing OUT is refused unless overwrite=True, and then it is replaced only
+after the new model is complete. OUT may not be, contain or sit inside an input model folder.
+
+`ShardWriter` streams tensors into safetensors shards: each shard's header is computed from
+the planned shapes before any data, then tensor bytes are appended as they arrive (chunk by
+chunk), so a shard is never buffered in memory. `copy_side_files` brings config, tokenizer
+and sentence-transformers files along.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from core.errors import OutputError
+from core.planner import MergePlan
+from core.safetensors_header import encode_header
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf")
+NOT_COPIED = {"README.md", "mergekit_config.yml", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model", "chat_template.jinja")
+
+
+@contextmanager
+def staged_output(out_dir: str | Path, *, overwrite: bool = False,
+                  inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
+    """Yield OUT.partial to write into; on success it becomes OUT atomically, on failure it is removed."""
+    out = Path(out_dir).expanduser().resolve()
+    for folder in inputs:
+        folder = folder.resolve()
+        if out == folder or folder in out.parents or out in folder.parents:
+            raise OutputError(f"output folder {out} overlaps input model folder {folder}: choose another output")
+    if out.exists() and not overwrite:
+        raise OutputError(f"output folder {out} already exists: choose another name or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {out} exists and is not a folder")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():  # left by a crashed run: it is ours by name and never a model
+        shutil.rmtree(partial)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as error:
+        raise OutputError(f"cannot create {partial}: {error.strerror or error}") from None
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        retired = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, retired)
+        os.replace(partial, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(partial, out)
+
+
+class ShardWriter:
+    """Streams planned tensors, in plan order, into the plan's safetensors shards."""
+
+    def __init__(self, folder: Path, plan: MergePlan):
+        self.folder = folder
+        self.shards = plan.shards
+        self.jobs = {job.name: job for job in plan.jobs}
+        self.order = [name for _, names in plan.shards for name in names]
+        self.position = 0  # index into self.order of the tensor being written
+        self.written = 0  # bytes of that tensor written so far
+        self.shard_index = -1
+        self.handle = None
+
+    def write(self, name: str, chunk: torch.Tensor) -> None:
+        """Append the next bytes of tensor `name` (the whole tensor or its next block of rows)."""
+        expected = self.order[self.position] if self.position < len(self.order) else None
+        job = self.jobs.get(name)
+        if name != expected or job is None or chunk.dtype != job.out_dtype:
+            raise RuntimeError(f"writer expected {expected!r} in {job and job.out_dtype}, got {name!r} in {chunk.dtype}")
+        if self.written == 0 and not self._in_open_shard(name):
+            self._open_next_shard()
+        data = chunk.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        self.handle.write(memoryview(data))
+        self.written += data.nbytes
+        if self.written > job.nbytes:
+            raise RuntimeError(f"writer got {self.written} bytes for {name}, planned {job.nbytes}")
+        if self.written == job.nbytes:
+            self.position += 1
+            self.written = 0
+
+    def finish(self) -> None:
+        """Close the last shard and write the index; every planned tensor must be complete."""
+        if self.position != len(self.order):
+            raise RuntimeError(f"writer finished after {self.position} of {len(self.order)} tensors")
+        self._close_shard()
+        if len(self.shards) > 1:
+            weight_map = {name: file for file, names in self.shards for name in names}
+            total = sum(job.nbytes for job in self.jobs.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+    def _in_open_shard(self, name: str) -> bool:
+        return self.shard_index >= 0 and name in self.shards[self.shard_index][1]
+
+    def _open_next_shard(self) -> None:
+        self._close_shard()
+        self.shard_index += 1
+        file, names = self.shards[self.shard_index]
+        entries = [(n, self.jobs[n].shape, self.jobs[n].out_dtype) for n in names]
+        self.handle = open(self.folder / file, "wb")
+        self.handle.write(encode_header(entries, {"format": "pt"}))
+
+    def _close_shard(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            self.handle = None
+
+    def abort(self) -> None:
+        """Close an open shard after a failure (the staged folder is then deleted)."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, dtype: torch.dtype) -> None:
+    """Config, tokenizer, generation and sentence-transformers files from `source` into `out`.
+
+    Weight files and sub-folders' weights are left out except in sentence-transformers module
+    folders (1_Pooling/, 2_Normalize/, …), which are copied whole. config.json gets the new
+    dtype. With `tokenizer_source`, its tokenizer files replace the source's.
+    """
+    for item in source.iterdir():
+        if item.name.startswith(".") or item.name in NOT_COPIED:
+            continue
+        if item.is_dir():
+            shutil.copytree(item, out / item.name, dirs_exist_ok=True)
+        elif not item.name.endswith(WEIGHT_SUFFIXES):
+            shutil.copyfile(item, out / item.name)
+    if tokenizer_source is not None:
+        for name in TOKENIZER_FILES:
+            (out / name).unlink(missing_ok=True)
+            if (tokenizer_source / name).exists():
+                shutil.copyfile(tokenizer_source / name, out / name)
+    config_file = out / "config.json"
+    if config_file.exists():
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        dtype_name = str(dtype).removeprefix("torch.")
+        config["dtype"] = dtype_name
+        if "torch_dtype" in config:
+            config["torch_dtype"] = dtype_name
+        config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,277 @@
+"""End-to-end merges of tiny generated model families: values, files, loading, failure paths."""
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from core import planner
+from core.engine import merge
+from core.errors import MergeCancelled, OutputError
+from core.methods import METHODS
+from core.recipe import recipe_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a model folder (single file or shards)."""
+    found = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        found.update(load_file(file))
+    return found
+
+
+def ta_recipe(family, weights_=(0.7, 0.3), **extra):
+    base, *others = family
+    return recipe_from_dict({"merge_method": "task_arithmetic", "base_model": str(base),
+                             "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(others, weights_)],
+                             **extra})
+
+
+def expected_task_arithmetic(family, weights_, dtype=None):
+    """base + Σ w_i (x_i − base), per tensor, in float64 with numpy (independent of core)."""
+    tensors = [weights(f) for f in family]
+    result = {}
+    for name, base in tensors[0].items():
+        if not base.is_floating_point():
+            result[name] = base
+            continue
+        rounded = [t[name].to(dtype) if dtype else t[name] for t in tensors]
+        arrays = [r.to(torch.float64).numpy() for r in rounded]
+        result[name] = arrays[0] + sum(w * (a - arrays[0]) for w, a in zip(weights_, arrays[1:]))
+    return result
+
+
+@pytest.mark.parametrize("family_name,auto_class", [
+    ("llama_family", "AutoModelForCausalLM"), ("qwen2_family", "AutoModelForCausalLM"),
+    ("bert_st_family", "AutoModel"), ("bert_cls_family", "AutoModelForSequenceClassification"),
+    ("xlmr_cls_family", "AutoModelForSequenceClassification")])
+def test_task_arithmetic_on_each_architecture_matches_formula_and_loads(family_name, auto_class, request, tmp_path):
+    import transformers
+
+    family = request.getfixturevalue(family_name)
+    out = merge(ta_recipe(family), tmp_path / "merged")
+    got, want = weights(out), expected_task_arithmetic(family, (0.7, 0.3))
+    assert set(got) == set(want)
+    for name, tensor in got.items():
+        np.testing.assert_allclose(tensor.to(torch.float64).numpy(), np.asarray(want[name]), atol=1e-6, err_msg=name)
+    model = getattr(transformers, auto_class).from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        output = model(**tokenizer(["the cat sat"], return_tensors="pt"))
+    assert torch.isfinite(output[0]).all()
+    assert (out / "mergekit_config.yml").exists() and "task_arithmetic" in (out / "README.md").read_text()
+    assert not (tmp_path / "merged.partial").exists()
+
+
+def test_sentence_transformers_folder_survives_the_merge(bert_st_family, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = merge(ta_recipe(bert_st_family), tmp_path / "st")
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json"):
+        assert (out / name).exists(), name
+    embedding = SentenceTransformer(str(out), device="cpu").encode(["a small test"])
+    assert embedding.shape[0] == 1 and np.isfinite(embedding).all()
+    assert "library_name: sentence-transformers" in (out / "README.md").read_text()
+
+
+def test_tied_embeddings_stay_tied(qwen2_family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = merge(ta_recipe(qwen2_family), tmp_path / "tied")
+    assert "lm_head.weight" not in weights(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_streams_the_same_tensors_as_a_whole_model_merge(method, llama_family, tmp_path):
+    """The engine (ordering, chunking, dtype, writer) adds nothing to the method's own result."""
+    base, a, b = llama_family
+    spec = {"merge_method": method, "models": [{"model": str(a)}, {"model": str(b)}], "parameters": {}}
+    m = METHODS[method]
+    if m.base != "unused":
+        spec["base_model"] = str(base)
+    if m.param("weight"):
+        spec["models"] = [{"model": str(a), "parameters": {"weight": 0.6}}, {"model": str(b), "parameters": {"weight": 0.4}}]
+    if m.param("density"):
+        spec["parameters"]["density"] = 0.6
+    if method == "slerp":
+        spec["models"] = [{"model": str(base)}, {"model": str(a)}]
+        spec["parameters"]["t"] = [0.2, 0.8]
+    if method == "model_stock":
+        spec["models"].append({"model": str(base)})
+    recipe = recipe_from_dict(spec)
+    out = merge(recipe, tmp_path / method, seed=5)
+    got, inputs = weights(out), {str(p): weights(p) for p in llama_family}
+    rows = [e.model for e in recipe.rows()]
+    layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
+    for name, tensor in got.items():
+        t = planner.layer_position(name, layers)
+        from core.recipe import resolve_params
+        stack = torch.stack([inputs[r][name].float() for r in rows])
+        base_t = inputs[str(base)][name].float() if recipe.uses_base else None
+        generator = torch.Generator().manual_seed(5 * 1_000_003 + __import__("zlib").crc32(name.encode()))
+        want = m.merge(stack, base_t, generator=generator, **resolve_params(recipe, name, t))
+        torch.testing.assert_close(tensor, want.to(tensor.dtype), msg=name)
+
+
+def test_chunked_elementwise_merge_equals_whole_tensor_merge(llama_family, tmp_path, monkeypatch):
+    whole = merge(ta_recipe(llama_family), tmp_path / "whole")
+    monkeypatch.setattr(planner, "CHUNK_ELEMENTS", 100)  # every matrix now goes in blocks of rows
+    chunked = merge(ta_recipe(llama_family), tmp_path / "chunked")
+    a, b = weights(whole), weights(chunked)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_working_dtype_rounds_inputs_and_out_dtype_is_written(llama_family, tmp_path):
+    out = merge(ta_recipe(llama_family, dtype="bfloat16", out_dtype="float16"), tmp_path / "half")
+    got = weights(out)
+    want = expected_task_arithmetic(llama_family, (0.7, 0.3), dtype=torch.bfloat16)
+    for name, tensor in got.items():
+        assert tensor.dtype == torch.float16
+        expected = torch.tensor(np.asarray(want[name]), dtype=torch.float64).to(torch.float16)
+        torch.testing.assert_close(tensor, expected, atol=1e-3, rtol=1e-3)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+
+
+def test_bf16_family_keeps_bf16_by_default(llama_bf16_family, tmp_path):
+    out = merge(ta_recipe(llama_bf16_family), tmp_path / "bf16")
+    assert {t.dtype for t in weights(out).values()} == {torch.bfloat16}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_sharded_in_and_sharded_out(llama_sharded_family, llama_family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = merge(ta_recipe(llama_sharded_family), tmp_path / "sharded", shard_bytes=20_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) >= 3 and set(index["weight_map"].values()) == {s.name for s in shards}
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in weights(out).values())
+    reference = merge(ta_recipe(llama_family), tmp_path / "single")  # same values, unsharded inputs
+    assert all(torch.equal(weights(out)[n], t) for n, t in weights(reference).items())
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+def test_non_float_tensors_come_from_the_base(tmp_path):
+    folders = []
+    for i in range(2):
+        folder = tmp_path / f"m{i}"
+        folder.mkdir()
+        save_file({"w": torch.full((2, 2), float(i)), "ids": torch.arange(4) + i}, folder / "model.safetensors")
+        folders.append(folder)
+    recipe = recipe_from_dict({"merge_method": "task_arithmetic", "base_model": str(folders[0]),
+                               "models": [{"model": str(folders[1]), "parameters": {"weight": 0.5}}]})
+    got = weights(merge(recipe, tmp_path / "out"))
+    assert torch.equal(got["ids"], torch.arange(4)) and torch.equal(got["w"], torch.full((2, 2), 0.5))
+
+
+def test_random_methods_follow_the_seed(llama_family, tmp_path):
+    base, a, b = llama_family
+    recipe = recipe_from_dict({"merge_method": "dare_ties", "base_model": str(base), "models": [
+        {"model": str(a), "parameters": {"weight": 0.5, "density": 0.3}},
+        {"model": str(b), "parameters": {"weight": 0.5, "density": 0.3}}]})
+    one, again, other = (weights(merge(recipe, tmp_path / name, seed=seed))
+                         for name, seed in (("one", 1), ("again", 1), ("other", 2)))
+    assert all(torch.equal(one[n], again[n]) for n in one)
+    assert any(not torch.equal(one[n], other[n]) for n in one)
+
+
+def test_cancel_mid_merge_leaves_nothing(llama_family, tmp_path):
+    cancel = threading.Event()
+
+    def stop_after_three(event):
+        if event.step == 3:
+            cancel.set()
+
+    with pytest.raises(MergeCancelled):
+        merge(ta_recipe(llama_family), tmp_path / "stopped", on_progress=stop_after_three, cancel=cancel)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_while_writing_leaves_nothing(llama_family, tmp_path, monkeypatch):
+    from core import writer
+
+    calls = {"n": 0}
+    real_write = writer.ShardWriter.write
+
+    def failing_write(self, name, chunk):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(28, "No space left on device")
+        return real_write(self, name, chunk)
+
+    monkeypatch.setattr(writer.ShardWriter, "write", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        merge(ta_recipe(llama_family), tmp_path / "full")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_never_overwritten_without_permission(llama_family, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="already exists: choose another name or pass --overwrite"):
+        merge(ta_recipe(llama_family), out)
+    assert (out / "precious.txt").read_text() == "keep me" and not (tmp_path / "taken.partial").exists()
+    merge(ta_recipe(llama_family), out, overwrite=True)
+    assert not (out / "precious.txt").exists() and (out / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_output_inside_an_input_is_refused(llama_family):
+    with pytest.raises(OutputError, match="overlaps input model folder"):
+        merge(ta_recipe(llama_family), llama_family[1] / "merged")
+    assert not (llama_family[1] / "merged").exists()
+
+
+def test_stale_partial_from_a_crash_is_cleaned(llama_family, tmp_path):
+    stale = tmp_path / "out.partial"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    merge(ta_recipe(llama_family), tmp_path / "out")
+    assert not stale.exists() and (tmp_path / "out" / "model.safetensors").stat().st_size > 100
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_merge_plan_inspect_and_errors(llama_family, tmp_path):
+    base, a, b = llama_family
+    recipe_file = tmp_path / "recipe.yml"
+    recipe_file.write_text(f"merge_method: ties\nbase_model: {base}\nmodels:\n"
+                           f"  - model: {a}\n    parameters: {{weight: 0.5, density: 0.5}}\n"
+                           f"  - model: {b}\n    parameters: {{weight: 0.5, density: 0.5}}\n")
+    done = cli("merge", str(recipe_file), str(tmp_path / "out"), "--device", "cpu", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()) == (tmp_path / "out").resolve()
+    again = cli("merge", str(recipe_file), str(tmp_path / "out"))
+    assert again.returncode == 1 and again.stderr.strip().startswith("error: output folder")
+    assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    plan = cli("plan", str(recipe_file))
+    assert plan.returncode == 0 and "tensors" in plan.stdout and "peak memory" in plan.stdout
+    inspect = cli("inspect", str(tmp_path / "out"))
+    assert inspect.returncode == 0 and "LlamaForCausalLM" in inspect.stdout
+    bad_device = cli("merge", str(recipe_file), str(tmp_path / "gpu"), "--device", "cuda:3")
+    assert bad_device.returncode == 1 and "device 'cuda:3' does not exist" in bad_device.stderr
+    assert not (tmp_path / "gpu").exists()
+    recipe_file.write_text("merge_method: ties\nmodels: [x]\n")
+    bad = cli("merge", str(recipe_file), str(tmp_path / "bad"))
+    assert bad.returncode == 1 and bad.stderr.strip() == "error: ties needs a base_model: the model the others' changes are measured from"
+
+
+def test_example_recipes_in_assets_are_valid():
+    from core.recipe import load_recipe
+
+    files = sorted((ROOT / "assets" / "recipes").glob("*.yml"))
+    assert files
+    for file in files:
+        load_recipe(file)
