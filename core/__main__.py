@@ -1,9 +1,11 @@
-"""Command line: python -m core merge | plan | inspect | methods.
+"""Command line: python -m core merge | plan | inspect | methods | rerank | evaluate.
 
     python -m core merge RECIPE.yml OUT_DIR [--device D] [--overwrite] [--seed N]
     python -m core plan RECIPE.yml [--out OUT_DIR] [--device D]
     python -m core inspect MODEL
     python -m core methods
+    python -m core rerank --model A [--model B] (--query Q --doc D … | --input FILE.jsonl) [--json]
+    python -m core evaluate --model A --model B --input FILE.jsonl
 
 On success exit 0. On bad input: one line `error: …` on stderr, exit 1, and OUT_DIR untouched
 (no traceback unless --debug). Ctrl-C stops a merge cleanly (exit 130).

@@ -174,4 +174,10 @@ def human(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
-COMMANDS = (merge_command, plan_command, inspect_command, methods_command)
+def _reranker_commands():
+    from core.cli_rerank import evaluate_command, rerank_command
+
+    return rerank_command, evaluate_command
+
+
+COMMANDS = (merge_command, plan_command, inspect_command, methods_command, *_reranker_commands())

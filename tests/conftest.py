@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported 
 import pytest
 import torch
 
-from tests.model_factory import build_family
+from tests.model_factory import build_family, build_minilm_cross_encoder
 
 
 def pytest_configure(config):
@@ -63,3 +63,9 @@ def llama_bf16_family(tmp_path_factory):
 def llama_sharded_family(tmp_path_factory):
     """The float32 Llama family split into 20 KB shards (7 files) with an index."""
     return _family(tmp_path_factory, "llama", "llama_sharded", max_shard_size="20KB")
+
+
+@pytest.fixture(scope="session")
+def minilm_cross_encoder(tmp_path_factory):
+    """The packaged all-MiniLM-L6-v2 encoder under a seeded one-logit classification head."""
+    return build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm_ce"))

