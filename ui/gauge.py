@@ -1,0 +1,167 @@
+"""The live memory gauge: this process's real and mapped memory, the container's RAM, each GPU,
+and the latest job's memory curve with its peak. A gr.Timer refreshes it every second.
+
+    with gr.Blocks() as demo:
+        build_gauge()        # a one-line summary and a ~220 px figure
+
+The numbers come from core.monitor; this file only draws them (no tensor math). The timer's
+event is private (absent from the API page and from what gradio clients list; not a lock, since
+the browser itself calls it over HTTP) and runs outside the queue, so the gauge keeps moving
+while a long merge holds the queue.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import gradio as gr
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from core.monitor import MONITOR, JobState, MemoryMonitor, MemorySample
+
+GB, MB = 1e9, 1e6  # decimal units, as core.devices labels GPUs
+REAL, MAPPED, USED, FREE = "#3b6ea8", "#a8c5e6", "#b0b0b0", "#ececec"
+GPU_MINE, GPU_CACHED = "#d9822b", "#f2c89b"
+HEIGHT = 220  # px: the gauge sits above the panels and must not push them down
+
+
+def refresh_gauge(monitor: MemoryMonitor = MONITOR) -> tuple[str, go.Figure]:
+    """The timer's handler: take a sample, return (summary Markdown, figure)."""
+    latest = monitor.tick()
+    job = monitor.job_state()
+    samples = monitor.samples(since=job.started if job else latest.time)
+    return gauge_text(latest, job), gauge_figure(samples, job)
+
+
+def gauge_text(sample: MemorySample, job: JobState | None) -> str:
+    """One line of Markdown.
+
+    Example:
+        Process **412 MB** real + 1.2 GB mapped · RAM 3.1 GB / 24.0 GB (cgroup) · running
+        "merge my-model": peak 598 MB real (+186 MB)
+    """
+    parts = [f"Process **{_size(sample.anon)}** real + {_size(sample.file)} mapped",
+             f"RAM {_size(sample.ram_used)} / {_size(sample.ram_limit)} ({sample.ram_source})"]
+    for gpu in sample.gpus:
+        used = "?" if gpu.used is None else _size(gpu.used)
+        parts.append(f"GPU {gpu.index} {used} / {_size(gpu.total)}, {_size(gpu.allocated)} ours")
+    if job is not None:
+        status = "running" if job.finished is None else "last job"
+        peak = f'{status} "{job.label}": peak {_size(job.peak_anon)} real (+{_size(job.peak_anon - job.start_anon)})'
+        if job.peak_gpu_allocated:
+            peak += ", GPU " + " / ".join(_size(p) for p in job.peak_gpu_allocated)
+        parts.append(peak)
+    return " · ".join(parts)
+
+
+def gauge_figure(samples: list[MemorySample], job: JobState | None) -> go.Figure:
+    """Bars for the latest sample (GB) and, once a job has run, its timeline (MB).
+
+    Left: "this process" = real (anon) + file-backed (mapped, reclaimable); "RAM" = the
+    container's (or system's) used + free up to the limit; one bar per GPU = this process's
+    tensors + its allocator cache + other processes + free. Right: real memory over the
+    seconds since the job started, GPU allocated (all GPUs) when there are any, and the
+    job's peak as a dotted line.
+    """
+    widths = [1.0] if job is None else [0.45, 0.55]
+    figure = make_subplots(rows=1, cols=len(widths), column_widths=widths, horizontal_spacing=0.1,
+                           subplot_titles=_titles(samples, job))
+    figure.update_annotations(font={"size": 12})  # the subplot titles
+    if samples:
+        for bar in _now_bars(samples[-1]):
+            figure.add_trace(bar, row=1, col=1)
+        figure.update_yaxes(autorange="reversed", row=1, col=1)
+    else:
+        figure.add_annotation(text="no memory sample yet", showarrow=False, x=0.5, y=0.5,
+                              xref="x domain", yref="y domain")
+    if job is not None:
+        _add_timeline(figure, samples, job)
+    figure.update_xaxes(title_text="GB", row=1, col=1)
+    figure.update_layout(height=HEIGHT, barmode="stack", showlegend=False, font={"size": 11},
+                         margin={"l": 10, "r": 10, "t": 28, "b": 10},
+                         uniformtext={"minsize": 9, "mode": "hide"},
+                         paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)")
+    return figure
+
+
+def build_gauge(monitor: MemoryMonitor = MONITOR) -> None:
+    """Add the gauge to the current gr.Blocks context."""
+    summary = gr.Markdown("Memory: measuring…")
+    plot = gr.Plot(show_label=False)
+    timer = gr.Timer(1.0)
+    # private: left off the API page and gradio clients' listing. queue=False: the browser POSTs
+    # /gradio_api/run/predict and gets its answer beside the queue, so a merge holding a queue
+    # slot (and the ones waiting behind it) does not freeze the gauge.
+    timer.tick(partial(refresh_gauge, monitor), outputs=[summary, plot], api_name="refresh_gauge",
+               api_visibility="private", queue=False, show_progress="hidden")
+
+
+def _now_bars(sample: MemorySample) -> list[go.Bar]:
+    """One bar trace per kind of memory; each spans the rows it applies to."""
+    ram = f"RAM · {sample.ram_source}"
+    ram_note = ("the container's usage, page cache included" if sample.ram_source == "cgroup"
+                else "the system's total - available")
+    bars = [
+        _segment("real (anon)", ["this process"], [sample.anon], REAL,
+                 ["anonymous memory: tensors and buffers, given back only when freed"]),
+        _segment("file-backed (mapped)", ["this process"], [sample.file], MAPPED,
+                 ["file-backed = mmap'ed checkpoints: page cache, reclaimable"]),
+        _segment("RAM used", [ram], [sample.ram_used], USED, [ram_note]),
+        _segment("RAM free", [ram], [max(sample.ram_limit - sample.ram_used, 0)], FREE,
+                 [f"free up to the limit of {_size(sample.ram_limit)}"]),
+    ]
+    gpus = sample.gpus
+    if gpus:
+        rows = [f"GPU {gpu.index}" for gpu in gpus]
+        others = [0 if gpu.used is None else max(gpu.used - gpu.reserved, 0) for gpu in gpus]
+        free = [gpu.total - gpu.reserved - other for gpu, other in zip(gpus, others)]
+        free_notes = [f"{gpu.name}: " + ("free" if gpu.used is not None
+                      else "not ours; others' use unknown (install nvidia-ml-py)") for gpu in gpus]
+        bars += [
+            _segment("GPU: this process", rows, [gpu.allocated for gpu in gpus], GPU_MINE,
+                     [f"{gpu.name}: live tensors of this process" for gpu in gpus]),
+            _segment("GPU: cached", rows, [gpu.reserved - gpu.allocated for gpu in gpus], GPU_CACHED,
+                     [f"{gpu.name}: held by this process's allocator for its next tensors" for gpu in gpus]),
+            _segment("GPU: others", rows, others, USED,
+                     [f"{gpu.name}: other processes and CUDA contexts" for gpu in gpus]),
+            _segment("GPU free", rows, free, FREE, free_notes),
+        ]
+    return bars
+
+
+def _segment(name: str, rows: list[str], values: list[int], color: str, notes: list[str]) -> go.Bar:
+    """A horizontal bar segment in GB with a hover note per row."""
+    return go.Bar(name=name, y=rows, x=[value / GB for value in values], orientation="h",
+                  marker_color=color, text=[_size(value) for value in values], textposition="inside",
+                  customdata=notes, hovertemplate="<b>%{fullData.name}</b>: %{text}<br>%{customdata}<extra></extra>")
+
+
+def _add_timeline(figure: go.Figure, samples: list[MemorySample], job: JobState) -> None:
+    window = [s for s in samples if s.time >= job.started and (job.finished is None or s.time <= job.finished)]
+    seconds = [s.time - job.started for s in window]
+    figure.add_trace(go.Scatter(x=seconds, y=[s.anon / MB for s in window], name="real (anon) over time", mode="lines",
+                                line={"color": REAL, "width": 2},
+                                hovertemplate="%{x:.1f} s: %{y:,.0f} MB real<extra></extra>"), row=1, col=2)
+    if any(s.gpus for s in window):
+        allocated = [sum(gpu.allocated for gpu in s.gpus) / MB for s in window]
+        figure.add_trace(go.Scatter(x=seconds, y=allocated, name="GPU allocated over time", mode="lines",
+                                    line={"color": GPU_MINE, "width": 2},
+                                    hovertemplate="%{x:.1f} s: %{y:,.0f} MB on GPUs<extra></extra>"), row=1, col=2)
+    figure.add_hline(y=job.peak_anon / MB, line={"dash": "dot", "color": REAL, "width": 1}, row=1, col=2,
+                     annotation_text=f"peak {_size(job.peak_anon)}", annotation_position="top left")
+    figure.update_xaxes(title_text="seconds since the job started", row=1, col=2)
+    figure.update_yaxes(title_text="MB", row=1, col=2)
+
+
+def _titles(samples: list[MemorySample], job: JobState | None) -> list[str]:
+    if job is None:
+        return ["Memory now"]
+    if job.finished is None:
+        last = samples[-1].time if samples else job.started
+        return ["Memory now", f"{job.label} · running {last - job.started:.0f} s"]
+    return ["Memory now", f"{job.label} · done in {job.finished - job.started:.0f} s"]
+
+
+def _size(nbytes: int) -> str:
+    """Bytes as a person reads them: "412 MB" below a gigabyte, "1.2 GB" above."""
+    return f"{nbytes / MB:.0f} MB" if nbytes < GB else f"{nbytes / GB:.1f} GB"
