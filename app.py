@@ -1,8 +1,47 @@
-"""MergeDesk web app: builds the page from ui/ and launches it.
+"""MergeDesk web app: builds the page from ui/ and launches it; nothing else.
 
-    python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured)
+    python app.py                      # http://127.0.0.1:7860; local paths and Hub ids may be merged
+    python app.py --hosted             # shared-app rules: Hub ids and workspace folders only, per-visitor outputs
+    python app.py --host 0.0.0.0 --port 8080
+
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured when --host / --port are not given;
+SPACE_ID (set on Hugging Face Spaces) implies --hosted; MERGEDESK_HOME moves models/ and outputs/.
 """
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import gradio as gr
+
+from core.workspace import Workspace, default_workspace
 from ui.layout import build_app
 
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
+                       font=["ui-sans-serif", "system-ui", "sans-serif"])  # system fonts: nothing fetched
+CSS = (Path(__file__).resolve().parent / "assets" / "style.css").read_text(encoding="utf-8")
+
+
+def serve(workspace: Workspace, *, host: str | None = None, port: int | None = None,
+          prevent_thread_lock: bool = False) -> gr.Blocks:
+    """Build, queue and launch the app; host/port None fall back to GRADIO_SERVER_NAME/PORT, then gradio's."""
+    app = build_app(workspace)
+    app.queue(max_size=workspace.max_jobs, default_concurrency_limit=4)
+    app.launch(server_name=host, server_port=port, theme=THEME, css=CSS, prevent_thread_lock=prevent_thread_lock)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="MergeDesk: merge Hugging Face checkpoints in the browser.")
+    parser.add_argument("--hosted", action="store_true",
+                        help="shared-app rules: Hub ids and workspace folders only, per-visitor outputs with a size cap")
+    parser.add_argument("--host", help="address to listen on (default GRADIO_SERVER_NAME or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default GRADIO_SERVER_PORT or 7860)")
+    args = parser.parse_args(argv)
+    hosted = args.hosted or bool(os.environ.get("SPACE_ID"))
+    serve(default_workspace(hosted=hosted), host=args.host, port=args.port)
+
+
 if __name__ == "__main__":
-    build_app().launch()
+    main()

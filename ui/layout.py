@@ -1,21 +1,38 @@
-"""The whole page, assembled from the panels in ui/ (app.py only launches it)."""
+"""The whole page, top to bottom, assembled from the panels in ui/ (app.py only launches it).
+
+    app = build_app(default_workspace(hosted=False))
+
+Header, the memory gauge (always visible, above the tabs, so it keeps moving while a merge
+runs), the Merge and Playground tabs, and the reference of merge methods. No handlers here:
+each panel wires its own events.
+"""
 from __future__ import annotations
 
 import gradio as gr
 
+from core.workspace import Workspace
+from ui.gauge import build_gauge
+from ui.merge_panel import build_merge_panel
 from ui.methods_panel import build_methods_panel
+from ui.playground import build_playground
 
 INTRO = """# MergeDesk
 Merge Hugging Face checkpoints (LLMs, embedders, rerankers) and see what the merge did.
-
-The point-and-click merge panel and the rerank playground are being built. Today the engine
-runs from the command line: `python -m core merge RECIPE.yml OUT_DIR` (see the README).
 """
+HOSTED_NOTE = ("Running as a shared app: models are Hub ids or folders of this workspace, and your "
+               "outputs live in a private folder that is deleted when you close the page.")
 
 
-def build_app() -> gr.Blocks:
-    """The MergeDesk page."""
-    with gr.Blocks(title="MergeDesk") as app:
-        gr.Markdown(INTRO)
+def build_app(workspace: Workspace) -> gr.Blocks:
+    """The MergeDesk page for `workspace` (its hosted flag decides the path rules)."""
+    # Hosted: gradio's cached downloads (zips, exported recipes) are deleted after an hour.
+    with gr.Blocks(title="MergeDesk", delete_cache=(3600, 3600) if workspace.hosted else None) as app:
+        gr.Markdown(INTRO + (f"\n{HOSTED_NOTE}" if workspace.hosted else ""), elem_id="header")
+        build_gauge()
+        with gr.Tabs():
+            with gr.Tab("Merge"):
+                build_merge_panel(app, workspace)
+            with gr.Tab("Playground"):
+                build_playground(workspace)
         build_methods_panel()
     return app

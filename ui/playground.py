@@ -1,0 +1,202 @@
+"""The "Playground" tab: score the same passages with two models and see what changed.
+
+    build_playground(workspace)      # inside gr.Blocks; the layout puts it in its own tab
+
+Model A defaults to the base of the latest merge and model B to that merge, so the page
+answers "what did my merge do?" right after merging. Passages are typed one per line (a
+leading "+" marks a relevant one, which turns on MRR / nDCG) or uploaded as JSONL with
+several queries. The scoring runs in core.rerank (models stay loaded between runs); this
+file only turns its Comparison into a table, a chart and a metrics table. The public API
+name is `rerank_compare`; unloading and refreshing are UI-only (private) events.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+import yaml
+
+from core.errors import MergeDeskError
+from core.monitor import MONITOR
+from core.rerank import load_reranker, loaded_rerankers, unload
+from core.rerank_compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
+from core.workspace import Workspace, check_model_ref, find_models, packaged_minilm
+from ui.merge_form import request_workspace
+from ui.merge_panel import PRIVATE, QUEUE, device_choices
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "playground"
+UP, DOWN = "#2e7d4f", "#b3412e"  # rank change colours: moved up / moved down
+HELP = """Compare how two models rank the same passages. **A** is the reference (by default the base of
+your latest merge), **B** the model under test (by default that merge). One passage per line; start a line
+with `+` to mark it relevant and get MRR and nDCG. Or upload a JSONL file:
+`{"query": "…", "docs": ["…"], "labels": [1, 0]}` or `{"query": "…", "pos": ["…"], "neg": ["…"]}` per line."""
+
+
+def build_playground(workspace: Workspace) -> None:
+    """Add the playground's components and wiring to the current gr.Blocks context."""
+    ws = gr.State(workspace)
+    gr.Markdown(HELP)
+    first, second = default_pair(workspace)
+    choices = model_choices(workspace)
+    with gr.Row():
+        model_a = gr.Dropdown(choices, value=first, label="Model A (reference)", allow_custom_value=True, scale=3)
+        model_b = gr.Dropdown(choices, value=second, label="Model B (under test)", allow_custom_value=True, scale=3)
+        device = gr.Dropdown(device_choices(), value="cpu", label="Device", scale=1)
+        normalize = gr.Checkbox(False, label="Sigmoid scores", info="map logits to 0–1 (cosine stays as is)", scale=1)
+    with gr.Row():
+        with gr.Column(scale=3):
+            query = gr.Textbox(label="Query", placeholder="how do I merge two fine-tuned models?")
+            passages = gr.Textbox(label="Passages, one per line (+ marks a relevant one)", lines=6)
+        queries_file = gr.File(label="…or a JSONL file of queries", file_types=[".jsonl", ".json"], scale=1)
+    with gr.Row():
+        run = gr.Button("Compare", variant="primary", scale=0)
+        refresh = gr.Button("Refresh model lists", scale=0)
+    status = gr.Markdown()
+    table = gr.Dataframe(label="Passages, as A and B rank them", interactive=False, wrap=True)
+    with gr.Row():
+        chart = gr.Plot(label="Rank of each passage under A and B")
+        metrics = gr.Dataframe(label="Metrics (needs relevant passages)", interactive=False)
+    with gr.Row():
+        loaded = gr.Markdown(loaded_markdown())
+        unload_button = gr.Button("Unload models", size="sm", scale=0)
+    _examples(query, passages)
+
+    run.click(rerank_compare, [model_a, model_b, query, passages, queries_file, device, normalize, ws],
+              [status, table, chart, metrics, loaded], api_name="rerank_compare", concurrency_id=QUEUE,
+              concurrency_limit=1)
+    refresh.click(refresh_pair, ws, [model_a, model_b], **PRIVATE)
+    unload_button.click(unload_all, None, loaded, **PRIVATE)
+
+
+def rerank_compare(model_a: str, model_b: str, query: str, passages: str, queries_file: str | None,
+                   device: str, normalize: bool, workspace: Workspace, request: gr.Request | None = None):
+    """Score with A and B; return (status, table, rank chart, metrics table, loaded-models line).
+
+    Any problem (unknown model, empty query, bad JSONL, missing device) is one gr.Error line.
+    """
+    ws = request_workspace(workspace, request)
+    try:
+        items = read_queries(queries_file) if queries_file else parse_passages(query, passages)
+        refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
+        with MONITOR.job(f"compare {Path(refs[0]).name} / {Path(refs[1]).name}"):
+            models = [load_reranker(ref, device=device) for ref in refs]
+            result = compare(models, items, normalize=bool(normalize))
+    except MergeDeskError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    return (status_markdown(result, models), comparison_table(result), rank_chart(result),
+            metrics_table(result), loaded_markdown())
+
+
+def parse_passages(query: str, passages: str) -> list[QueryItem]:
+    """One query from the text boxes; lines starting with '+' are relevant (label 1)."""
+    lines = [line.strip() for line in (passages or "").splitlines() if line.strip()]
+    labels = [1 if line.startswith("+") else 0 for line in lines]
+    docs = [line[1:].strip() if line.startswith("+") else line for line in lines]
+    return [QueryItem(query or "", docs, labels if any(labels) else None)]
+
+
+def status_markdown(result: Comparison, models) -> str:
+    line = f"Scores are **{result.score_label}**. A: {models[0].describe()} · B: {models[1].describe()}"
+    if models[0].kind != models[1].kind:
+        line += f"\n\n⚠ A is a {models[0].kind} and B a {models[1].kind}: their scores are on different scales."
+    return line
+
+
+def comparison_table(result: Comparison):
+    """One row per (query, passage), B's movers coloured; sorted by B's rank within a query."""
+    several = len(result.queries) > 1
+    rows = []
+    for q in result.queries:
+        for row in sorted(q.rows, key=lambda r: r.ranks[1]):
+            cells = {"query": q.query} if several else {}
+            cells.update({"passage": row.doc, "A score": round(row.scores[0], 4), "A rank": row.ranks[0],
+                          "B score": round(row.scores[1], 4), "B rank": row.ranks[1],
+                          "Δ score": round(row.delta, 4), "rank change": row.rank_change})
+            if row.label is not None:
+                cells["relevant"] = "✓" if row.label > 0 else ""
+            rows.append(cells)
+    frame = pd.DataFrame(rows)
+    colour = lambda v: f"color: {UP if v > 0 else DOWN}; font-weight: 600" if v else ""  # noqa: E731
+    return frame.style.map(colour, subset=["rank change"]).format(precision=4)
+
+
+def rank_chart(result: Comparison) -> go.Figure:
+    """Slope chart of the first query: each passage's rank under A (left) and B (right)."""
+    query = result.queries[0]
+    figure = go.Figure()
+    for row in query.rows:
+        moved = row.rank_change
+        colour = UP if moved > 0 else DOWN if moved < 0 else "#8a8a8a"
+        label = row.doc if len(row.doc) <= 40 else row.doc[:39] + "…"
+        figure.add_trace(go.Scatter(
+            x=["A", "B"], y=row.ranks, mode="lines+markers+text", text=["", label], textposition="middle right",
+            line={"color": colour, "width": 3 if row.label else 1.5}, showlegend=False,
+            hovertext=f"{row.doc[:200]}<br>A rank {row.ranks[0]}, B rank {row.ranks[1]} ({moved:+d})",
+            hoverinfo="text"))
+    figure.update_yaxes(autorange="reversed", title="rank (1 = top)", dtick=1)
+    figure.update_layout(height=max(260, 32 * len(query.rows)), margin={"l": 50, "r": 220, "t": 30, "b": 30},
+                         title={"text": query.query[:80], "font": {"size": 13}}, plot_bgcolor="white")
+    return figure
+
+
+def metrics_table(result: Comparison) -> pd.DataFrame:
+    """Metric, A, B, B − A: the labelled metrics, then how much the rankings agree."""
+    rows = [{"metric": name, "A": round(a, 4), "B": round(b, 4), "B − A": round(b - a, 4)}
+            for name, (a, b) in result.metrics.items()]
+    tau = mean_or_nan([q.kendall_tau[0] for q in result.queries])
+    overlap = mean_or_nan([q.top_k_overlap[0] for q in result.queries])
+    rows.append({"metric": "Kendall tau (A vs B)", "A": None, "B": round(tau, 4), "B − A": None})
+    rows.append({"metric": "top-10 overlap", "A": None, "B": round(overlap, 4), "B − A": None})
+    return pd.DataFrame(rows)
+
+
+def loaded_markdown() -> str:
+    models = loaded_rerankers()
+    if not models:
+        return "No models loaded."
+    return "Loaded: " + " · ".join(f"`{Path(m.ref).name}` {m.describe()}" for m in models)
+
+
+def unload_all() -> str:
+    unload()
+    return loaded_markdown()
+
+
+def model_choices(ws: Workspace) -> list[tuple[str, str]]:
+    return [(choice.label, choice.ref) for choice in find_models(ws)]
+
+
+def default_pair(ws: Workspace) -> tuple[str | None, str | None]:
+    """(base of the latest merge, latest merge), else the packaged model for both."""
+    recipes = sorted(ws.outputs_dir.glob("*/mergekit_config.yml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    merges = [recipe.parent for recipe in recipes]
+    fallback = str(packaged_minilm()) if packaged_minilm() else None
+    if not merges:
+        return fallback, fallback
+    try:
+        recipe = yaml.safe_load((merges[0] / "mergekit_config.yml").read_text(encoding="utf-8")) or {}
+        base = recipe.get("base_model") or recipe["models"][0]["model"]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        base = fallback
+    return base, str(merges[0])
+
+
+def refresh_pair(workspace: Workspace, request: gr.Request | None = None):
+    ws = request_workspace(workspace, request)
+    first, second = default_pair(ws)
+    choices = model_choices(ws)
+    return gr.Dropdown(choices=choices, value=first), gr.Dropdown(choices=choices, value=second)
+
+
+def _examples(query, passages) -> None:
+    """Example queries from assets/playground/examples.jsonl (passages in the same '+' format)."""
+    path = EXAMPLES / "examples.jsonl"
+    if not path.exists():
+        return
+    rows = []
+    for item in read_queries(path):
+        labels = item.labels or [0] * len(item.docs)
+        rows.append([item.query, "\n".join(("+ " if label else "") + doc for doc, label in zip(item.docs, labels))])
+    gr.Examples(rows, [query, passages], label="Examples")
