@@ -36,7 +36,8 @@ KINDS = ("cross-encoder", "bi-encoder", "llm")
 SCORE_LABELS = {"cross-encoder": "logit", "bi-encoder": "cosine", "llm": "logit of 'Yes'"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-__all__ = ["KINDS", "Reranker", "RerankError", "detect_kind", "load_reranker", "loaded_rerankers", "unload"]
+__all__ = ["KINDS", "Reranker", "RerankError", "detect_kind", "load_reranker", "loaded_rerankers", "needs_spreading",
+           "pick_dtype", "unload"]
 
 
 class Reranker:
@@ -147,7 +148,7 @@ def load_reranker(ref: str, *, device: str = "cpu", dtype: str | None = None, ki
     kind = kind or detect_kind(folder)
     if kind not in KINDS:
         raise RerankError(f"unknown reranker kind {kind!r}: use one of {', '.join(KINDS)}")
-    torch_dtype = _pick_dtype(dtype, target, kind)
+    torch_dtype = pick_dtype(dtype, target, kind)
     key = (str(folder), str(target), str(torch_dtype), kind, str(device).strip().lower() == "auto")
     with _LOCK:
         if key in _CACHE:
@@ -186,8 +187,7 @@ def _load(ref, folder, kind, device, dtype, *, spread, max_length) -> Reranker:
                "llm": transformers.AutoModelForCausalLM, "bi-encoder": transformers.AutoModel}
     encoder = read_pooling(folder) if kind == "bi-encoder" else None
     weights = folder / encoder.module_path if encoder else folder
-    placement = {"device_map": "auto"} if spread and device.type == "cuda" and _too_big_for(device, weights) \
-        else {"device_map": device}
+    placement = {"device_map": "auto"} if spread and needs_spreading(device, weights) else {"device_map": device}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(weights, trust_remote_code=False)
         model = classes[kind].from_pretrained(weights, dtype=dtype, trust_remote_code=False, **placement).eval()
@@ -206,7 +206,13 @@ def _load(ref, folder, kind, device, dtype, *, spread, max_length) -> Reranker:
     return Reranker(ref, folder, kind, model, tokenizer, first, dtype, limit, encoder)
 
 
-def _pick_dtype(name: str | None, device: torch.device, kind: str) -> torch.dtype:
+def pick_dtype(name: str | None, device: torch.device, kind: str) -> torch.dtype:
+    """The dtype asked for by name, else the device's sensible default for this kind of model.
+
+    Example:
+        >>> pick_dtype(None, torch.device("cpu"), "cross-encoder"), pick_dtype("bfloat16", torch.device("cpu"), "llm")
+        (torch.float32, torch.bfloat16)
+    """
     if name is not None:
         if name not in DTYPES:
             raise RerankError(f"unknown dtype {name!r}: use {', '.join(DTYPES)}")
@@ -218,8 +224,11 @@ def _pick_dtype(name: str | None, device: torch.device, kind: str) -> torch.dtyp
     return torch.float16
 
 
-def _too_big_for(device: torch.device, folder: Path) -> bool:
-    """Whether the weights need more than ~90 % of the GPU's free memory."""
+def needs_spreading(device: torch.device, folder: Path) -> bool:
+    """Whether `device="auto"` should spread these weights over the GPUs (and CPU) with accelerate:
+    only for a CUDA device whose free memory is less than ~1.1 × the weight files."""
+    if device.type != "cuda":
+        return False
     free, _ = torch.cuda.mem_get_info(device)
     size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) or sum(
         f.stat().st_size for f in folder.glob("*.bin"))

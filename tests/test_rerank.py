@@ -191,3 +191,28 @@ def _two_label_model(folder, source):
     model.save_pretrained(folder)
     transformers.AutoTokenizer.from_pretrained(source).save_pretrained(folder)
     return folder
+
+
+def test_dtype_defaults_per_device_and_kind(monkeypatch):
+    from core.rerank import pick_dtype
+
+    cpu, cuda, mps = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
+    assert pick_dtype(None, cpu, "cross-encoder") == torch.float32  # fp16 LayerNorm is missing/slow on CPU
+    assert pick_dtype(None, cuda, "cross-encoder") == torch.float16  # as FlagReranker(use_fp16=True)
+    assert pick_dtype(None, mps, "bi-encoder") == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_dtype(None, cuda, "llm") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert pick_dtype(None, cuda, "llm") == torch.float16
+    assert pick_dtype("bfloat16", cpu, "cross-encoder") == torch.bfloat16  # asked for by name: as asked
+
+
+def test_auto_spreads_only_models_larger_than_the_free_gpu_memory(monkeypatch, tmp_path):
+    from core.rerank import needs_spreading
+
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2000, 8000))
+    assert not needs_spreading(torch.device("cuda", 0), tmp_path)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 8000))
+    assert needs_spreading(torch.device("cuda", 0), tmp_path)  # 1000 bytes of weights > 90 % of 1000 free
+    assert not needs_spreading(torch.device("cpu"), tmp_path)
