@@ -146,20 +146,22 @@ def _tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, C
     if recipe.method.random:
         generator = torch.Generator(device=device)
         generator.manual_seed(seed * 1_000_003 + zlib.crc32(job.name.encode()))
-    for index, piece in enumerate(job.row_slices()):
-        if index:
+
+    def read() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Every input's next block of rows as float32 on the device: (n, *block) models, (*block) base."""
+        for piece in job.row_slices():
             _stop_if_cancelled(cancel)
-        first = rows[0].read(job.name, device=device, dtype=working, rows=piece)
-        stack = torch.empty((len(rows), *first.shape), dtype=torch.float32, device=device)  # (n, *shape)
-        stack[0].copy_(first)
-        del first
-        for i, checkpoint in enumerate(rows[1:], 1):
-            stack[i].copy_(checkpoint.read(job.name, device=device, dtype=working, rows=piece))
-        base_tensor = None
-        if base is not None:
-            base_tensor = base.read(job.name, device=device, dtype=working, rows=piece).to(torch.float32)
-        merged = recipe.method.merge(stack, base_tensor, generator=generator, **job.params)
-        del stack, base_tensor
+            first = rows[0].read(job.name, device=device, dtype=working, rows=piece)
+            stack = torch.empty((len(rows), *first.shape), dtype=torch.float32, device=device)  # (n, *block)
+            stack[0].copy_(first)
+            for i, checkpoint in enumerate(rows[1:], 1):
+                stack[i].copy_(checkpoint.read(job.name, device=device, dtype=working, rows=piece))
+            base_block = None
+            if base is not None:
+                base_block = base.read(job.name, device=device, dtype=working, rows=piece).to(torch.float32)
+            yield stack, base_block
+
+    for merged in recipe.method.merge_blocks(read, job.shape, generator=generator, **job.params):
         yield merged.to(job.out_dtype)
 
 

@@ -9,6 +9,12 @@ Every method is `merge(tensors, base, *, generator, **params) -> Tensor`:
   params    per-model parameters arrive as lists of n floats, global ones as scalars.
 It returns the merged tensor, float32, shape `shape`.
 
+A large tensor is streamed to a method in blocks of rows (`Method.merge_blocks`): an
+elementwise method merges each block on its own; a method with a `stream` function (the
+TIES family, core/task_vectors.py) reads the blocks as often as it needs, e.g. once to
+rank magnitudes and once to merge. `Method.in_blocks(params)` says whether a tensor with
+those parameters may be split; otherwise it arrives as one block.
+
 `register` records each method's name, label, paper, parameters (core.params.Param), base
 policy and input count once; recipe validation, the CLI's method list and the UI form read
 `METHODS`. Registration refuses a declaration it could not honour (see `register`).
@@ -21,12 +27,13 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
 from core import sparsify
 from core.params import Param
+from core.task_vectors import blockwise, column, task_vector_blocks, task_vectors
 
 BASE_POLICIES = ("required", "optional", "unused")
 
@@ -46,9 +53,26 @@ class Method:
     random: bool  # draws from the generator: results depend on the seed
     elementwise: bool  # output[i] depends only on inputs[i]: the engine may merge in row chunks
     check: Callable[[dict], str | None] | None  # extra rule on resolved params → problem text
+    stream: Callable[..., Iterator[torch.Tensor]] | None = None  # (read, shape, **params) → merged blocks
+    blockwise: Callable[[dict], bool] | None = None  # may `stream` get a tensor with these params in blocks?
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
+
+    def in_blocks(self, params: dict) -> bool:
+        """Whether a tensor with these resolved params may be merged block by block."""
+        return self.elementwise or (self.blockwise is not None and self.blockwise(params))
+
+    def merge_blocks(self, read: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor | None]]],
+                     shape: tuple[int, ...], *, generator=None, **params) -> Iterator[torch.Tensor]:
+        """Merge a tensor of `shape` given as consecutive blocks of rows; yield the merged blocks.
+
+        `read()` yields ((n, *block) float32 models, (*block) float32 base or None), fresh each
+        call; more than one block only where in_blocks(params).
+        """
+        if self.stream is not None:
+            return self.stream(read, shape, generator=generator, **params)
+        return (self.merge(tensors, base, generator=generator, **params) for tensors, base in read())
 
 
 METHODS: dict[str, Method] = {}
@@ -56,7 +80,9 @@ METHODS: dict[str, Method] = {}
 
 def register(name: str, *, label: str, paper: str, params: tuple[Param, ...], base: str,
              min_inputs: int = 1, max_inputs: int | None = None, random: bool = False,
-             elementwise: bool = False, check: Callable[[dict], str | None] | None = None):
+             elementwise: bool = False, check: Callable[[dict], str | None] | None = None,
+             stream: Callable[..., Iterator[torch.Tensor]] | None = None,
+             blockwise: Callable[[dict], bool] | None = None):
     """Decorator: add a merge function to METHODS, refusing declarations it cannot honour.
 
     Refused (TypeError/ValueError at import time, so a bad method never ships): a duplicate
@@ -80,7 +106,7 @@ def register(name: str, *, label: str, paper: str, params: tuple[Param, ...], ba
         if unreachable:
             raise TypeError(f"method {name!r}: function cannot receive parameter(s) {unreachable}")
         METHODS[name] = Method(name, label, paper, merge, tuple(params), base, min_inputs,
-                               max_inputs, random, elementwise, check)
+                               max_inputs, random, elementwise, check, stream, blockwise)
         return merge
 
     return add
@@ -123,60 +149,17 @@ def _della_band(params: dict) -> str | None:
     return None
 
 
-def _column(values: list[float], like: torch.Tensor) -> torch.Tensor:
-    """Per-model values as a (n, 1, 1, …) tensor that broadcasts against a (n, *shape) stack."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device).reshape(-1, *[1] * (like.dim() - 1))
-
-
 # ---- linear ------------------------------------------------------------------------------
 
 @register("linear", label="Linear (weighted average)", paper="https://arxiv.org/abs/2203.05482",
           params=(WEIGHT, _normalize(True)), base="unused", elementwise=True, check=_weights_not_zero)
 def linear(tensors, base, *, weight, normalize, generator=None):
     """Σ w_i·x_i, divided by Σ w_i when normalize (model soups; LM-Cocktail mix_models)."""
-    merged = (tensors.mul_(_column(weight, tensors))).sum(dim=0)
+    merged = (tensors.mul_(column(weight, tensors))).sum(dim=0)
     return merged / sum(weight) if normalize else merged
 
 
-# ---- task arithmetic family (mergekit's generalized task arithmetic) ---------------------
-
-def task_vectors(tensors, base, *, sparsifier=None, consensus=False, generator=None, **params):
-    """base + λ · mix(w_i · sparsify(x_i − base)), the family behind TIES, DARE, DELLA, Breadcrumbs.
-
-    1. deltas  d_i = x_i − base, sparsified per model (if the method does);
-    2. weight  d_i ← w_i · d_i;
-    3. consensus (TIES): per entry keep only the d_i whose sign matches sign(Σ d_i) (ties → +);
-    4. mix     Σ kept d_i, divided under normalize by Σ of the kept models' weights
-               (entries where nothing is kept divide by 1);
-    5. return  base + λ · mix.
-    """
-    weight, lam, normalize = params["weight"], params["lambda"], params["normalize"]
-    deltas = tensors.sub_(base)  # (n, *shape); the stack is ours to reuse
-    if sparsifier is not None:
-        for i in range(deltas.shape[0]):
-            extra = {k: params[k][i] for k in ("gamma", "epsilon") if k in params}
-            if sparsifier in (sparsify.bernoulli, sparsify.della_magprune):
-                extra["generator"] = generator
-            deltas[i] = sparsifier(deltas[i], params["density"][i], rescale=params["rescale"], **extra)
-    deltas.mul_(_column(weight, deltas))
-    if consensus:
-        majority_positive = deltas.sum(dim=0) >= 0  # (*shape)
-        divisor = torch.zeros_like(base)
-        for i in range(deltas.shape[0]):
-            agrees = torch.where(majority_positive, deltas[i] > 0, deltas[i] < 0)
-            deltas[i].mul_(agrees)
-            divisor.add_(agrees, alpha=weight[i])
-        divisor[divisor == 0] = 1
-    else:
-        total = sum(weight)
-        divisor = total if abs(total) >= 1e-8 else 1.0
-    mixed = deltas.sum(dim=0)
-    if normalize:
-        mixed = mixed.div_(divisor)
-    if lam != 1:
-        mixed.mul_(lam)
-    return mixed.add_(base)
-
+# ---- task arithmetic family (core/task_vectors.py) ---------------------------------------
 
 _FAMILY = (
     # name, label, paper, sparsifier, consensus, normalize default, rescale default
@@ -215,7 +198,9 @@ def _register_task_vector_family() -> None:
             checks.append(_della_band)
         register(name, label=label, paper=paper, params=tuple(params), base="required",
                  random=sparsifier in (sparsify.bernoulli, sparsify.della_magprune),
-                 elementwise=sparsifier is None and not consensus, check=_first_problem(*checks))(
+                 elementwise=sparsifier is None and not consensus, check=_first_problem(*checks),
+                 stream=partial(task_vector_blocks, sparsifier=sparsifier, consensus=consensus),
+                 blockwise=blockwise(sparsifier))(
             partial(task_vectors, sparsifier=sparsifier, consensus=consensus))
 
 

@@ -125,10 +125,11 @@ def _job(recipe: MergeRecipe, info: TensorInfo, layers: int, row_infos: list[Ten
         return TensorJob(info.name, info.shape, info.dtype, False, 0.0, {}, None)
     out_dtype = DTYPES[recipe.out_dtype or recipe.dtype] if (recipe.out_dtype or recipe.dtype) else info.dtype
     t = layer_position(info.name, layers)
+    params = resolve_params(recipe, info.name, t)
     chunk = None
-    if recipe.method.elementwise and len(info.shape) >= 1 and info.numel > CHUNK_ELEMENTS:
+    if recipe.method.in_blocks(params) and len(info.shape) >= 1 and info.numel > CHUNK_ELEMENTS:
         chunk = max(1, CHUNK_ELEMENTS // max(1, info.numel // info.shape[0]))
-    return TensorJob(info.name, info.shape, out_dtype, True, t, resolve_params(recipe, info.name, t), chunk)
+    return TensorJob(info.name, info.shape, out_dtype, True, t, params, chunk)
 
 
 def _check_same_tensors(refs: list[str], listings: dict[str, dict[str, TensorInfo]]) -> None:

@@ -1,73 +1,103 @@
 """Sparsifiers for task vectors (deltas): which entries of a delta survive before mixing.
 
-Each function takes one float32 delta and returns a tensor of the same shape with the dropped
-entries zeroed. Semantics follow mergekit 0.1.5 (`sparsify.py`), so ported recipes behave the
-same; where mergekit is slow or crashes we differ in *how*, not in *what*:
-  - top-k uses `kthvalue` (O(n)) instead of a full argsort (O(n log n));
-  - a 1-element tensor (a reranker's classifier bias) is handled, not an assertion or NaN;
-  - random masks draw from an explicit `torch.Generator`, so a seed reproduces a merge.
+Two kinds, because they stream differently:
+  - ranked (`magnitude`, `magnitude_outliers`): keep the entries whose |value| ranks in a band
+    [lo, hi) of the whole tensor (descending; ties: lowest flat index first). A band function
+    turns (entries, density, …) into that band; `rank_pruners` finds the band's edges exactly
+    with two histogram passes over the blocks (core.topk) and then zeroes the rest of each
+    block in order, so a tensor of any size is pruned block by block.
+  - random (`bernoulli`, `della_magprune`): take one whole float32 delta and zero its dropped
+    entries; the mask draws from an explicit `torch.Generator`, so a seed reproduces a merge.
+
+Pruning happens in place (the delta is the engine's scratch copy) and returns the delta.
+
+Semantics follow mergekit 0.1.5 (`sparsify.py`), so ported recipes behave the same; where
+mergekit is slow or crashes we differ in *how*, not in *what*: top-k is a radix select (two
+counting passes) instead of a full argsort, and a 1-element tensor (a reranker's classifier
+bias) is handled, not an assertion or NaN.
 
 `rescale=True` matches the L1 norm of the kept entries to the original delta's (mergekit's
-RescaleNorm.l1), which is how DARE/DELLA compensate for dropped mass.
+RescaleNorm.l1), which is how DARE/DELLA compensate for dropped mass; it needs the whole
+delta at once.
 """
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import torch
 
+from core.topk import TopK, top_k_cuts
 
-def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the k largest entries of a flat tensor (ties: lowest index first).
-
-    Example:
-        >>> top_k_mask(torch.tensor([3., 1., 2., 2.]), 2)
-        tensor([ True, False,  True, False])
-    """
-    count = scores.numel()
-    if k >= count:
-        return torch.ones_like(scores, dtype=torch.bool)
-    if k <= 0:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    # kthvalue(j) is the j-th smallest, so the k-th largest is j = count - k + 1.
-    threshold = scores.kthvalue(count - k + 1).values
-    mask = scores > threshold
-    missing = k - int(mask.sum())
-    if missing > 0:
-        tied = torch.nonzero(scores == threshold).flatten()[:missing]
-        mask[tied] = True
-    return mask
+Band = tuple[int, int] | None  # keep ranks [lo, hi) of |delta|, largest first; None: keep all
 
 
-def magnitude(delta: torch.Tensor, density: float, *, rescale: bool = False) -> torch.Tensor:
-    """Keep the `density` fraction of entries with the largest |value| (TIES step 1).
+def magnitude(count: int, density: float) -> Band:
+    """TIES step 1: keep the `density` fraction of entries with the largest |value|.
 
     A positive density keeps at least one entry, so tiny tensors are never wiped out.
+
+    Example:
+        >>> magnitude(10, 0.25), magnitude(3, 0.1), magnitude(10, 1.0)
+        ((0, 2), (0, 1), None)
     """
     if density >= 1:
-        return delta
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    mask = top_k_mask(delta.abs().reshape(-1), k).reshape(delta.shape)
-    return _masked(delta, mask, rescale)
+        return None
+    if density <= 0 or count == 0:
+        return 0, 0
+    return 0, max(1, int(density * count))
 
 
-def magnitude_outliers(delta: torch.Tensor, density: float, *, gamma: float = 0.01,
-                       rescale: bool = False) -> torch.Tensor:
+def magnitude_outliers(count: int, density: float, *, gamma: float = 0.01) -> Band:
     """Model Breadcrumbs: drop the `gamma` largest outliers and the smallest, keep `density`.
 
     When density + gamma > 1 fewer outliers are dropped so that `density` is still kept.
+
+    Example:
+        >>> magnitude_outliers(100, 0.5, gamma=0.1)   # ranks 10…59: 10 outliers, 40 smallest dropped
+        (10, 60)
     """
     if density >= 1:
-        return delta
-    count = delta.numel()
+        return None
     keep = int(density * count)
     n_top = int(gamma * count)
     n_bottom = max(0, count - keep - n_top)
-    magnitudes = delta.abs().reshape(-1)
-    # Kept = ranks [n_bottom, n_bottom + keep) in ascending order
-    #      = top (count - n_bottom) minus top (count - n_bottom - keep).
-    mask = top_k_mask(magnitudes, count - n_bottom) & ~top_k_mask(magnitudes, count - n_bottom - keep)
-    return _masked(delta, mask.reshape(delta.shape), rescale)
+    return count - n_bottom - keep, count - n_bottom
+
+
+def rank_pruners(bands: list[Band], magnitudes: Callable[[], Iterable[torch.Tensor]], *,
+                 rescale: bool = False) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """For each model's band, a function that zeroes, in place, the entries of a delta block outside it.
+
+    Args:
+        bands: one Band per model.
+        magnitudes: returns an iterator of (n, *block) float32 |delta| blocks, together the
+            whole tensor in flat order; read twice when some band needs edges.
+        rescale: restore each delta's L1 norm; only for a tensor given as one block.
+    Returns:
+        prune[i](delta_block) for model i, called on the blocks in order.
+    """
+    wanted = [[k for k in band if k > 0] if band else [] for band in bands]
+    cuts = top_k_cuts(magnitudes, wanted) if any(wanted) else [[] for _ in bands]
+    return [_pruner(band, dict(zip(ks, row)), rescale) for band, ks, row in zip(bands, wanted, cuts)]
+
+
+def _pruner(band: Band, cuts: dict, rescale: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    if band is None:
+        return lambda delta: delta
+    lo, hi = band
+    if hi <= lo:
+        return lambda delta: delta.zero_()
+    top_hi = TopK(cuts[hi])
+    top_lo = TopK(cuts[lo]) if lo > 0 else None
+
+    def prune(delta: torch.Tensor) -> torch.Tensor:
+        magnitudes = delta.abs()
+        mask = top_hi.mask(magnitudes)  # 1.0 / 0.0
+        if top_lo is not None:  # the top lo lie inside the top hi
+            mask -= top_lo.mask(magnitudes)
+        return _masked(delta, mask, rescale)
+
+    return prune
 
 
 def bernoulli(delta: torch.Tensor, density: float, *, rescale: bool = False,
@@ -90,7 +120,7 @@ def della_magprune(delta: torch.Tensor, density: float, *, epsilon: float, resca
     if density >= 1:
         return delta
     if density <= 0:
-        return torch.zeros_like(delta)
+        return delta.zero_()
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
     width = rows.shape[1]
     ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).to(torch.float32)  # 0 … width-1
@@ -101,12 +131,12 @@ def della_magprune(delta: torch.Tensor, density: float, *, epsilon: float, resca
 
 
 def _masked(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float = 1e-7) -> torch.Tensor:
-    """Zero the dropped entries; with `rescale`, restore the delta's L1 norm."""
-    kept = delta * mask
+    """Zero the dropped entries in place; with `rescale`, restore the delta's L1 norm."""
+    before = delta.abs().sum() if rescale else None
+    kept = delta.mul_(mask)
     if not rescale:
         return kept
-    before = delta.abs().sum()
     after = kept.abs().sum()
     if before < eps or after < eps:
         return kept
-    return kept * (before / after)
+    return kept.mul_(before / after)

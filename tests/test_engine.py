@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core import planner
+from core.checkpoint import Checkpoint
 from core.engine import merge
 from core.errors import MergeCancelled, OutputError
 from core.methods import METHODS
@@ -122,12 +123,20 @@ def test_every_method_streams_the_same_tensors_as_a_whole_model_merge(method, ll
         torch.testing.assert_close(tensor, want.to(tensor.dtype), msg=name)
 
 
-def test_chunked_elementwise_merge_equals_whole_tensor_merge(llama_family, tmp_path, monkeypatch):
-    whole = merge(ta_recipe(llama_family), tmp_path / "whole")
+@pytest.mark.parametrize("family_name", ["llama_family", "llama_bf16_family"])  # bf16: many tied magnitudes
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "breadcrumbs_ties"])
+def test_merge_in_blocks_equals_whole_tensor_merge(method, family_name, request, tmp_path, monkeypatch):
+    base, a, b = request.getfixturevalue(family_name)
+    density = {"density": [{"filter": "mlp", "value": 0.3}, {"value": 0.6}]} if method != "task_arithmetic" else {}
+    recipe = recipe_from_dict({"merge_method": method, "base_model": str(base), "parameters": density, "models": [
+        {"model": str(a), "parameters": {"weight": 0.7}}, {"model": str(b), "parameters": {"weight": 0.3}}]})
+    whole = merge(recipe, tmp_path / "whole")
     monkeypatch.setattr(planner, "CHUNK_ELEMENTS", 100)  # every matrix now goes in blocks of rows
-    chunked = merge(ta_recipe(llama_family), tmp_path / "chunked")
-    a, b = weights(whole), weights(chunked)
-    assert all(torch.equal(a[n], b[n]) for n in a)
+    listings = {ref: Checkpoint.open(ref).tensors for ref in recipe.inputs()}
+    assert any(job.rows_per_chunk for job in planner.plan_merge(recipe, listings).jobs)
+    chunked = merge(recipe, tmp_path / "chunked")
+    whole, chunked = weights(whole), weights(chunked)
+    assert all(torch.equal(whole[n], chunked[n]) for n in whole)
 
 
 def test_working_dtype_rounds_inputs_and_out_dtype_is_written(llama_family, tmp_path):

@@ -57,12 +57,22 @@ def test_plan_orders_resolves_and_chunks():
     assert result.peak_bytes == CHUNK_ELEMENTS * 4 * 6 + 32000 * 1024 * 2
 
 
-def test_non_elementwise_methods_work_on_whole_tensors():
-    recipe = recipe_from_dict({"merge_method": "ties", "base_model": "base", "models": [
+def ties_recipe(method="ties", **parameters):
+    return recipe_from_dict({"merge_method": method, "base_model": "base", "parameters": parameters, "models": [
         {"model": "a", "parameters": {"weight": 1, "density": 0.5}}, {"model": "b", "parameters": {"weight": 1}}]})
+
+
+@pytest.mark.parametrize("recipe", [ties_recipe("dare_ties"), ties_recipe(rescale=True)], ids=["random", "rescale"])
+def test_methods_that_need_the_whole_tensor_get_it_whole(recipe):
     result = plan(recipe)
     assert all(job.rows_per_chunk is None for job in result.jobs)
     assert result.peak_bytes >= 32000 * 1024 * 4 * 3
+
+
+def test_ties_streams_in_blocks_of_rows():
+    jobs = {job.name: job for job in plan(ties_recipe()).jobs}
+    assert jobs["model.embed_tokens.weight"].rows_per_chunk == CHUNK_ELEMENTS // 1024
+    assert jobs["model.norm.weight"].rows_per_chunk is None
 
 
 def test_shards_respect_the_size_limit_and_keep_order():
