@@ -180,4 +180,11 @@ def _reranker_commands():
     return rerank_command, evaluate_command
 
 
-COMMANDS = (merge_command, plan_command, inspect_command, methods_command, *_reranker_commands())
+def _mixing_commands():
+    from core.cli_mix import sweep_command, weights_command
+
+    return weights_command, sweep_command
+
+
+COMMANDS = (merge_command, plan_command, inspect_command, methods_command, *_reranker_commands(),
+            *_mixing_commands())

@@ -113,7 +113,7 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
                 for step, job in enumerate(plan.jobs, 1):
                     _stop_if_cancelled(cancel)
                     target = devices[(step - 1) % len(devices)]
-                    for chunk in _tensor_chunks(recipe, job, checkpoints, target, seed, cancel):
+                    for chunk in tensor_chunks(recipe, job, checkpoints, target, seed, cancel):
                         writer.write(job.name, chunk)
                     done += job.nbytes
                     yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
@@ -132,8 +132,8 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
             checkpoint.close()
 
 
-def _tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
-                   device: torch.device, seed: int, cancel: threading.Event | None) -> Iterator[torch.Tensor]:
+def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
+                  device: torch.device, seed: int, cancel: threading.Event | None) -> Iterator[torch.Tensor]:
     """The output tensor of one job, as one tensor or as consecutive blocks of rows."""
     refs = recipe.inputs()
     if not job.merged:

@@ -137,11 +137,13 @@ def detect_kind(folder: Path) -> str:
 
 
 def load_reranker(ref: str, *, device: str = "cpu", dtype: str | None = None, kind: str | None = None,
-                  max_length: int | None = None) -> Reranker:
+                  max_length: int | None = None, cached: bool = True) -> Reranker:
     """A reranker for `ref` (folder or Hub id) on `device`, from the cache when already loaded.
 
     dtype: "float32" | "float16" | "bfloat16"; default float32 on CPU, float16 on CUDA/MPS
     (bfloat16 for LLMs on GPUs that support it). kind: one of KINDS; default detected.
+    cached=False loads a private copy, kept out of the cache, whose weights the caller may
+    overwrite (the α-sweep does).
     """
     target = parse_device(device)
     folder = resolve_reference(ref)
@@ -150,6 +152,8 @@ def load_reranker(ref: str, *, device: str = "cpu", dtype: str | None = None, ki
         raise RerankError(f"unknown reranker kind {kind!r}: use one of {', '.join(KINDS)}")
     torch_dtype = pick_dtype(dtype, target, kind)
     key = (str(folder), str(target), str(torch_dtype), kind, str(device).strip().lower() == "auto")
+    if not cached:
+        return _load(ref, folder, kind, target, torch_dtype, spread=key[-1], max_length=max_length)
     with _LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
