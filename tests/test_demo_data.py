@@ -5,7 +5,10 @@ into eval, or a positive that is also listed as a negative would silently spoil 
 rebuilds the sets from source/ into a temp copy and checks the shipped files are exactly what the script
 writes, so source/ and the JSONL files cannot drift apart.
 """
+import importlib.util
 import json
+import math
+import random
 import shutil
 import subprocess
 import sys
@@ -16,6 +19,13 @@ import pytest
 DEMO = Path(__file__).resolve().parent.parent / "assets" / "demo"
 DOMAINS = ("cooking", "software", "general")
 SPLITS = ("train", "eval")
+
+
+def load_build_sets():
+    spec = importlib.util.spec_from_file_location("build_sets", DEMO / "build_sets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def read_rows(domain, split):
@@ -75,3 +85,35 @@ def test_shipped_files_are_what_build_sets_writes(tmp_path):
         for split in SPLITS:
             name = f"{domain}/{split}.jsonl"
             assert (copy / name).read_bytes() == (DEMO / name).read_bytes(), f"{name} differs from a fresh build"
+
+
+def test_bm25_matches_the_okapi_formula_written_out():
+    build_sets = load_build_sets()
+    passages = ["crisp crust crust", "soft crumb", "crust and crumb of bread"]
+    index = build_sets.BM25(passages)
+    # tokens (stopword "and"/"of" dropped): d0 = crisp crust crust (3), d1 = soft crumb (2), d2 = crust crumb bread (3)
+    n, avg_length, k1, b = 3, 8 / 3, 1.2, 0.75
+    idf_crust = math.log(1 + (n - 2 + 0.5) / (2 + 0.5))
+    idf_crumb = idf_crust  # also in two of three passages
+
+    def term(tf, length, idf):
+        return idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg_length))
+
+    expected = [term(2, 3, idf_crust), term(1, 2, idf_crumb), term(1, 3, idf_crust) + term(1, 3, idf_crumb)]
+    assert index.scores(["crust", "crumb"]) == pytest.approx(expected)
+
+
+def test_negatives_are_filled_from_other_items_closest_first():
+    build_sets = load_build_sets()
+    items = [
+        {"query": "rest steak", "pos": "Rest the steak for five minutes.", "neg": ["Rest bread dough for an hour."]},
+        {"query": "sear steak", "pos": "Sear the steak in a smoking hot pan.", "neg": []},
+        {"query": "boil pasta", "pos": "Boil pasta in salted water.", "neg": []},
+    ]
+    rows = build_sets.add_negatives(items, random.Random(0))
+    first = rows[0]
+    assert first["pos"] == ["Rest the steak for five minutes."]
+    assert first["neg"][0] == "Rest bread dough for an hour."  # hand-written near miss comes first
+    assert first["neg"][1] == "Sear the steak in a smoking hot pan."  # shares "steak" with the query
+    assert "Rest the steak for five minutes." not in first["neg"]
+    assert all(len(row["neg"]) == len(set(row["neg"])) for row in rows)
