@@ -104,6 +104,17 @@ class SweepResult:
                 "alphas": self.alphas, "sets": self.set_names,
                 "points": [{"alpha": p.alpha, "set": p.set_name, **p.metrics} for p in self.points]}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepResult":
+        """The inverse of to_dict (for JSON written by `python -m core sweep --json`)."""
+        try:
+            points = [SweepPoint(p["alpha"], p["set"], {k: v for k, v in p.items() if k not in ("alpha", "set")})
+                      for p in data["points"]]
+            return cls(data["model_a"], data["model_b"], data["method"], data["mode"], list(data["alphas"]),
+                       list(data["sets"]), points)
+        except (KeyError, TypeError) as error:
+            raise RerankError(f"not a sweep result: missing or malformed {error}") from None
+
 
 def sweep(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], **options) -> SweepResult:
     """Run the whole sweep and collect it; see sweep_points for the arguments."""

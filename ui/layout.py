@@ -3,7 +3,7 @@
     app = build_app(default_workspace(hosted=False))
 
 Header, the memory gauge (always visible, above the tabs, so it keeps moving while a merge
-runs), the Merge and Playground tabs, and the reference of merge methods. No handlers here:
+runs), the Merge, Playground and Sweep tabs, and the reference of merge methods. No handlers here:
 each panel wires its own events.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from ui.gauge import build_gauge
 from ui.merge_panel import build_merge_panel
 from ui.methods_panel import build_methods_panel
 from ui.playground import build_playground
+from ui.sweep_panel import build_sweep_panel
 
 INTRO = """# MergeDesk
 Merge Hugging Face checkpoints (LLMs, embedders, rerankers) and see what the merge did.
@@ -31,8 +32,10 @@ def build_app(workspace: Workspace) -> gr.Blocks:
         build_gauge()
         with gr.Tabs():
             with gr.Tab("Merge"):
-                build_merge_panel(app, workspace)
+                form = build_merge_panel(app, workspace)
             with gr.Tab("Playground"):
                 build_playground(workspace)
+            with gr.Tab("Sweep"):
+                build_sweep_panel(workspace, form)
         build_methods_panel()
     return app

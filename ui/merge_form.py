@@ -44,6 +44,7 @@ class FormControls:
     choices: gr.State  # [(label, ref)] for the model pickers
     base: gr.Dropdown
     recipe_yaml: gr.Code  # the recipe the Check and Merge buttons run
+    shown: list  # outputs of show_form: what a handler that replaces the whole form updates
 
 
 def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> FormControls:
@@ -105,7 +106,7 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
     tokenizer.blur(_edit(set_field, "tokenizer_source"), [state, tokenizer], synced, **EDIT)
     export.click(export_recipe, recipe_yaml, export_file, api_visibility="private")
     app.load(refresh_models, [ws, layout], [choices, layout, base], api_visibility="private")
-    return FormControls(state, layout, choices, base, recipe_yaml)
+    return FormControls(state, layout, choices, base, recipe_yaml, [recipe_yaml, layout, state, recipe_status, *fields])
 
 
 def start_form() -> FormState:
@@ -147,8 +148,12 @@ def on_example(name: str | None, layout: int):
     if not name:
         return (gr.skip(),) * 10
     text = (EXAMPLES_DIR / name).read_text(encoding="utf-8")
-    new = yaml_to_form(text)
-    return text, layout + 1, new, form_status(new), *_fields(new)
+    return (text, *show_form(yaml_to_form(text), layout)[1:])
+
+
+def show_form(new: FormState, layout: int) -> tuple:
+    """Values for FormControls.shown: the YAML, a redraw of the rows, the state, its status and the fields."""
+    return form_to_yaml(new), layout + 1, new, form_status(new), *_fields(new)
 
 
 def export_recipe(text: str):

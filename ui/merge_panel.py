@@ -34,7 +34,8 @@ from core.planner import MergePlan
 from core.recipe import MergeRecipe, parse_recipe
 from core.workspace import (Workspace, check_quota, check_recipe_refs, cleanup_stale_sessions, output_folder,
                             push_folder, remove_session, session_workspace, zip_folder)
-from ui.merge_form import build_merge_form, refresh_models, request_workspace, session_id
+from ui.merge_form import FormControls, build_merge_form, refresh_models, request_workspace, session_id
+from ui.weights_panel import build_weights_from_data
 
 QUEUE = "gpu"  # concurrency_id shared with the playground: one heavy job on the machine at a time
 PRIVATE = {"api_visibility": "private"}
@@ -44,8 +45,9 @@ LOG_LINES = 400
 _RUNNING: dict[str, threading.Event] = {}  # session → cancel flag of its running merge
 
 
-def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> None:
-    """Add the Merge tab's contents to the current Blocks; `app` gives the page's load/unload events."""
+def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
+    """Add the Merge tab's contents to the current Blocks; `app` gives the page's load/unload events.
+    Returns the form, which other tabs may fill (the Sweep tab's "Use this α")."""
     ws = gr.State(workspace)
     last_output = gr.State(None)  # the folder of this session's latest merge (server side, trusted)
     form = build_merge_form(app, workspace, ws)
@@ -54,6 +56,7 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> None:
         device = gr.Dropdown(device_choices(), value="auto", label="Device",
                              info="where the math runs; GPUs show their free memory")
         output_name = gr.Textbox("my-merge", label="Output name", info="a new folder under outputs/")
+    build_weights_from_data(form, device, ws)
     with gr.Accordion("More options", open=False):
         with gr.Row():
             seed = gr.Number(0, precision=0, label="Seed", info="for the random drops of DARE and DELLA")
@@ -99,6 +102,7 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> None:
             end_session(workspace, request)
 
         app.unload(on_unload)
+    return form
 
 
 def plan(recipe_yaml: str, output_name: str, device: str, workspace: Workspace,

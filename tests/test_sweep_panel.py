@@ -1,0 +1,124 @@
+"""The Sweep tab's and the "Weights from data" section's handlers, called without a browser;
+the sweep figure and its PNG export."""
+import json
+import os
+import struct
+
+import pytest
+
+from core.methods import METHODS
+from core.mix_weights import data_weights, read_examples
+from core.sweep import SweepPoint, SweepResult, read_sets, sweep
+from core.workspace import Workspace
+from ui.recipe_form import new_form, shown_value
+from ui.sweep_panel import demo_set_names, parse_alphas, run_sweep, set_specs, stop_sweep, use_alpha
+from ui.sweep_plot import sweep_figure
+from ui.weights_panel import fill_weights
+
+QUERIES = [{"query": "the model", "docs": ["hello world", "the model said", "good day"], "labels": [0, 1, 0]},
+           {"query": "merge", "pos": ["merge model"], "neg": ["the way", "her", "new year"]}]
+EXAMPLES = [{"query": "the model", "pos": ["the model said hello"], "neg": ["hello world", "good day"]},
+            {"query": "what time is it", "pos": ["it is time"], "neg": ["the way", "she said no"]}]
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    return Workspace(tmp_path, tmp_path / "models", tmp_path / "outputs")
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_run_sweep_streams_each_alpha_and_ends_with_the_cores_numbers(bert_cls_family, workspace, tmp_path):
+    a, b = str(bert_cls_family[0]), str(bert_cls_family[1])
+    mine = write_jsonl(tmp_path / "mine.jsonl", QUERIES)
+    steps = list(run_sweep(a, b, "linear", "cpu", [], [mine], "0, 0.5, 1", workspace))
+    assert len(steps) == 1 + 3 + 1  # starting, one per α, done
+    status, figure, table, picker, result = steps[-2]
+    assert "3/3" in status and "✓ Swept" in steps[-1][0]
+    expected = sweep(a, b, read_sets([mine]), alphas=[0, 0.5, 1])
+    assert result["alphas"] == [0.0, 0.5, 1.0] and result["sets"] == ["mine"]
+    assert list(table["mine nDCG@10"]) == [round(v, 4) for v in expected.values("mine", "nDCG@10")]
+    assert list(figure.data[1].y) == expected.values("mine", "MRR@10")
+    assert [value for _, value in picker.choices] == [0.0, 0.5, 1.0]
+    assert "1/3" in steps[1][0] and list(steps[1][2]["α"]) == [0.0]  # the first α shows before the rest run
+
+
+def test_use_alpha_puts_the_merge_at_alpha_into_the_form():
+    result = {"method": "linear", "model_a": "org/base", "model_b": "org/tuned"}
+    message, form = use_alpha(result, 0.3)
+    weight = METHODS["linear"].param("weight")
+    assert form.method == "linear" and [row.model for row in form.rows] == ["org/base", "org/tuned"]
+    assert [shown_value(form, row.key, weight) for row in form.rows] == pytest.approx([0.7, 0.3], abs=1e-12)
+    assert "α = 0.3" in message
+    message, form = use_alpha({**result, "method": "task_arithmetic"}, 1.5)
+    assert form.base_model == "org/base" and shown_value(form, form.rows[0].key, weight) == 1.5
+    assert use_alpha(None, 0.5) == ("✗ Run a sweep first.", None)
+    assert use_alpha(result, None)[1] is None
+
+
+def test_fill_weights_sets_each_rows_weight_from_the_data(bert_cls_family, workspace, tmp_path):
+    refs = [str(f) for f in bert_cls_family]
+    examples = write_jsonl(tmp_path / "few.jsonl", EXAMPLES)
+    form = new_form("linear", models=tuple(refs))
+    message, filled = fill_weights(form, examples, 0.5, "cpu", workspace)
+    expected = data_weights(refs, read_examples(examples), tau=0.5)
+    weight = METHODS["linear"].param("weight")
+    assert [shown_value(filled, row.key, weight) for row in filled.rows] == [round(w, 4) for w in expected.weights]
+    assert f"{expected.losses[0]:.4f}" in message and "softmax(−loss / 0.5)" in message
+
+
+def test_fill_weights_says_what_is_missing(bert_cls_family, workspace, tmp_path):
+    examples = write_jsonl(tmp_path / "few.jsonl", EXAMPLES)
+    refs = (str(bert_cls_family[0]), str(bert_cls_family[1]))
+    assert fill_weights(new_form("linear", models=refs), None, 5, "cpu", workspace) == (
+        "✗ Upload a JSONL file of examples first.", None)
+    message, form = fill_weights(new_form("slerp", models=refs), examples, 5, "cpu", workspace)
+    assert form is None and "has no per-model weights" in message
+    message, form = fill_weights(new_form("linear", models=(refs[0], "")), examples, 5, "cpu", workspace)
+    assert form is None and "model 2 is not picked yet" in message
+
+
+def test_sweep_inputs_are_checked_in_one_line(tmp_path):
+    assert parse_alphas("0, 0.25;1") == [0.0, 0.25, 1.0]
+    with pytest.raises(Exception, match="write numbers separated by commas"):
+        parse_alphas("0, half")
+    with pytest.raises(Exception, match="choose a demo set or upload"):
+        set_specs([], None)
+    assert set(demo_set_names()) >= {"cooking", "general", "software"}
+    assert set_specs(["cooking"], [str(tmp_path / "eval.jsonl")])[1] == f"eval={tmp_path / 'eval.jsonl'}"
+    assert stop_sweep() == "Nothing is running."
+
+
+def small_result():
+    points = [SweepPoint(alpha, name, {"nDCG@10": value, "MRR@10": value / 2})
+              for alpha in (0.0, 0.5, 1.0) for name, value in (("cooking", alpha), ("general", 1 - alpha))]
+    return SweepResult("org/general", "org/cooking", "linear", "memory", [0.0, 0.5, 1.0], ["cooking", "general"],
+                       points)
+
+
+def test_the_figure_has_one_curve_per_set_and_metric():
+    figure = sweep_figure(small_result())
+    assert [(t.name, t.xaxis) for t in figure.data] == [("cooking", "x"), ("cooking", "x2"),
+                                                        ("general", "x"), ("general", "x2")]
+    assert list(figure.data[2].y) == [1.0, 0.5, 0.0] and list(figure.data[3].y) == [0.5, 0.25, 0.0]
+    assert [t.showlegend for t in figure.data] == [True, False, True, False]
+    assert SweepResult.from_dict(json.loads(json.dumps(small_result().to_dict()))) == small_result()
+
+
+@pytest.mark.slow
+def test_render_sweep_writes_a_png(tmp_path):
+    pytest.importorskip("playwright")
+    from docs.render_sweep import CHROMIUM, main
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    source = tmp_path / "sweep.json"
+    source.write_text(json.dumps(small_result().to_dict()), encoding="utf-8")
+    assert main([str(source), str(tmp_path / "sweep.png"), "--width", "600", "--height", "300"]) == 0
+    header = (tmp_path / "sweep.png").read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", header[16:24])
+    assert width >= 2 * 600 * 0.9 and height >= 2 * 300 * 0.9  # 2× device scale, the figure's size

@@ -1,0 +1,174 @@
+"""The "Sweep" tab: merge two models at α = 0 … 1, measure every merge, pick the α to keep.
+
+    build_sweep_panel(workspace, form)   # form: the Merge tab's FormControls, which "Use α" fills
+
+Model A is α = 0 (the base or general model), B is α = 1 (the fine-tune). Each α's merge is
+measured on labelled sets — the demo sets in assets/demo/*/eval.jsonl and/or uploaded JSONL —
+and drawn as nDCG@10 / MRR@10 curves, one per set (ui/sweep_plot.py): the in-domain gain
+against the general loss, as in the LM-Cocktail paper. gr.Plot (plotly) reports no clicks in
+Gradio 6, so the α to keep is picked from the swept values and "Use this α" writes that merge's
+recipe into the Merge tab's form (weights 1 − α and α for linear).
+
+The work runs in core.sweep (in memory when the model fits, else streamed to a temporary
+folder); this file only shows it. Events are private and share the "gpu" queue; Stop sets
+the running sweep's cancel flag, checked between two α's.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core.errors import MergeCancelled, MergeDeskError
+from core.monitor import MONITOR
+from core.recipe import to_yaml
+from core.rerank_batches import RerankError
+from core.sweep import DEFAULT_ALPHAS, SHOWN_METRICS, SweepResult, read_sets, sweep_points, sweep_recipe
+from core.workspace import Workspace, check_model_ref
+from ui.merge_form import FormControls, request_workspace, session_id, show_form
+from ui.merge_panel import PRIVATE, QUEUE, device_choices
+from ui.playground import default_pair, model_choices
+from ui.recipe_form import FormState, yaml_to_form
+from ui.sweep_plot import sweep_figure
+
+DEMO_SETS = Path(__file__).resolve().parent.parent / "assets" / "demo"
+METHOD_CHOICES = [("linear: (1 − α)·A + α·B", "linear"),
+                  ("task arithmetic: A + α·(B − A)", "task_arithmetic"), ("SLERP at t = α", "slerp")]
+HELP = """Mix model **A** (α = 0, e.g. the base) with model **B** (α = 1, e.g. your fine-tune) at each α and
+measure every mix on labelled sets — in-domain and general — to see what α costs and buys. Pick the α to keep
+below the table and **Use this α** fills the Merge tab."""
+_RUNNING: dict[str, threading.Event] = {}  # session → cancel flag of its running sweep
+
+
+def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
+    """Add the Sweep tab's contents to the current Blocks; "Use this α" updates `form`."""
+    ws = gr.State(workspace)
+    last = gr.State(None)  # SweepResult.to_dict() of this session's latest sweep
+    gr.Markdown(HELP, elem_classes="help")
+    first, second = default_pair(workspace)
+    choices = model_choices(workspace)
+    with gr.Row():
+        model_a = gr.Dropdown(choices, value=first, label="Model A (α = 0)", allow_custom_value=True, scale=3)
+        model_b = gr.Dropdown(choices, value=second, label="Model B (α = 1)", allow_custom_value=True, scale=3)
+        method = gr.Dropdown(METHOD_CHOICES, value="linear", label="Mix", scale=2)
+        device = gr.Dropdown(device_choices(), value="cpu", label="Device", scale=1)
+    with gr.Row():
+        demo = gr.CheckboxGroup(demo_set_names(), value=demo_set_names(), label="Demo sets (assets/demo/*/eval.jsonl)")
+        uploads = gr.File(label="…and/or your labelled JSONL files", file_count="multiple",
+                          file_types=[".jsonl", ".json"])
+        alphas = gr.Textbox(", ".join(f"{a:g}" for a in DEFAULT_ALPHAS), label="α values",
+                            info="comma-separated; task arithmetic may go beyond 1")
+    with gr.Row():
+        run = gr.Button("Run the sweep", variant="primary", scale=0)
+        stop = gr.Button("Stop", variant="stop", scale=0)
+    status = gr.Markdown()
+    plot = gr.Plot(label="Metrics against α")
+    table = gr.Dataframe(label="Metrics per α", interactive=False)
+    with gr.Row(equal_height=True):
+        pick = gr.Dropdown([], label="α to keep", info="the swept values", scale=1)
+        use = gr.Button("Use this α in the Merge tab", scale=0)
+    used = gr.Markdown()
+
+    run.click(run_sweep, [model_a, model_b, method, device, demo, uploads, alphas, ws],
+              [status, plot, table, pick, last], concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
+    stop.click(stop_sweep, None, status, concurrency_limit=None, **PRIVATE)
+
+    def on_use(result: dict | None, alpha: float | None, layout: int):
+        message, new = use_alpha(result, alpha)
+        return message, *(show_form(new, layout) if new is not None else (gr.skip(),) * len(form.shown))
+
+    use.click(on_use, [last, pick, form.layout], [used, *form.shown], **PRIVATE)
+
+
+def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[str], uploads: list[str] | None,
+              alphas_text: str, workspace: Workspace, request: gr.Request | None = None):
+    """Yield (status, figure, table, α picker, result dict) after each α; one gr.Error line on bad input."""
+    ws = request_workspace(workspace, request)
+    session = session_id(request)
+    try:
+        refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
+        sets = read_sets(set_specs(demo, uploads))
+        alphas = parse_alphas(alphas_text)
+    except MergeDeskError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    cancel = _RUNNING[session] = threading.Event()
+    points, mode, result = [], "", None
+    yield f"Merging A and B at α = {alphas[0]:g}…", None, None, gr.Dropdown(choices=[], value=None), None
+    try:
+        with MONITOR.job(f"sweep {Path(refs[0]).name} → {Path(refs[1]).name}"):
+            for point, mode in sweep_points(*refs, sets, alphas=alphas, method=method, device=device, cancel=cancel):
+                points.append(point)
+                if len(points) % len(sets) == 0:
+                    done = alphas[:len(points) // len(sets)]
+                    result = SweepResult(*refs, method, mode, done, list(sets), points)
+                    following = f" · merging at α = {alphas[len(done)]:g}…" if len(done) < len(alphas) else ""
+                    yield (f"{len(done)}/{len(alphas)} α's measured (merges made in {mode}){following}",
+                           sweep_figure(result), metrics_table(result), _picker(result), result.to_dict())
+    except MergeCancelled:
+        yield "**■ Stopped.** The α's measured so far are shown.", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return
+    except MergeDeskError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    finally:
+        _RUNNING.pop(session, None)
+    yield f"**✓ Swept** {len(alphas)} α's on {len(sets)} set(s), merges made in {mode}.", *(gr.skip(),) * 4
+
+
+def stop_sweep(request: gr.Request | None = None) -> str:
+    """Ask this session's running sweep to stop before its next α."""
+    cancel = _RUNNING.get(session_id(request))
+    if cancel is None:
+        return "Nothing is running."
+    cancel.set()
+    return "Stopping after the current α…"
+
+
+def use_alpha(result: dict | None, alpha: float | None) -> tuple[str, FormState | None]:
+    """(message, the Merge form holding the recipe of the merge at α) — None when there is nothing to use."""
+    if not result:
+        return "✗ Run a sweep first.", None
+    if alpha is None:
+        return "✗ Pick the α to keep.", None
+    recipe = sweep_recipe(result["method"], result["model_a"], result["model_b"], float(alpha))
+    form = yaml_to_form(to_yaml(recipe))
+    message = f"✓ The Merge tab now holds the {result['method']} merge at α = {float(alpha):g}: check it and merge."
+    return message, form
+
+
+def metrics_table(result: SweepResult) -> pd.DataFrame:
+    """One row per α; a column per set and metric, rounded to 4 places."""
+    frame = pd.DataFrame({"α": result.alphas})
+    for name in result.set_names:
+        for metric in SHOWN_METRICS:
+            frame[f"{name} {metric}"] = [round(v, 4) for v in result.values(name, metric)]
+    return frame
+
+
+def set_specs(demo: list[str] | None, uploads: list[str] | None) -> list[str]:
+    """read_sets specs for the chosen demo sets and the uploaded files (named by their file name)."""
+    specs = [f"{name}={DEMO_SETS / name / 'eval.jsonl'}" for name in demo or []]
+    specs += [f"{Path(path).stem}={path}" for path in uploads or []]
+    if not specs:
+        raise RerankError("choose a demo set or upload a labelled JSONL file to measure the merges on")
+    return specs
+
+
+def parse_alphas(text: str) -> list[float]:
+    """'0, 0.25, 0.5' → [0.0, 0.25, 0.5]; one line on anything else."""
+    try:
+        alphas = [float(part) for part in str(text or "").replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        raise RerankError(f"α values {text!r}: write numbers separated by commas, e.g. 0, 0.5, 1") from None
+    if not alphas:
+        raise RerankError("give at least one α, e.g. 0, 0.5, 1")
+    return alphas
+
+
+def demo_set_names() -> list[str]:
+    return sorted(p.parent.name for p in DEMO_SETS.glob("*/eval.jsonl"))
+
+
+def _picker(result: SweepResult):
+    return gr.Dropdown(choices=[(f"{a:g}", a) for a in result.alphas], value=None)
