@@ -1,4 +1,4 @@
-"""Command line: python -m core merge | plan | inspect | methods | rerank | evaluate | weights | sweep.
+"""Command line: python -m core merge | plan | inspect | methods | rerank | evaluate | weights | sweep | demo.
 
     python -m core merge RECIPE.yml OUT_DIR [--device D] [--overwrite] [--seed N]
     python -m core plan RECIPE.yml [--out OUT_DIR] [--device D]
@@ -8,6 +8,7 @@
     python -m core evaluate --model A --model B --input FILE.jsonl
     python -m core weights --model A --model B --examples FILE.jsonl [--tau 5]
     python -m core sweep --model-a A --model-b B --set [NAME=]FILE … [--alphas 0,0.5,1]
+    python -m core demo [--models-dir DIR] [--seed N] [--force]
 
 On success exit 0. On bad input: one line `error: …` on stderr, exit 1, and OUT_DIR untouched
 (no traceback unless --debug). Ctrl-C stops a merge cleanly (exit 130).

@@ -186,5 +186,11 @@ def _mixing_commands():
     return weights_command, sweep_command
 
 
+def _demo_command():
+    from core.demo_cli import demo_command
+
+    return demo_command
+
+
 COMMANDS = (merge_command, plan_command, inspect_command, methods_command, *_reranker_commands(),
-            *_mixing_commands())
+            *_mixing_commands(), _demo_command())
