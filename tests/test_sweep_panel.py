@@ -122,3 +122,40 @@ def test_render_sweep_writes_a_png(tmp_path):
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", header[16:24])
     assert width >= 2 * 600 * 0.9 and height >= 2 * 300 * 0.9  # 2× device scale, the figure's size
+
+
+@pytest.mark.slow
+def test_clicking_a_point_in_the_browser_puts_its_alpha_into_the_merge_form(bert_cls_family, tmp_path):
+    """The plotly click → hidden box → change event path (CLICK_JS), in headless Chromium."""
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    from docs.render_sweep import CHROMIUM
+    from tests.app_server import launched
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    mine = write_jsonl(tmp_path / "mine.jsonl", QUERIES)
+    workspace = Workspace(tmp_path, tmp_path / "models", tmp_path / "outputs")
+    with launched(workspace) as (blocks, _), sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(blocks.local_url)
+        page.get_by_role("tab", name="Sweep").click()
+        for label, ref in (("Model A (α = 0)", bert_cls_family[0]), ("Model B (α = 1)", bert_cls_family[1])):
+            page.get_by_label(label).fill(str(ref))
+            page.get_by_label(label).press("Enter")
+        page.get_by_label("α values").fill("0, 0.5, 1")
+        for name in demo_set_names():
+            page.get_by_label(name, exact=True).uncheck()
+        page.locator("input[type=file][multiple]").first.set_input_files(mine)
+        page.get_by_text("mine.jsonl").first.wait_for()
+        page.get_by_role("button", name="Run the sweep").click()
+        page.get_by_text("✓ Swept").wait_for(timeout=60_000)
+        point = page.locator("#sweep-plot .scatterlayer .points path.point").nth(2).bounding_box()  # α = 1
+        page.mouse.click(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
+        page.get_by_text("holds the linear merge at α = 1").wait_for(timeout=30_000)
+        page.get_by_role("tab", name="Merge").click()
+        recipe = page.locator(".cm-content").first.inner_text()
+        browser.close()
+    assert "weight: 0.0" in recipe and "weight: 1.0" in recipe and str(bert_cls_family[1]) in recipe

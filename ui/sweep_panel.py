@@ -5,9 +5,10 @@
 Model A is α = 0 (the base or general model), B is α = 1 (the fine-tune). Each α's merge is
 measured on labelled sets — the demo sets in assets/demo/*/eval.jsonl and/or uploaded JSONL —
 and drawn as nDCG@10 / MRR@10 curves, one per set (ui/sweep_plot.py): the in-domain gain
-against the general loss, as in the LM-Cocktail paper. gr.Plot (plotly) reports no clicks in
-Gradio 6, so the α to keep is picked from the swept values and "Use this α" writes that merge's
-recipe into the Merge tab's form (weights 1 − α and α for linear).
+against the general loss, as in the LM-Cocktail paper. Clicking a point (or picking a swept α and
+"Use this α") writes that merge's recipe into the Merge tab's form (weights 1 − α and α for
+linear). gr.Plot reports no clicks in Gradio 6, so a few lines of JS (CLICK_JS) pass plotly's
+click to a hidden text box whose change event does the rest.
 
 The work runs in core.sweep (in memory when the model fits, else streamed to a temporary
 folder); this file only shows it. Events are private and share the "gpu" queue; Stop sets
@@ -37,9 +38,27 @@ DEMO_SETS = Path(__file__).resolve().parent.parent / "assets" / "demo"
 METHOD_CHOICES = [("linear: (1 − α)·A + α·B", "linear"),
                   ("task arithmetic: A + α·(B − A)", "task_arithmetic"), ("SLERP at t = α", "slerp")]
 HELP = """Mix model **A** (α = 0, e.g. the base) with model **B** (α = 1, e.g. your fine-tune) at each α and
-measure every mix on labelled sets — in-domain and general — to see what α costs and buys. Pick the α to keep
-below the table and **Use this α** fills the Merge tab."""
+measure every mix on labelled sets — in-domain and general — to see what α costs and buys. Click a point (or
+pick the α below the table and **Use this α**) to put that merge into the Merge tab."""
 _RUNNING: dict[str, threading.Event] = {}  # session → cancel flag of its running sweep
+# gr.Plot has no click event: once plotly has drawn the figure, its plotly_click writes "α@time" into
+# the hidden #sweep-clicked box and dispatches "input", which gradio turns into the box's change event
+# (the time makes a second click on the same point a change too).
+CLICK_JS = """() => {
+  const attach = (tries) => {
+    const graph = document.querySelector('#sweep-plot .js-plotly-plot');
+    if (!graph || !graph.on) { if (tries > 0) setTimeout(() => attach(tries - 1), 200); return; }
+    if (graph.dataset.sweepClick) return;
+    graph.dataset.sweepClick = '1';
+    graph.on('plotly_click', (event) => {
+      const box = document.querySelector('#sweep-clicked textarea, #sweep-clicked input');
+      if (!box || !event.points.length) return;
+      box.value = `${event.points[0].x}@${Date.now()}`;
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+    });
+  };
+  attach(25);
+}"""
 
 
 def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
@@ -64,7 +83,8 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
         run = gr.Button("Run the sweep", variant="primary", scale=0)
         stop = gr.Button("Stop", variant="stop", scale=0)
     status = gr.Markdown()
-    plot = gr.Plot(label="Metrics against α")
+    plot = gr.Plot(label="Metrics against α (click a point to use its α)", elem_id="sweep-plot")
+    clicked = gr.Textbox(visible="hidden", elem_id="sweep-clicked")  # "α@time", written by CLICK_JS
     table = gr.Dataframe(label="Metrics per α", interactive=False)
     with gr.Row(equal_height=True):
         pick = gr.Dropdown([], label="α to keep", info="the swept values", scale=1)
@@ -80,6 +100,9 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
         return message, *(show_form(new, layout) if new is not None else (gr.skip(),) * len(form.shown))
 
     use.click(on_use, [last, pick, form.layout], [used, *form.shown], **PRIVATE)
+    plot.change(None, js=CLICK_JS, **PRIVATE)
+    clicked.change(clicked_alpha, clicked, pick, **PRIVATE).then(
+        on_use, [last, pick, form.layout], [used, *form.shown], **PRIVATE)
 
 
 def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[str], uploads: list[str] | None,
@@ -135,6 +158,14 @@ def use_alpha(result: dict | None, alpha: float | None) -> tuple[str, FormState 
     form = yaml_to_form(to_yaml(recipe))
     message = f"✓ The Merge tab now holds the {result['method']} merge at α = {float(alpha):g}: check it and merge."
     return message, form
+
+
+def clicked_alpha(text: str):
+    """The α picker set to the clicked point's α ("0.3@1712345678" → 0.3); unchanged on anything else."""
+    try:
+        return float(str(text).split("@")[0])
+    except ValueError:
+        return gr.skip()
 
 
 def metrics_table(result: SweepResult) -> pd.DataFrame:
