@@ -156,7 +156,8 @@ def sweep_recipe(method: str, model_a: str, model_b: str, alpha: float) -> Merge
     """The recipe of the merge at α (validated like any recipe)."""
     if method == "linear":
         data = {"merge_method": "linear", "parameters": {"normalize": False},
-                "models": [{"model": model_a, "parameters": {"weight": 1 - alpha}},
+                # round: the form and YAML show 0.3, not 0.30000000000000004
+                "models": [{"model": model_a, "parameters": {"weight": round(1 - alpha, 12)}},
                            {"model": model_b, "parameters": {"weight": alpha}}]}
     elif method == "task_arithmetic":
         data = {"merge_method": "task_arithmetic", "base_model": model_a,
