@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import pickle
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -154,13 +155,24 @@ def load_reranker(ref: str, *, device: str = "cpu", dtype: str | None = None, ki
     key = (str(folder), str(target), str(torch_dtype), kind, str(device).strip().lower() == "auto")
     if not cached:
         return _load(ref, folder, kind, target, torch_dtype, spread=key[-1], max_length=max_length)
+    # The cache lock is held only to look up and store: a slow load (a big model, a Hub download)
+    # must not block loaded_rerankers() or unload() for the rest of the app. A per-key lock makes
+    # a second request for the same model wait for the first load instead of loading it twice.
     with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-        reranker = _load(ref, folder, kind, target, torch_dtype, spread=key[-1], max_length=max_length)
-        _CACHE[key] = reranker
-        return reranker
+        loading = _LOADING.setdefault(key, threading.Lock())
+    with loading:
+        with _LOCK:
+            if key in _CACHE:
+                _CACHE.move_to_end(key)
+                return _CACHE[key]
+        try:
+            reranker = _load(ref, folder, kind, target, torch_dtype, spread=key[-1], max_length=max_length)
+            with _LOCK:
+                _CACHE[key] = reranker
+            return reranker
+        finally:
+            with _LOCK:
+                _LOADING.pop(key, None)
 
 
 def loaded_rerankers() -> list[Reranker]:
@@ -180,7 +192,8 @@ def unload(reranker: Reranker | None = None) -> None:
 
 
 _CACHE: OrderedDict[tuple, Reranker] = OrderedDict()
-_LOCK = threading.Lock()
+_LOCK = threading.Lock()  # guards _CACHE and _LOADING; never held while a model loads
+_LOADING: dict[tuple, threading.Lock] = {}  # key → lock held while that model loads
 
 
 def _load(ref, folder, kind, device, dtype, *, spread, max_length) -> Reranker:
@@ -195,7 +208,7 @@ def _load(ref, folder, kind, device, dtype, *, spread, max_length) -> Reranker:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(weights, trust_remote_code=False)
         model = classes[kind].from_pretrained(weights, dtype=dtype, trust_remote_code=False, **placement).eval()
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as error:  # unpickling: a .bin holding code
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise RerankError(f"cannot load {ref!r} as a {kind}: {reason}") from None
     if kind == "cross-encoder" and model.config.num_labels != 1:

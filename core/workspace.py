@@ -42,7 +42,8 @@ class Workspace:
     outputs_dir: Path  # merges are written here, one folder per output name
     hosted: bool = False  # True on a public Space: path policy, quota, per-session folders
     max_output_bytes: int | None = None  # cap on outputs_dir's size; None = no cap
-    max_jobs: int | None = None  # merges allowed to wait in the queue; None = no limit
+    max_jobs: int | None = None  # events allowed to wait in the queue (all visitors); None = no limit
+    max_session_jobs: int | None = None  # heavy jobs one visitor may have queued or running; None = no limit
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,11 @@ class ModelChoice:
 
 
 def default_workspace(*, hosted: bool) -> Workspace:
-    """The app's workspace: MERGEDESK_HOME or the current folder; hosted gets a cap and a queue limit."""
+    """The app's workspace: MERGEDESK_HOME or the current folder; hosted gets a size cap and job limits."""
     root = Path(os.environ.get("MERGEDESK_HOME") or Path.cwd()).expanduser().resolve()
     return Workspace(root, root / "models", root / "outputs", hosted=hosted,
-                     max_output_bytes=HOSTED_OUTPUT_CAP if hosted else None, max_jobs=8 if hosted else None)
+                     max_output_bytes=HOSTED_OUTPUT_CAP if hosted else None, max_jobs=8 if hosted else None,
+                     max_session_jobs=2 if hosted else None)
 
 
 def packaged_minilm() -> Path | None:
@@ -145,12 +147,22 @@ def output_folder(name: str, ws: Workspace) -> Path:
     return ws.outputs_dir / cleaned
 
 
-def session_workspace(base: Workspace, session_id: str) -> Workspace:
-    """The workspace of one hosted visitor: shared models_dir, outputs in a folder of their own."""
+def session_name(session_id: str) -> str:
+    """A session id (chosen by the client, so untrusted) as a safe folder name: letters, digits, '_', '-'.
+
+    Example:
+        >>> session_name("../../home")
+        'home'
+    """
     cleaned = re.sub(r"[^A-Za-z0-9_-]", "", str(session_id))[:64]
     if not cleaned:
         raise MergeDeskError(f"session id {session_id!r} has no usable characters")
-    return replace(base, outputs_dir=base.outputs_dir / SESSIONS / cleaned)
+    return cleaned
+
+
+def session_workspace(base: Workspace, session_id: str) -> Workspace:
+    """The workspace of one hosted visitor: shared models_dir, outputs in a folder of their own."""
+    return replace(base, outputs_dir=base.outputs_dir / SESSIONS / session_name(session_id))
 
 
 def cleanup_stale_sessions(base: Workspace, max_age_s: float) -> list[Path]:

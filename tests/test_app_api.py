@@ -1,45 +1,25 @@
 """The launched app through gradio_client: /plan, /merge and /rerank_compare work, UI-only events stay off the API."""
-import json
-import socket
 import uuid
 
-import httpx
 import pytest
-from gradio_client import Client
 from safetensors.torch import load_file
 
-import app as mergedesk
 from core.workspace import Workspace
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.app_server import browser_event, launched
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served").resolve()
     workspace = Workspace(root, root / "models", root / "outputs")
-    port = _free_port()
-    blocks = mergedesk.serve(workspace, host="127.0.0.1", port=port, prevent_thread_lock=True)
-    yield workspace, Client(f"http://127.0.0.1:{port}/", verbose=False), blocks
-    blocks.close()
+    with launched(workspace) as (blocks, client):
+        yield workspace, client, blocks
 
 
-def browser_event(blocks, fn_index: int, data: list, session: str) -> dict:
-    """Run one event the way the page does (queue join + event stream); private events included."""
-    api = f"{blocks.local_url}gradio_api"
-    httpx.post(f"{api}/queue/join", json={"data": data, "fn_index": fn_index, "session_hash": session,
-                                          "event_data": None, "trigger_id": None}).raise_for_status()
-    with httpx.stream("GET", f"{api}/queue/data", params={"session_hash": session}, timeout=30) as events:
-        for line in events.iter_lines():
-            message = json.loads(line[5:]) if line.startswith("data:") else {}
-            if message.get("msg") == "process_completed":
-                assert message["success"], message
-                return message["output"]
-    raise AssertionError("the event stream ended without a result")
+def completed(blocks, fn_index: int, data: list, session: str) -> dict:
+    message = browser_event(blocks, fn_index, data, session)
+    assert message["success"], message
+    return message["output"]
 
 
 def test_plan_and_merge_through_the_client(served, llama_family):
@@ -93,7 +73,7 @@ def test_the_page_draws_the_form_and_its_events_update_the_recipe(served):
     _, _, blocks = served
     session = uuid.uuid4().hex[:10]
     render = next(i for i, fn in blocks.fns.items() if fn.renderable and fn.renderable.fn.__name__ == "draw_rows")
-    drawn = browser_event(blocks, render, [None, None], session)["render_config"]
+    drawn = completed(blocks, render, [None, None], session)["render_config"]
     controls = [(c["type"], c["props"].get("label")) for c in drawn["components"]
                 if c["type"] in ("dropdown", "slider", "checkbox")]
     assert controls == [("dropdown", "Model 1"), ("slider", "weight"), ("dropdown", "Model 2"),
@@ -101,6 +81,6 @@ def test_the_page_draws_the_form_and_its_events_update_the_recipe(served):
     add = next(c["id"] for c in drawn["components"] if c["props"].get("value") == "+ Add a model")
     click = next(d["id"] for d in drawn["dependencies"] if [add, "click"] in d["targets"])
     assert all(d["api_visibility"] == "private" for d in drawn["dependencies"])
-    result = browser_event(blocks, click, [None, None], session)
+    result = completed(blocks, click, [None, None], session)
     recipe_text = result["data"][2]
     assert recipe_text.count("- model:") == 3 and result["changed_state_ids"]

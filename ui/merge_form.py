@@ -22,7 +22,7 @@ import gradio as gr
 from core.errors import RecipeError
 from core.methods import METHODS
 from core.recipe import DTYPES
-from core.workspace import Workspace, find_models, packaged_minilm, session_workspace
+from core.workspace import Workspace, find_models, packaged_minilm, session_name, session_workspace
 from ui.recipe_form import (FormState, add_row, base_help, change_method, check_form, form_to_yaml, global_params,
                             is_number, needs_text, new_form, remove_row, row_params, set_field, set_param,
                             set_row_model, setting_text, shown_value, shows_base, slider_range, yaml_to_form)
@@ -184,8 +184,9 @@ def example_names() -> list[str]:
 
 
 def session_id(request: gr.Request | None) -> str:
-    """The visitor's session (gradio's session hash); "local" for direct calls."""
-    return getattr(request, "session_hash", None) or "local"
+    """The visitor's session as a safe folder name (the client picks gradio's session hash, so it is
+    cleaned: "../../home" becomes "home"); "local" for direct calls."""
+    return session_name(getattr(request, "session_hash", None) or "local")
 
 
 def request_workspace(workspace: Workspace, request: gr.Request | None) -> Workspace:
