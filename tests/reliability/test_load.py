@@ -130,6 +130,7 @@ def test_fifty_comparisons_leave_no_memory_behind(served, monkeypatch, minilm_cr
         return reranker
 
     monkeypatch.setattr(core.rerank, "_load", tracked_load)
+    core.rerank.unload()  # start from an empty cache (earlier tests load the same tiny model)
 
     def compare(i: int):
         return client.predict(model_a, model_b, QUERIES[i % len(QUERIES)], "\n".join(DOCS), None, "cpu", False,
