@@ -126,7 +126,8 @@ def train_bi_encoder(base: str | Path, examples: list[TrainExample], config: Tra
         return torch.nn.functional.cross_entropy(scores, positives)
 
     target = parse_device(device)
-    return (yield from _run(lambda: transformers.AutoModel.from_pretrained(Path(base) / encoder.module_path),
+    return (yield from _run(lambda: transformers.AutoModel.from_pretrained(Path(base) / encoder.module_path,
+                                                                            trust_remote_code=False),
                             Path(base) / encoder.module_path, examples, config, target, loss_of))
 
 
@@ -142,7 +143,8 @@ def train_cross_encoder(base: str | Path, examples: list[TrainExample], config: 
         return torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long, device=target))
 
     target = parse_device(device)
-    load = lambda: transformers.AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)  # noqa: E731
+    load = lambda: transformers.AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
+        base, num_labels=1, trust_remote_code=False)
     return (yield from _run(load, Path(base), examples, config, target, loss_of))
 
 
@@ -187,7 +189,7 @@ def _run(load, tokenizer_folder: Path, examples, config: TrainConfig, device: to
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         transformers.logging.set_verbosity_error()  # "newly initialized: classifier.*" is expected here
-        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_folder)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_folder, trust_remote_code=False)
         model = load().to(device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         schedule = transformers.get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup * total), total)

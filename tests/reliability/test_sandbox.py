@@ -6,9 +6,11 @@ through core.workspace. Each break-out is paired with a control showing that the
 does work where it is allowed (local mode, or the visitor's own folder), so a refusal is the
 sandbox's doing and not a broken fixture. Run with -s to see the counts.
 """
+import ast
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import gradio as gr
 import httpx
@@ -186,6 +188,24 @@ def test_remote_code_in_a_model_folder_never_runs(site, tmp_path):
     assert "\n" not in caught.value.message
     assert not marker.exists()
     print(f"\nsandbox: {len(refs)} models carrying auto_map code loaded or refused; the code ran 0 times")
+
+
+def test_every_load_in_the_code_refuses_remote_code_and_pickled_code():
+    """Static: each from_pretrained passes trust_remote_code=False, each torch.load weights_only=True."""
+    root = Path(__file__).resolve().parents[2]
+    loads = []
+    for source in [root / "app.py", *sorted((root / "core").glob("*.py")), *sorted((root / "ui").glob("*.py"))]:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                flag = {"from_pretrained": ("trust_remote_code", False), "load": ("weights_only", True)}.get(
+                    node.func.attr)
+                is_torch_load = node.func.attr != "load" or ast.unparse(node.func.value) == "torch"
+                if flag and is_torch_load:
+                    given = {k.arg: k.value for k in node.keywords}
+                    safe = isinstance(given.get(flag[0]), ast.Constant) and given[flag[0]].value is flag[1]
+                    loads.append((f"{source.name}:{node.lineno}", safe))
+    print(f"\nsandbox: {len(loads)} from_pretrained / torch.load calls, {sum(s for _, s in loads)} with the safe flag")
+    assert len(loads) >= 5 and [where for where, safe in loads if not safe] == []
 
 
 class _Payload:
