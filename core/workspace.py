@@ -94,7 +94,8 @@ def check_model_ref(text: str, ws: Workspace) -> str:
     """The reference the engine should open for what a person typed, or a MergeDeskError.
 
     Local: the text, stripped. Hosted: a Hub id ('org/name'), the packaged model, or a
-    relative path whose real location (symlinks followed) lies in models_dir or outputs_dir.
+    relative path whose real location (symlinks followed) lies in models_dir or outputs_dir,
+    with no file inside it linking out of them.
 
     Example:
         >>> check_model_ref("/etc", hosted_ws)
@@ -115,9 +116,15 @@ def check_model_ref(text: str, ws: Workspace) -> str:
         raise CheckpointError(refuse.format("'..' is refused on a hosted app"))
     candidates = [base / ref for base in (ws.root, Path.cwd()) if os.path.lexists(base / ref)]
     if candidates:
-        real = candidates[0].resolve()
-        if not any(real == d or d in real.parents for d in _readable_dirs(ws)):
+        real, readable = candidates[0].resolve(), _readable_dirs(ws)
+        if not _inside(real, readable):
             raise CheckpointError(refuse.format("it lies outside this workspace"))
+        # A folder inside may still hold links out (model.safetensors -> /root/…): refuse those too.
+        leaving = next((f for f in sorted(real.rglob("*")) if f.is_symlink() and not _inside(f.resolve(), readable)),
+                       None)
+        if leaving is not None:
+            raise CheckpointError(refuse.format(f"its file {str(leaving.relative_to(real))!r} links outside "
+                                                "this workspace"))
         return _engine_ref(real)
     if HUB_ID.match(ref):
         return ref
@@ -229,6 +236,10 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, token: str | bool 
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise OutputError(f"cannot push to the Hugging Face Hub ({reason}); check the token and the network") from None
     return f"https://huggingface.co/{repo.repo_id}"
+
+
+def _inside(path: Path, folders: list[Path]) -> bool:
+    return any(path == folder or folder in path.parents for folder in folders)
 
 
 def _readable_dirs(ws: Workspace) -> list[Path]:

@@ -78,12 +78,14 @@ def _attacks(ws: Workspace, outside) -> list[str]:
     (ws.models_dir / "nest").mkdir()
     (ws.models_dir / "nest" / "deeper").symlink_to(outside.parent)
     shutil.copytree(ws.models_dir / "ce", ws.outputs_dir / "sessions" / "neighbour" / "theirs")
+    inner = shutil.copytree(ws.models_dir / "ce", ws.models_dir / "inner-link", ignore=shutil.ignore_patterns("*.safe*"))
+    (inner / "model.safetensors").symlink_to(outside / "model.safetensors")  # a real folder, one file links out
     (ws.outputs_dir / "sessions" / "visitor").mkdir()
     return ["/etc", "/root", str(outside), "../../etc", "models/../../outside/secret-model", "models/../..",
             "file:///etc/passwd", "file://" + str(outside), "https://example.com/model", "~/.ssh", "~root",
             "..\\..\\etc", "models\\..\\..\\etc", "C:\\Windows", "models/to-root", "models/to-outside",
             "models/relative-up", "models/nest/deeper/secret-model", "outputs", "outputs/sessions",
-            "outputs/sessions/neighbour/theirs"]
+            "outputs/sessions/neighbour/theirs", "models/inner-link"]
 
 
 def test_model_references_that_leave_the_workspace_are_refused_everywhere(site):
