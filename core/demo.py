@@ -26,7 +26,7 @@ import yaml
 
 from core.demo_train import TrainConfig, Trained, read_training_set, train_bi_encoder, train_cross_encoder
 from core.errors import CheckpointError
-from core.workspace import packaged_minilm
+from core.workspace import Workspace, find_models, packaged_minilm
 from core.writer import copy_side_files, staged_output
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
@@ -92,6 +92,16 @@ def built_demo_models(models_dir: str | Path, *, specs: tuple[DemoSpec, ...] = D
     """The demo models already in models_dir, by spec name (complete folders only)."""
     found = {spec.name: demo_folder(models_dir, spec.name) for spec in specs}
     return {name: folder for name, folder in found.items() if (folder / "config.json").exists()}
+
+
+def demo_pair(ws: Workspace) -> tuple[str, str] | None:
+    """(general-ce, cooking-ce) as the model pickers write them, when both are built; else None.
+
+    The app's defaults: the Merge tab mixes these two, the Playground compares them.
+    """
+    wanted = [f"models/{DEMO_FOLDER}/{name}" for name in ("general-ce", "cooking-ce")]
+    refs = {choice.label: choice.ref for choice in find_models(ws) if choice.source == "models"}
+    return (refs[wanted[0]], refs[wanted[1]]) if all(label in refs for label in wanted) else None
 
 
 def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, device: str = "cpu",

@@ -3,7 +3,7 @@
     app = build_app(default_workspace(hosted=False))
 
 Header, the memory gauge (always visible, above the tabs, so it keeps moving while a merge
-runs), the Merge, Playground and Sweep tabs, and the reference of merge methods. No handlers here:
+runs), the "Build demo models" strip (local app without demo models), the Merge, Playground and Sweep tabs, and the reference of merge methods. No handlers here:
 each panel wires its own events.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from core.workspace import Workspace
+from ui.demo_panel import build_demo_panel, wire_demo
 from ui.gauge import build_gauge
 from ui.merge_panel import build_merge_panel
 from ui.methods_panel import build_methods_panel
@@ -30,9 +31,11 @@ def build_app(workspace: Workspace) -> gr.Blocks:
     with gr.Blocks(title="MergeDesk", delete_cache=(3600, 3600) if workspace.hosted else None) as app:
         gr.Markdown(INTRO + (f"\n{HOSTED_NOTE}" if workspace.hosted else ""), elem_id="header")
         build_gauge()
+        demo = build_demo_panel(app, workspace)
         with gr.Tabs():
             with gr.Tab("Merge"):
                 form = build_merge_panel(app, workspace)
+                wire_demo(demo, form, workspace)
             with gr.Tab("Playground"):
                 build_playground(workspace)
             with gr.Tab("Sweep"):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from core.demo import demo_pair
 from core.errors import RecipeError
 from core.methods import METHODS
 from core.recipe import DTYPES
@@ -49,7 +50,7 @@ class FormControls:
 
 def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> FormControls:
     """Add the form to the current Blocks; its rows are drawn on page load."""
-    start = start_form()
+    start = start_form(workspace)
     state = gr.State(start)
     layout = gr.State(0)
     choices = gr.State(model_choices(workspace))
@@ -109,8 +110,12 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
     return FormControls(state, layout, choices, base, recipe_yaml, [recipe_yaml, layout, state, recipe_status, *fields])
 
 
-def start_form() -> FormState:
-    """What a first visit shows: a linear merge of the packaged MiniLM with a model still to pick."""
+def start_form(workspace: Workspace | None = None) -> FormState:
+    """What a first visit shows: the demo recipe (linear, general-ce + cooking-ce) when the demo models
+    are built (python -m core demo), else a linear merge of the packaged MiniLM with a model to pick."""
+    pair = demo_pair(workspace) if workspace else None
+    if pair:
+        return new_form("linear", models=pair)
     packaged = packaged_minilm()
     return new_form("linear", models=(str(packaged) if packaged else "", ""))
 

@@ -18,6 +18,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import yaml
 
+from core.demo import demo_pair
 from core.errors import MergeDeskError
 from core.monitor import MONITOR
 from core.rerank import load_reranker, loaded_rerankers, unload
@@ -169,12 +170,12 @@ def model_choices(ws: Workspace) -> list[tuple[str, str]]:
 
 
 def default_pair(ws: Workspace) -> tuple[str | None, str | None]:
-    """(base of the latest merge, latest merge), else the packaged model for both."""
+    """(base of the latest merge, latest merge); else the demo's general-ce and cooking-ce; else the packaged model."""
     recipes = sorted(ws.outputs_dir.glob("*/mergekit_config.yml"), key=lambda p: p.stat().st_mtime, reverse=True)
     merges = [recipe.parent for recipe in recipes]
     fallback = str(packaged_minilm()) if packaged_minilm() else None
     if not merges:
-        return fallback, fallback
+        return demo_pair(ws) or (fallback, fallback)
     try:
         recipe = yaml.safe_load((merges[0] / "mergekit_config.yml").read_text(encoding="utf-8")) or {}
         base = recipe.get("base_model") or recipe["models"][0]["model"]

@@ -1,0 +1,83 @@
+"""The "Build demo models" strip at the top of a local app that has no demo models yet.
+
+    demo = build_demo_panel(app, workspace)       # above the tabs
+    wire_demo(demo, form, workspace)              # once the Merge form exists: a build resets it to the demo
+
+One click trains the demo kit (core.demo: two domain embedders, a general cross-encoder and two
+domain fine-tunes of it, from the packaged MiniLM) into models/demo/, with a progress bar; a few
+minutes on a laptop CPU. The strip is hidden once the models exist and never shown on a hosted
+app (training would take the shared machine). No tensor math here: core.demo does the work.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from core.demo import DEMO_MODELS, DemoProgress, built_demo_models, demo_events
+from core.errors import MergeDeskError
+from core.monitor import MONITOR
+from core.workspace import Workspace
+from ui.merge_panel import PRIVATE, QUEUE
+from ui.merge_form import FormControls, show_form, start_form
+
+PITCH = ("**No demo models yet.** Build them to try MergeDesk on real rerankers: a general MiniLM "
+         "cross-encoder, cooking and software fine-tunes of it, and two domain embedders, trained here "
+         "from the packaged all-MiniLM-L6-v2 (a few minutes on a CPU, nothing downloaded).")
+
+
+@dataclass
+class DemoPanel:
+    """What layout.py wires: the strip (hidden when done) and the event of a finished build."""
+
+    strip: gr.Group
+    built: object  # the build button's click event (chain .success on it)
+
+
+def build_demo_panel(app: gr.Blocks, workspace: Workspace) -> DemoPanel:
+    """Add the strip to the current Blocks; it shows on page load only when demo models are missing."""
+    ws = gr.State(workspace)
+    with gr.Group(visible=needs_demo(workspace)) as strip:
+        with gr.Row(equal_height=True):
+            gr.Markdown(PITCH)
+            button = gr.Button("Build demo models", variant="primary", scale=0, min_width=200)
+        status = gr.Markdown(elem_classes="status")
+    built = button.click(build_demo, ws, status, concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
+    app.load(lambda: gr.Group(visible=needs_demo(workspace)), None, strip, **PRIVATE)
+    return DemoPanel(strip, built)
+
+
+def needs_demo(workspace: Workspace) -> bool:
+    """Local app and at least one demo model missing."""
+    return not workspace.hosted and len(built_demo_models(workspace.models_dir)) < len(DEMO_MODELS)
+
+
+def build_demo(workspace: Workspace):
+    """Train the missing demo models, yielding a progress line; one gr.Error line if anything fails."""
+    if workspace.hosted:
+        raise gr.Error("The demo models are built locally: run `python -m core demo` where the app runs.")
+    shown = 0.0
+    try:
+        with MONITOR.job("build demo models"):
+            for event in demo_events(workspace.models_dir):
+                if event.state != "training" or time.monotonic() - shown > 0.5:
+                    shown = time.monotonic()
+                    yield progress_markdown(event)
+    except MergeDeskError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    yield (f"**✓ Demo models ready** in `{workspace.models_dir / 'demo'}`. The Merge tab now mixes general-ce "
+           "with cooking-ce; in the Playground click *Refresh model lists* to compare them.")
+
+
+def progress_markdown(event: DemoProgress) -> str:
+    """A bar over the whole build (models done + this model's share) and the current line."""
+    share = event.step / event.total if event.total else (0.0 if event.state == "training" else 1.0)
+    done = (event.index - 1 + share) / event.count
+    filled = round(24 * done)
+    return f"`{'█' * filled}{'░' * (24 - filled)}` {done:.0%} · {event.line()} · {event.elapsed:.0f} s"
+
+
+def wire_demo(demo: DemoPanel, form: FormControls, workspace: Workspace) -> None:
+    """After a build, the Merge form starts from the demo recipe (as it does on the next launch)."""
+    demo.built.success(lambda layout: show_form(start_form(workspace), layout), form.layout, form.shown, **PRIVATE)
