@@ -14,8 +14,8 @@ The count reads gradio 6's queue bookkeeping (`_queue.pending_event_ids_session`
 """
 from __future__ import annotations
 
-import functools
 import inspect
+import typing
 
 import gradio as gr
 
@@ -35,11 +35,16 @@ def session_jobs(app: gr.Blocks, session_hash: str, lane: str) -> int:
 
 
 def _admission(app: gr.Blocks, handler, n_inputs: int, lane: str, limit: int):
-    """A validator with the handler's signature (gradio passes it the same inputs and gr.Request);
-    it returns one "no remark" (None) per input, as gradio expects of a validator that accepts."""
+    """A validator taking the handler's inputs plus the gr.Request (gradio passes both, reading the
+    signature and annotations given here); it returns one "no remark" (None) per input, which accepts."""
+    hints = typing.get_type_hints(handler)
     signature = inspect.signature(handler)
+    if not any(gr.Request in (hint, *typing.get_args(hint)) for hint in hints.values()):
+        extra = inspect.Parameter("session_request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                  annotation=gr.Request)
+        signature = signature.replace(parameters=[*signature.parameters.values(), extra])
+        hints = {**hints, "session_request": gr.Request}
 
-    @functools.wraps(handler)  # the handler's signature and annotations: gradio then passes gr.Request
     def admit(*args, **kwargs):
         request = next((value for value in signature.bind_partial(*args, **kwargs).arguments.values()
                         if isinstance(value, gr.Request)), None)
@@ -48,4 +53,5 @@ def _admission(app: gr.Blocks, handler, n_inputs: int, lane: str, limit: int):
                            "(or stop it) before starting another", print_exception=False)
         return (None,) * n_inputs
 
+    admit.__signature__, admit.__annotations__ = signature, hints
     return admit

@@ -73,8 +73,8 @@ def test_merges_and_comparisons_share_one_lane_in_order(served, monkeypatch, lla
     monkeypatch.setattr(ui.playground, "compare", recorded_compare)
     monkeypatch.setattr(ui.merge_panel, "merge_events", recorded_merge)
     recipes = {f"merge-{i}": "merge_method: linear\nmodels:\n" + "".join(
-        f"  - model: {folder}\n    parameters: {{weight: {w}}}\n" for folder, w in zip(llama_family[i - 1:i + 1], (1, i)))
-        for i in (1, 2)}
+        f"  - model: {folder}\n    parameters: {{weight: {weight}}}\n"
+        for folder, weight in zip(llama_family[i - 1:i + 1], (1, i))) for i in (1, 2)}
     base = str(bert_cls_family[0])
     order = ["merge-1", *QUERIES[:4], "merge-2", *QUERIES[4:]]
     jobs = {}

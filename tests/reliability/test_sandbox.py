@@ -10,12 +10,14 @@ import ast
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import gradio as gr
 import httpx
 import pytest
 import torch
+from gradio_client import Client
 from safetensors.torch import load_file
 
 import ui.playground
@@ -23,10 +25,10 @@ from core.checkpoint import Checkpoint
 from core.errors import MergeDeskError
 from core.rerank import load_reranker
 from core.workspace import Workspace, check_model_ref, find_models, session_workspace
-from tests.app_server import browser_event, fn_index, launched
+from tests.app_server import browser_event, fn_index, free_port, launched
 from ui.merge_panel import end_session, make_zip, merge, plan
 from ui.playground import rerank_compare
-from ui.session_jobs import session_jobs
+from ui.session_jobs import limit_session_jobs, session_jobs
 
 DOCS = "the model said hello\nworld"
 PAIR = "merge_method: linear\nmodels:\n" + "".join(f"  - model: models/{name}\n    parameters: {{weight: 1}}\n"
@@ -78,7 +80,8 @@ def _attacks(ws: Workspace, outside) -> list[str]:
     (ws.models_dir / "nest").mkdir()
     (ws.models_dir / "nest" / "deeper").symlink_to(outside.parent)
     shutil.copytree(ws.models_dir / "ce", ws.outputs_dir / "sessions" / "neighbour" / "theirs")
-    inner = shutil.copytree(ws.models_dir / "ce", ws.models_dir / "inner-link", ignore=shutil.ignore_patterns("*.safe*"))
+    inner = shutil.copytree(ws.models_dir / "ce", ws.models_dir / "inner-link",
+                            ignore=shutil.ignore_patterns("*.safetensors"))
     (inner / "model.safetensors").symlink_to(outside / "model.safetensors")  # a real folder, one file links out
     (ws.outputs_dir / "sessions" / "visitor").mkdir()
     return ["/etc", "/root", str(outside), "../../etc", "models/../../outside/secret-model", "models/../..",
@@ -297,3 +300,40 @@ def test_one_session_may_hold_only_its_quota_of_heavy_jobs(hosted_app, monkeypat
         gate.set()
     print(f"\nsandbox: session quota 2: joins answered {answers}; another session {other}")
     assert answers == [200, 200, 400, 400] and other == 200
+
+
+def test_the_job_quota_counts_handlers_with_or_without_a_request_parameter():
+    """A lane handler that takes no gr.Request still gets its session counted by the validator."""
+    gate = threading.Event()
+
+    def plain(text):  # no gr.Request parameter
+        assert gate.wait(60)
+        return text
+
+    def with_request(text, request: gr.Request):
+        return plain(text)
+
+    with gr.Blocks() as app:
+        box, out = gr.Textbox(), gr.Textbox()
+        gr.Button().click(plain, box, out, api_name="plain", concurrency_id="gpu", concurrency_limit=1)
+        gr.Button().click(with_request, box, out, api_name="with_request", concurrency_id="gpu", concurrency_limit=1)
+    app.queue()
+    limit_session_jobs(app, lane="gpu", limit=1)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        for endpoint in ("/plain", "/with_request"):
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            first = client.submit("a", api_name=endpoint)
+            deadline = time.monotonic() + 60
+            while session_jobs(app, client.session_hash, "gpu") < 1:
+                assert time.monotonic() < deadline, "the first job never joined the queue"
+                time.sleep(0.01)
+            with pytest.raises(Exception, match="400"):
+                client.predict("b", api_name=endpoint)
+            gate.set()
+            assert first.result(timeout=60) == "a"
+            gate.clear()
+    finally:
+        gate.set()
+        app.close()
