@@ -271,6 +271,26 @@ def test_the_launched_app_ignores_a_forged_workspace_and_refuses_paths(hosted_ap
     assert message["success"] and "absolute paths are refused" in message["output"]["data"][0]
 
 
+def test_the_launched_app_serves_no_server_file_to_a_visitor(hosted_app):
+    """Neither the file route nor a forged upload reads files of the server or the workspace."""
+    ws, blocks, _ = hosted_app
+    secrets = ["/etc/passwd", str(ws.models_dir / "ce" / "config.json"), str(Path(__file__).resolve())]
+    for path in secrets:
+        answer = httpx.get(f"{blocks.local_url}gradio_api/file={path}", timeout=30)
+        assert answer.status_code in (403, 404) and "root:" not in answer.text, path
+    forged = [{"path": path, "meta": {"_type": "gradio.FileData"}} for path in secrets]
+    for upload in forged:
+        try:  # refused when joining the queue (HTTP 4xx) or when run: either way, no result
+            message = browser_event(blocks, fn_index(blocks, "rerank_compare"),
+                                    ["models/ce", "models/ce", "", "", upload, "cpu", False, None], "s2")
+        except httpx.HTTPStatusError as refusal:
+            assert refusal.response.status_code < 500, upload
+            continue
+        assert not message["success"], upload
+    print(f"\nsandbox: {len(secrets)} server files asked for by URL and {len(forged)} as forged uploads: "
+          "0 served")
+
+
 def test_one_session_may_hold_only_its_quota_of_heavy_jobs(hosted_app, monkeypatch):
     ws, blocks, _ = hosted_app
     gpu_lane = sorted(fn.fn.__name__ for fn in blocks.fns.values() if fn.concurrency_id == "gpu")
