@@ -1,11 +1,11 @@
 """The CLI's data-driven mixing commands: `weights` (LM-Cocktail weights from examples) and `sweep` (α curve).
 
-    python -m core weights --model A --model B --model C --examples few.jsonl [--tau 5]
+    python -m core weights --model A --model B --model C --examples few.jsonl [--tau 5] [--recipe mix.yml]
     python -m core sweep --model-a base/ --model-b tuned/ --set assets/demo/cooking/eval.jsonl \\
                          --set general=assets/demo/general/eval.jsonl [--alphas 0,0.25,0.5,0.75,1]
 
 `weights` prints each model's loss and weight (and `--json`: {"models", "kind", "losses",
-"weights", "tau"}); paste the weights into a linear recipe. `sweep` prints one row per α with
+"weights", "tau"}); `--recipe FILE` also writes the linear recipe with those weights. `sweep` prints one row per α with
 nDCG@10 and MRR@10 per set (`--json`: SweepResult.to_dict(), which docs/render_sweep.py turns
 into a PNG).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 
 def weights_command(sub, common) -> None:
@@ -26,15 +27,26 @@ def weights_command(sub, common) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
     parser.add_argument("--max-length", type=int, help="tokens per pair (decoders: per example, default 2048)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--recipe", metavar="FILE", help="also write a linear recipe with these weights (YAML)")
     parser.set_defaults(run=_weights)
 
 
 def _weights(args) -> None:
+    from core.errors import OutputError
     from core.mix_weights import data_weights, read_examples
+    from core.recipe import recipe_from_dict, to_yaml
 
     result = data_weights(args.model, read_examples(args.examples), tau=args.tau, device=args.device,
                           batch_size=args.batch_size, max_length=args.max_length)
     print(json.dumps(asdict(result)) if args.json else result.table())
+    if args.recipe:
+        recipe = recipe_from_dict({"merge_method": "linear", "models": [
+            {"model": model, "parameters": {"weight": round(weight, 6)}}
+            for model, weight in zip(result.models, result.weights)]})
+        try:
+            Path(args.recipe).write_text(to_yaml(recipe), encoding="utf-8")
+        except OSError as error:
+            raise OutputError(f"cannot write the recipe {args.recipe}: {error.strerror or error}") from None
 
 
 def sweep_command(sub, common) -> None:

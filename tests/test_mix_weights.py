@@ -13,6 +13,7 @@ import transformers
 from core.__main__ import main
 from core.mix_weights import (data_weights, decoder_loss, embedder_loss, read_examples, reranker_loss,
                               weights_from_losses)
+from core.recipe import load_recipe
 from core.rerank import load_reranker
 from core.rerank_batches import RerankError
 
@@ -105,6 +106,9 @@ def test_data_weights_on_decoders_uses_input_output_examples(llama_family):
     result = data_weights([str(f) for f in llama_family[:2]], LM)
     assert result.kind == "decoder"
     assert result.weights == pytest.approx(softmax_by_hand(result.losses, 5.0), abs=1e-9)
+    ranked = data_weights([str(f) for f in llama_family[:2]], RANKING)  # LLM rerankers: the "Yes" logit's group loss
+    assert ranked.kind == "reranker"
+    assert ranked.losses[0] == pytest.approx(reranker_loss(load_reranker(str(llama_family[0])), RANKING), abs=1e-9)
 
 
 def test_weights_cli_prints_the_table_and_json(bert_cls_family, tmp_path, capsys):
@@ -120,6 +124,10 @@ def test_weights_cli_prints_the_table_and_json(bert_cls_family, tmp_path, capsys
     assert table[0].split() == ["model", "loss", "weight"]
     assert [float(v) for v in table[2].split()[1:]] == pytest.approx([out["losses"][1], out["weights"][1]], abs=1e-4)
     assert "softmax(-loss / 2)" in table[-1]
+    assert main(args + ["--recipe", str(tmp_path / "mix.yml")]) == 0
+    recipe = load_recipe(tmp_path / "mix.yml")
+    assert recipe.merge_method == "linear" and [e.model for e in recipe.models] == out["models"]
+    assert [e.parameters["weight"] for e in recipe.models] == pytest.approx(out["weights"], abs=1e-6)
 
 
 def test_bad_examples_are_one_line_errors(bert_cls_family, tmp_path, capsys):
