@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.__main__ import main
-from core.engine import merge
+from core.engine import merge, open_inputs, plan_for
 from core.errors import MergeCancelled
 from core.rerank import load_reranker
 from core.rerank_batches import RerankError
@@ -78,20 +78,31 @@ def test_task_arithmetic_starts_at_the_base(bert_cls_family):
     assert result.alphas == [0.0, 1.5]  # task arithmetic may extrapolate
 
 
-def test_a_model_whose_names_do_not_line_up_is_merged_on_disk(bert_cls_family):
+def test_weights_line_up_only_when_every_tensor_has_its_place(bert_cls_family):
     a, b = str(bert_cls_family[0]), str(bert_cls_family[1])
-    reranker, used = next(merged_in_memory([sweep_recipe("linear", a, b, 0.5)], SCORING, None))
-    weights = dict(reranker.model.named_parameters())
-    from core.engine import open_inputs, plan_for
-
     recipe = sweep_recipe("linear", a, b, 0.5)
+    reranker, used = next(merged_in_memory([recipe], SCORING, None))
+    weights = dict(reranker.model.named_parameters())
     checkpoints = open_inputs(recipe)
-    plan = plan_for(recipe, checkpoints)
+    try:
+        plan = plan_for(recipe, checkpoints)
+    finally:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
     assert used == "memory" and weights_line_up(plan, weights)
-    renamed = {f"renamed.{name}": tensor for name, tensor in weights.items()}
-    assert not weights_line_up(plan, renamed)
-    for checkpoint in checkpoints.values():
-        checkpoint.close()
+    assert not weights_line_up(plan, {f"renamed.{name}": tensor for name, tensor in weights.items()})
+    first = plan.jobs[0].name
+    assert not weights_line_up(plan, {**weights, first: weights[first].unsqueeze(0)})  # same name, other shape
+
+
+def test_a_model_whose_names_do_not_line_up_is_merged_on_disk(bert_cls_family, monkeypatch):
+    import core.sweep
+
+    monkeypatch.setattr(core.sweep, "weights_line_up", lambda plan, weights: False)
+    a, b = str(bert_cls_family[0]), str(bert_cls_family[1])
+    result = sweep(a, b, SETS, alphas=[0, 1], mode="memory")
+    assert result.mode == "disk"
+    assert result.values("general", "nDCG@10")[0] == direct_metrics(a, SETS["general"])["nDCG@10"][0]
 
 
 def test_the_table_and_the_cli_show_the_same_numbers(bert_cls_family, tmp_path, capsys):
