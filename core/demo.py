@@ -3,11 +3,11 @@
     python -m core demo [--models-dir models] [--seed 0] [--force]
     for event in demo_events(Path("models")): print(event.line())     # the app's "Build demo models"
 
-Built into models_dir/demo/ (DEMO_FOLDER), in this order:
-- cooking-bi, software-bi: the MiniLM embedder fine-tuned on one domain (contrastive);
+Built into models_dir/demo/ (DEMO_FOLDER), in this order (the rerankers first: the app's defaults):
 - general-ce: a MiniLM cross-encoder trained on the general set;
-- cooking-ce, software-ce: general-ce fine-tuned on one domain — the LM-Cocktail situation:
-  better on their domain, worse on general, to be merged back with general-ce.
+- cooking-ce, software-ce: general-ce fine-tuned on one domain — the LM-Cocktail situation, to be
+  merged back with general-ce;
+- cooking-bi, software-bi: the MiniLM embedder fine-tuned on one domain (contrastive).
 Data: assets/demo/<domain>/train.jsonl. Each folder is a normal Hugging Face model (bi-encoders
 also sentence-transformers folders) with a README.md card saying how it was made; it is written
 to NAME.partial and renamed when complete (core.writer.staged_output), and skipped when it already
@@ -32,9 +32,9 @@ from core.writer import copy_side_files, staged_output
 DATA_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
 DEMO_FOLDER = "demo"  # models_dir / DEMO_FOLDER / <spec name>
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the packaged model is, for the cards
-BI_ENCODER = TrainConfig(epochs=2, lr=5e-5, batch_size=32, group_size=4)
-CROSS_ENCODER = TrainConfig(epochs=3, lr=1e-4, batch_size=16, group_size=4)
-DOMAIN_CROSS_ENCODER = TrainConfig(epochs=2, lr=5e-5, batch_size=16, group_size=4)
+BI_ENCODER = TrainConfig(epochs=1, lr=5e-5, batch_size=32, group_size=4)
+CROSS_ENCODER = TrainConfig(epochs=3, lr=2e-4, batch_size=16, group_size=4)
+DOMAIN_CROSS_ENCODER = TrainConfig(epochs=3, lr=2e-4, batch_size=16, group_size=4)
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,16 @@ class DemoSpec:
 
 
 DEMO_MODELS = (
+    DemoSpec("general-ce", "cross-encoder", "general", None, CROSS_ENCODER,
+             "A MiniLM cross-encoder (reranker) trained on general-knowledge questions"),
+    DemoSpec("cooking-ce", "cross-encoder", "cooking", "general-ce", DOMAIN_CROSS_ENCODER,
+             "`general-ce` fine-tuned on cooking questions"),
+    DemoSpec("software-ce", "cross-encoder", "software", "general-ce", DOMAIN_CROSS_ENCODER,
+             "`general-ce` fine-tuned on software questions"),
     DemoSpec("cooking-bi", "bi-encoder", "cooking", None, BI_ENCODER,
              "all-MiniLM-L6-v2 fine-tuned as an embedder on cooking questions"),
     DemoSpec("software-bi", "bi-encoder", "software", None, BI_ENCODER,
              "all-MiniLM-L6-v2 fine-tuned as an embedder on software questions"),
-    DemoSpec("general-ce", "cross-encoder", "general", None, CROSS_ENCODER,
-             "a MiniLM cross-encoder (reranker) trained on general-knowledge questions"),
-    DemoSpec("cooking-ce", "cross-encoder", "cooking", "general-ce", DOMAIN_CROSS_ENCODER,
-             "general-ce fine-tuned on cooking questions"),
-    DemoSpec("software-ce", "cross-encoder", "software", "general-ce", DOMAIN_CROSS_ENCODER,
-             "general-ce fine-tuned on software questions"),
 )
 
 
@@ -114,9 +114,9 @@ def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, d
 
     Example:
         >>> for event in demo_events("models"): print(event.line())
-        model 1/5 cooking-bi: step 1/12, loss 0.4211
+        model 1/5 general-ce: step 1/36, loss 1.3863
         …
-        model 5/5 software-ce: saved
+        model 5/5 software-bi: saved
     """
     minilm = base or packaged_minilm()
     if minilm is None:
@@ -131,10 +131,10 @@ def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, d
         start = demo_folder(models_dir, spec.start) if spec.start else minilm
         if not (start / "config.json").exists():
             raise CheckpointError(f"{spec.name} starts from {start}, which is not built: build {spec.start} first")
-        data = data_dir / spec.domain / "train.jsonl"
         config = replace(spec.config, seed=seed)
         train = train_bi_encoder if spec.kind == "bi-encoder" else train_cross_encoder
-        run = train(start, read_training_set(data), config, device=device)
+        examples = read_training_set(data_dir / spec.domain / "train.jsonl")
+        run = train(start, examples, config, device=device)
         while True:
             try:
                 step = next(run)
@@ -143,12 +143,12 @@ def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, d
                 break
             yield DemoProgress(step=step.step, elapsed=time.monotonic() - started, state="training",
                                **{**status, "total": step.total, "loss": step.loss})
-        save_model(trained, out, spec=spec, start=start, minilm=minilm, data=data, config=config)
+        save_model(trained, out, spec=spec, start=start, minilm=minilm, queries=len(examples), config=config)
         yield DemoProgress(step=len(trained.losses), elapsed=time.monotonic() - started, state="saved",
                            **{**status, "total": len(trained.losses), "loss": trained.losses[-1]})
 
 
-def save_model(trained: Trained, out: Path, *, spec: DemoSpec, start: Path, minilm: Path, data: Path,
+def save_model(trained: Trained, out: Path, *, spec: DemoSpec, start: Path, minilm: Path, queries: int,
                config: TrainConfig) -> None:
     """Write the trained model to `out` atomically: weights, config, tokenizer, card (+ sentence-transformers files)."""
     with staged_output(out, overwrite=True) as partial:
@@ -156,11 +156,11 @@ def save_model(trained: Trained, out: Path, *, spec: DemoSpec, start: Path, mini
             copy_side_files(start, partial, tokenizer_source=None, dtype=torch.float32)  # modules.json, 1_Pooling, …
         trained.model.save_pretrained(partial)
         trained.tokenizer.save_pretrained(partial)
-        (partial / "README.md").write_text(model_card(spec, trained, start=start, minilm=minilm, data=data,
+        (partial / "README.md").write_text(model_card(spec, trained, start=start, minilm=minilm, queries=queries,
                                                       config=config), encoding="utf-8")
 
 
-def model_card(spec: DemoSpec, trained: Trained, *, start: Path, minilm: Path, data: Path,
+def model_card(spec: DemoSpec, trained: Trained, *, start: Path, minilm: Path, queries: int,
                config: TrainConfig) -> str:
     """README.md: front matter for the Hub, then how the model was made and how to rebuild it."""
     base = MINILM_HUB_ID if start == minilm else f"{DEMO_FOLDER}/{spec.start}"
@@ -174,12 +174,12 @@ def model_card(spec: DemoSpec, trained: Trained, *, start: Path, minilm: Path, d
     if spec.kind == "bi-encoder":
         settings["temperature"] = config.temperature
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
-             f"# MergeDesk demo: {spec.name}", "", f"{spec.summary[0].upper()}{spec.summary[1:]}, "
+             f"# MergeDesk demo: {spec.name}", "", f"{spec.summary}, "
              "made by MergeDesk's demo kit to show what merging a domain fine-tune back with its base does. "
              "It is a small teaching model trained on a few hundred hand-written queries, not a production model.", "",
              f"- Starts from: `{base}`" + (" (its encoder, under a new one-logit head)"
                                            if spec.kind == "cross-encoder" and spec.start is None else ""),
-             f"- Data: `assets/demo/{spec.domain}/train.jsonl` ({data.name}, FlagEmbedding format, CC0)",
+             f"- Data: `assets/demo/{spec.domain}/train.jsonl`, {queries} queries (FlagEmbedding format, CC0)",
              f"- Loss: {loss}",
              "- Optimizer: AdamW, linear warmup over the first 10% of steps, then linear decay",
              *[f"- {name}: {value}" for name, value in settings.items()],

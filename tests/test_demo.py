@@ -161,4 +161,4 @@ def test_cli_skips_built_models_and_says_so(tmp_path, capsys):
     assert main(["demo", "--models-dir", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert out.count("(exists; --force rebuilds it)") == len(DEMO_MODELS)
-    assert "model 3/5 general-ce: skipped" in out
+    assert "model 1/5 general-ce: skipped" in out
