@@ -137,6 +137,9 @@ class Checkpoint:
 def resolve_reference(ref: str) -> Path:
     """A local folder for `ref`: the folder itself, or a Hub snapshot downloaded on demand."""
     path = Path(ref).expanduser()
+    if path.is_dir() and re.search(r"\.(partial|old-\d+)$", path.name):
+        raise CheckpointError(f"model {ref!r} is an unfinished or replaced merge output, not a model: "
+                              "run that merge again")
     if path.is_dir():
         return path.resolve()
     if path.exists():

@@ -6,12 +6,9 @@ commands stay short and testable by calling `main([...])`.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import threading
 from pathlib import Path
-
-import psutil
 
 from core.checkpoint import Checkpoint
 from core.errors import OutputError, RecipeError
@@ -29,6 +26,8 @@ def merge_command(sub, common) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for random methods (DARE, DELLA)")
     parser.add_argument("--shard-size", default="2GB", help="largest output file, e.g. 500MB, 2GB")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--refuse-nonfinite", action="store_true",
+                        help="stop if an input holds NaN or Inf (default: merge and warn on stderr)")
     parser.set_defaults(run=_merge)
 
 
@@ -42,9 +41,12 @@ def _merge(args) -> None:
     cancel = threading.Event()
     bar = None
     events = merge_events(recipe, args.out_dir, device=args.device, overwrite=args.overwrite, seed=args.seed,
-                          shard_bytes=parse_size(args.shard_size), cancel=cancel)
+                          shard_bytes=parse_size(args.shard_size), refuse_nonfinite=args.refuse_nonfinite,
+                          cancel=cancel)
     try:
         for event in events:
+            for finding in event.nonfinite:
+                (bar.write if bar is not None else print)(f"warning: {finding}", file=sys.stderr)
             if bar is None and not args.quiet:
                 bar = tqdm(total=event.bytes_total, unit="B", unit_scale=True, file=sys.stderr, desc="merging")
             if bar is not None:
@@ -72,6 +74,7 @@ def plan_command(sub, common) -> None:
 def _plan(args) -> None:
     from core.devices import devices_for
     from core.engine import open_inputs, plan_for
+    from core.preflight import check_resources, measure_resources
     from core.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -82,8 +85,7 @@ def _plan(args) -> None:
     finally:
         for checkpoint in checkpoints.values():
             checkpoint.close()
-    target = Path(args.out).expanduser().resolve()
-    existing = next((p for p in [target, *target.parents] if p.exists()), Path("/"))
+    found = measure_resources(plan, args.out, devices)
     print(f"method      {recipe.merge_method} ({recipe.method.label})")
     print(f"models      {len(recipe.inputs())}: " + ", ".join(recipe.inputs()))
     print(f"tensors     {len(plan.jobs)} ({sum(j.merged for j in plan.jobs)} merged)")
@@ -91,13 +93,9 @@ def _plan(args) -> None:
     print(f"write       {human(plan.bytes_written)} in {len(plan.shards)} shard(s)")
     where = ", ".join(str(d) for d in devices)
     print(f"peak memory ≈ {human(plan.peak_bytes)} on {where} (largest tensor × inputs, float32)")
-    if devices[0].type == "cuda":
-        import torch
-
-        free, total = torch.cuda.mem_get_info(devices[0])
-        print(f"GPU memory  {human(free)} free of {human(total)}")
-    print(f"RAM         {human(psutil.virtual_memory().available)} available")
-    print(f"disk        {human(shutil.disk_usage(existing).free)} free at {existing}")
+    print(f"memory      {human(found.memory_free)} available ({found.memory_of})")
+    print(f"disk        {human(found.disk_free)} free at {found.disk_at}, {human(found.disk_needed)} needed")
+    check_resources(plan, args.out, devices)  # the same check merge makes: an error names what is short
 
 
 def inspect_command(sub, common) -> None:

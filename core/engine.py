@@ -8,11 +8,13 @@ on the chosen device, hand the result to the writer, report progress.
 Memory stays bounded by the largest tensor times the number of inputs (elementwise methods:
 by a fixed chunk), never by model size: inputs are memory-mapped, one tensor (or block of
 rows) is merged at a time, and shards are streamed to disk. `cancel` is checked between
-tensors and chunks; a cancelled or failed merge leaves no output folder behind.
+tensors and chunks; a cancelled or failed merge leaves no output folder behind. Before
+anything is created, core.preflight checks free disk and memory. Every float input block is
+checked for NaN/Inf: each finding is reported on the Progress event of its tensor
+(`nonfinite`), or, with refuse_nonfinite=True, stops the merge with a CheckpointError.
 """
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import zlib
@@ -25,8 +27,9 @@ import torch
 from core.card import model_card
 from core.checkpoint import Checkpoint, resolve_reference
 from core.devices import devices_for
-from core.errors import MergeCancelled, OutputError
+from core.errors import CheckpointError, MergeCancelled
 from core.planner import DEFAULT_SHARD_BYTES, MergePlan, TensorJob, plan_merge
+from core.preflight import check_resources
 from core.recipe import DTYPES, MergeRecipe, to_yaml
 from core.writer import ShardWriter, copy_side_files, staged_output
 
@@ -42,6 +45,7 @@ class Progress:
     bytes_total: int
     elapsed: float  # seconds since the merge started
     device: str  # where that tensor was computed
+    nonfinite: tuple[str, ...] = ()  # NaN/Inf found in this tensor's inputs, one message per input
 
     @property
     def eta(self) -> float:
@@ -72,19 +76,19 @@ def plan_for(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
 
 
 def merge(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
-          seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES,
+          seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, refuse_nonfinite: bool = False,
           on_progress: Callable[[Progress], None] | None = None,
           cancel: threading.Event | None = None) -> Path:
     """Merge into `out_dir` and return its path; see merge_events for the arguments."""
     for event in merge_events(recipe, out_dir, device=device, overwrite=overwrite, seed=seed,
-                              shard_bytes=shard_bytes, cancel=cancel):
+                              shard_bytes=shard_bytes, refuse_nonfinite=refuse_nonfinite, cancel=cancel):
         if on_progress:
             on_progress(event)
     return Path(out_dir).expanduser().resolve()
 
 
 def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
-                 seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES,
+                 seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, refuse_nonfinite: bool = False,
                  cancel: threading.Event | None = None) -> Iterator[Progress]:
     """Merge, yielding a Progress after each tensor. Closing the iterator early cancels.
 
@@ -95,6 +99,8 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
         overwrite: replace an existing out_dir (only once the new model is complete).
         seed: seeds the random methods (DARE, DELLA); each tensor gets its own stream.
         shard_bytes: maximum size of one output safetensors file.
+        refuse_nonfinite: stop with a CheckpointError at the first input holding NaN or Inf
+            (default: merge anyway and report it in Progress.nonfinite).
         cancel: set it to stop between tensors; raises MergeCancelled, nothing is left behind.
     """
     started = time.perf_counter()
@@ -102,22 +108,23 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
     checkpoints = open_inputs(recipe)
     try:
         plan = plan_for(recipe, checkpoints, shard_bytes=shard_bytes)
+        check_resources(plan, out_dir, devices)
         refs = recipe.inputs()
         first = checkpoints[refs[0]]
         tokenizer_from = _tokenizer_folder(recipe)
         with staged_output(out_dir, overwrite=overwrite, inputs=tuple(c.folder for c in checkpoints.values())) as staging:
-            _check_disk(staging, plan)
             writer = ShardWriter(staging, plan)
             try:
                 done = 0
                 for step, job in enumerate(plan.jobs, 1):
                     _stop_if_cancelled(cancel)
                     target = devices[(step - 1) % len(devices)]
-                    for chunk in tensor_chunks(recipe, job, checkpoints, target, seed, cancel):
+                    findings = NonFinite(refuse_nonfinite)
+                    for chunk in tensor_chunks(recipe, job, checkpoints, target, seed, cancel, findings):
                         writer.write(job.name, chunk)
                     done += job.nbytes
                     yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
-                                   time.perf_counter() - started, str(target))
+                                   time.perf_counter() - started, str(target), findings.messages())
                 writer.finish()
             finally:
                 writer.abort()
@@ -133,7 +140,8 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
 
 
 def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
-                  device: torch.device, seed: int, cancel: threading.Event | None) -> Iterator[torch.Tensor]:
+                  device: torch.device, seed: int, cancel: threading.Event | None,
+                  findings: "NonFinite | None" = None) -> Iterator[torch.Tensor]:
     """The output tensor of one job, as one tensor or as consecutive blocks of rows."""
     refs = recipe.inputs()
     if not job.merged:
@@ -142,6 +150,7 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
     working = DTYPES.get(recipe.dtype or "")
     rows = [checkpoints[e.model] for e in recipe.rows()]
     base = checkpoints[recipe.base_model] if recipe.uses_base else None
+    findings = findings or NonFinite(refuse=False)
     generator = None
     if recipe.method.random:
         generator = torch.Generator(device=device)
@@ -156,13 +165,42 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
             stack[0].copy_(first)
             for i, checkpoint in enumerate(rows[1:], 1):
                 stack[i].copy_(checkpoint.read(job.name, device=device, dtype=working, rows=piece))
+            findings.check(job.name, stack, rows)
             base_block = None
             if base is not None:
                 base_block = base.read(job.name, device=device, dtype=working, rows=piece).to(torch.float32)
+                findings.check(job.name, base_block.unsqueeze(0), [base])
             yield stack, base_block
 
     for merged in recipe.method.merge_blocks(read, job.shape, generator=generator, **job.params):
         yield merged.to(job.out_dtype)
+
+
+class NonFinite:
+    """NaN/Inf counts per input of one output tensor, added up over its blocks of rows."""
+
+    def __init__(self, refuse: bool):
+        self.refuse = refuse
+        self.counts: dict[str, int] = {}  # model reference → non-finite values seen
+        self.tensor = ""
+
+    def check(self, name: str, stack: torch.Tensor, models: list[Checkpoint]) -> None:
+        """Count NaN/Inf in `stack` (n, *block), row i read from models[i]; raise at once when refusing."""
+        if torch.isfinite(stack.sum()):  # one cheap pass: any NaN/Inf (or an overflow) makes the sum non-finite
+            return
+        for checkpoint, block in zip(models, stack):
+            count = int(block.numel() - torch.isfinite(block).sum())
+            if count:
+                self.tensor = name
+                self.counts[checkpoint.ref] = self.counts.get(checkpoint.ref, 0) + count
+                if self.refuse:
+                    raise CheckpointError(f"{self.messages()[-1]}: merge refused (refuse_nonfinite is on); "
+                                          "repair that model or leave it out")
+
+    def messages(self) -> tuple[str, ...]:
+        """One line per input: "MODEL: tensor NAME holds N NaN/Inf value(s)"."""
+        return tuple(f"{ref}: tensor {self.tensor!r} holds {count} NaN/Inf value(s)"
+                     for ref, count in self.counts.items())
 
 
 def _stop_if_cancelled(cancel: threading.Event | None) -> None:
@@ -184,12 +222,3 @@ def _main_dtype(plan: MergePlan) -> torch.dtype:
         if job.merged:
             totals[job.out_dtype] = totals.get(job.out_dtype, 0) + job.nbytes
     return max(totals, key=totals.get) if totals else torch.float32
-
-
-def _check_disk(folder: Path, plan: MergePlan) -> None:
-    """Refuse to start a merge that cannot fit on the destination disk."""
-    free = shutil.disk_usage(folder).free
-    needed = plan.bytes_written + 16 * 1024 * 1024
-    if free < needed:
-        raise OutputError(f"not enough disk space at {folder.parent}: the merge writes {needed / 1e9:.2f} GB, "
-                          f"{free / 1e9:.2f} GB free")

@@ -27,5 +27,9 @@ class OutputError(MergeDeskError):
     """The output folder cannot be written as asked (exists, inside an input, no space)."""
 
 
+class ResourceError(MergeDeskError):
+    """The merge would not fit: too little free disk at the output or memory on the device."""
+
+
 class MergeCancelled(MergeDeskError):
     """The user stopped the merge; the partial output has been removed."""

@@ -67,6 +67,8 @@ class Param:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where}: '{self.name}' must be a number, got {value!r}")
+        if isinstance(value, int) and abs(value) > 2**1023:  # beyond any float: math.isfinite would overflow
+            raise RecipeError(f"{where}: '{self.name}' is too large, got an integer of {value.bit_length()} bits")
         if not math.isfinite(value):
             raise RecipeError(f"{where}: '{self.name}' must be finite, got {value!r}")
         if not self._in_range(value):

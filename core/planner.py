@@ -61,8 +61,8 @@ class MergePlan:
     def summary(self) -> str:
         merged = sum(job.merged for job in self.jobs)
         return (f"{len(self.jobs)} tensors ({merged} merged, {len(self.jobs) - merged} copied) from "
-                f"{self.inputs} models · read {_gb(self.bytes_read)} · write {_gb(self.bytes_written)} in "
-                f"{len(self.shards)} shard(s) · peak working memory ≈ {_gb(self.peak_bytes)}")
+                f"{self.inputs} models · read {size_text(self.bytes_read)} · write {size_text(self.bytes_written)} in "
+                f"{len(self.shards)} shard(s) · peak working memory ≈ {size_text(self.peak_bytes)}")
 
 
 def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], *,
@@ -163,5 +163,6 @@ def _working_bytes(job: TensorJob, inputs: int) -> int:
     return elements * 4 * (inputs + 3) + job.nbytes
 
 
-def _gb(nbytes: int) -> str:
+def size_text(nbytes: int) -> str:
+    """Bytes as a person reads them: GB from 0.1 GB up, else MB (decimal units)."""
     return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"

@@ -95,6 +95,10 @@ def parse_recipe(text: str, *, source: str = "recipe") -> MergeRecipe:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise RecipeError(f"{source} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    except RecursionError:
+        raise RecipeError(f"{source} nests too deeply to be a recipe") from None
+    except ValueError as error:  # a YAML scalar Python cannot hold, e.g. an integer of 5,000 digits
+        raise RecipeError(f"{source} holds a value that cannot be read: {str(error).splitlines()[0][:200]}") from None
     return recipe_from_dict(data)
 
 

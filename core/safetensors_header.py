@@ -66,6 +66,8 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: safetensors header is not valid JSON ({error})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: safetensors header nests too deeply to be a tensor list: file is corrupt") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header must be a JSON object")
     metadata = header.pop("__metadata__", None) or {}

@@ -218,7 +218,7 @@ def test_failure_while_writing_leaves_nothing(llama_family, tmp_path, monkeypatc
         return real_write(self, name, chunk)
 
     monkeypatch.setattr(writer.ShardWriter, "write", failing_write)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match="No space left on device"):
         merge(ta_recipe(llama_family), tmp_path / "full")
     assert list(tmp_path.iterdir()) == []
 
