@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from core.rerank import Reranker, load_reranker, loaded_rerankers, unload
+from core.checkpoint import resolve_reference
+from core.rerank import Reranker, detect_kind, load_reranker, loaded_rerankers, unload
 from core.rerank_batches import RerankError
 
 EMBEDDER_TEMPERATURE = 0.05  # LM-Cocktail's (and FlagEmbedding's training) contrastive temperature
@@ -93,21 +94,22 @@ def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAUL
         raise RerankError("give at least one model to weigh")
     check_tau(tau)  # before loading anything
     fmt = example_format(examples)
-    losses, kinds = [], set()
+    model_kinds = {ref: detect_kind(resolve_reference(ref)) for ref in models}
+    if len(set(model_kinds.values())) > 1:
+        found = ", ".join(f"{ref} is a {kind}" for ref, kind in model_kinds.items())
+        raise RerankError(f"weigh models of one kind: {found}")
+    losses, loss_kind = [], ""
     for ref in models:
         already = {id(r) for r in loaded_rerankers()}
         reranker = load_reranker(ref, device=device, max_length=max_length)
         try:
-            kind, loss = model_loss(reranker, examples, fmt, batch_size=batch_size,
-                                    max_length=max_length or DECODER_MAX_TOKENS)
+            loss_kind, loss = model_loss(reranker, examples, fmt, batch_size=batch_size,
+                                         max_length=max_length or DECODER_MAX_TOKENS)
         finally:
             if id(reranker) not in already:
                 unload(reranker)
         losses.append(loss)
-        kinds.add(kind)
-    if len(kinds) > 1:
-        raise RerankError(f"the models are of different kinds ({', '.join(sorted(kinds))}): weigh models of one kind")
-    return DataWeights(list(models), kinds.pop(), losses, weights_from_losses(losses, tau=tau), tau)
+    return DataWeights(list(models), loss_kind, losses, weights_from_losses(losses, tau=tau), tau)
 
 
 def model_loss(reranker: Reranker, examples: list[dict], fmt: str, *, batch_size: int = 16,

@@ -16,6 +16,7 @@ from core.mix_weights import (data_weights, decoder_loss, embedder_loss, read_ex
 from core.recipe import load_recipe
 from core.rerank import load_reranker
 from core.rerank_batches import RerankError
+from tests.model_factory import minilm_folder
 
 RANKING = [  # words of the tiny models' vocabulary
     {"query": "the model", "pos": ["the model said hello", "model merge"], "neg": ["hello world", "good day"]},
@@ -142,6 +143,8 @@ def test_bad_examples_are_one_line_errors(bert_cls_family, tmp_path, capsys):
         data_weights([ce], RANKING, tau=-1)
     with pytest.raises(RerankError, match="no examples"):
         data_weights([ce], [])
+    with pytest.raises(RerankError, match=r"one kind: .*bert-cls-0 is a cross-encoder, .* is a bi-encoder"):
+        data_weights([ce, str(minilm_folder())], RANKING)
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps(RANKING[0]) + "\n{oops\n", encoding="utf-8")
     with pytest.raises(RerankError, match=r"broken.jsonl:2: not valid JSON"):
