@@ -94,7 +94,8 @@ def parse_recipe(text: str, *, source: str = "recipe") -> MergeRecipe:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{source} is not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]  # ReaderError has no .problem
+        raise RecipeError(f"{source} is not valid YAML{where}: {problem}") from None
     except RecursionError:
         raise RecipeError(f"{source} nests too deeply to be a recipe") from None
     except ValueError as error:  # a YAML scalar Python cannot hold, e.g. an integer of 5,000 digits
@@ -112,7 +113,7 @@ def recipe_from_dict(data: object) -> MergeRecipe:
         if key not in KEYS:
             raise RecipeError(f"unknown recipe key {key!r}: valid keys are {', '.join(KEYS)}")
     method_name = data.get("merge_method")
-    if method_name not in METHODS:
+    if not isinstance(method_name, str) or method_name not in METHODS:
         raise RecipeError(f"unknown merge_method {method_name!r}: choose one of {', '.join(METHODS)}")
     recipe = MergeRecipe(
         merge_method=method_name,
@@ -237,7 +238,7 @@ def _model_entries(value: object) -> list[ModelEntry]:
             raise RecipeError(f"models[{index}] must be a mapping with a 'model' path or Hub id")
         unknown = set(item) - {"model", "parameters"}
         if unknown:
-            raise RecipeError(f"unknown key(s) {sorted(unknown)} in models[{index}]: valid are model, parameters")
+            raise RecipeError(f"unknown key(s) {sorted(unknown, key=str)} in models[{index}]: valid are model, parameters")
         entries.append(ModelEntry(item["model"].strip(), _mapping(item.get("parameters"), f"models[{index}].parameters")))
     return entries
 
@@ -261,6 +262,6 @@ def _optional_text(data: dict, key: str) -> str | None:
 
 def _dtype_name(data: dict, key: str) -> str | None:
     value = data.get(key)
-    if value is not None and value not in DTYPES:
+    if value is not None and (not isinstance(value, str) or value not in DTYPES):
         raise RecipeError(f"'{key}' must be one of {', '.join(DTYPES)}, got {value!r}")
     return value
