@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from core.checkpoint import Checkpoint
-from core.errors import OutputError, RecipeError
+from core.errors import MergeCancelled, RecipeError
 from core.methods import METHODS
 
 
@@ -55,7 +55,7 @@ def _merge(args) -> None:
     except KeyboardInterrupt:
         cancel.set()
         events.close()
-        raise OutputError("merge interrupted: no output was written") from None
+        raise MergeCancelled("merge interrupted: no output was written") from None
     finally:
         if bar is not None:
             bar.close()

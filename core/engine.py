@@ -125,6 +125,7 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
                     done += job.nbytes
                     yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
                                    time.perf_counter() - started, str(target), findings.messages())
+                _stop_if_cancelled(cancel)  # a Stop during the last tensor still means no model
                 writer.finish()
             finally:
                 writer.abort()
