@@ -11,6 +11,8 @@ import random
 import shutil
 import subprocess
 import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -98,46 +100,57 @@ def _merge_process(recipe_file: Path, out: Path, *extra: str, dies_at: tuple[str
                           timeout=120).returncode
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_points_never_leaves_a_half_model(models, tmp_path):
-    recipe_file = write_recipe(tmp_path / "recipe.yml", linear_recipe(models, WEIGHTS))
-    out, expected = tmp_path / "merged", expected_linear(models, WEIGHTS)
-    total = sum(f.stat().st_size for f in models[0].glob("*.safetensors"))  # ≈ the bytes the merge writes
-    old_model = tmp_path / "old"
-    shutil.copytree(models[1], old_model)
-    old_digest = folder_digest(old_model)
-    chance = random.Random(20261123)
-    points = [("bytes", chance.randrange(total)) for _ in range(18)] + [("rename", 2), ("rename", 2)]
-    chance.shuffle(points)
-    outcomes = {"kills_mid_shard": 0, "kills_between_the_renames_of_a_replace": 0, "stale_partials_cleaned": 0}
-    lost = 0
+def _kill_lane(folder: Path, recipe_file: Path, old_model: Path, points: list[tuple[str, int]]) -> Counter:
+    """Kill one merge per point into folder/merged (every other one replacing a copy of old_model); count outcomes."""
+    out, partial, old_digest = folder / "merged", folder / "merged.partial", folder_digest(old_model)
+    seen = Counter()
     for kill, point in enumerate(points):
         replacing = kill % 2 == 1 or point[0] == "rename"  # every other kill hits a replace (--overwrite)
         shutil.rmtree(out, ignore_errors=True)
         if replacing:
             shutil.copytree(old_model, out)
         assert _merge_process(recipe_file, out, *(["--overwrite"] if replacing else []), dies_at=point) == -9
-        partial = out.with_name(out.name + ".partial")
         if partial.exists():  # a crash's leftovers are never taken for a model
-            outcomes["stale_partials_cleaned"] += 1
+            seen["stale_partials_cleaned"] += 1
             with pytest.raises(CheckpointError, match="unfinished or replaced merge output"):
                 Checkpoint.open(str(partial))
-        set_aside = list(tmp_path.glob("merged.old-*"))
+        set_aside = list(folder.glob("merged.old-*"))
         survivor = out if out.exists() else (set_aside or [None])[0]  # the next run puts a set-aside OUT back
         if point[0] == "rename":
-            outcomes["kills_between_the_renames_of_a_replace"] += 1
-            lost += survivor is None or folder_digest(survivor) != old_digest
+            seen["kills_between_the_renames_of_a_replace"] += 1
+            seen["data_lost"] += survivor is None or folder_digest(survivor) != old_digest
             assert _merge_process(recipe_file, out) == 1  # no --overwrite: OUT is put back, then protected
-            lost += not out.exists() or folder_digest(out) != old_digest
+            seen["data_lost"] += not out.exists() or folder_digest(out) != old_digest
         else:
-            outcomes["kills_mid_shard"] += 1
-            lost += folder_digest(out) != old_digest if replacing else out.exists()
+            seen["kills_mid_shard"] += 1
+            seen["data_lost"] += folder_digest(out) != old_digest if replacing else out.exists()
     assert _merge_process(recipe_file, out, "--overwrite") == 0  # the re-run cleans up and succeeds
-    assert matches(out, expected)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "old", "recipe.yml"]  # no partial, no .old-N
-    assert lost == 0
-    figures("1 SIGKILL at random points", faults_injected=len(points), survived=len(points) - lost,
-            data_lost=lost, **outcomes, half_models_visible=0, rerun_succeeded=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["merged"]  # no partial, no .old-N
+    return seen
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_never_leaves_a_half_model(models, tmp_path):
+    recipe_file = write_recipe(tmp_path / "recipe.yml", linear_recipe(models, WEIGHTS))
+    total = sum(f.stat().st_size for f in models[0].glob("*.safetensors"))  # ≈ the bytes the merge writes
+    chance = random.Random(20261123)
+    lanes = []  # two lanes of 10 kills run side by side (one per core); each has one kill between renames
+    for lane in range(2):
+        points = [("bytes", chance.randrange(total)) for _ in range(9)] + [("rename", 2)]
+        chance.shuffle(points)
+        (tmp_path / f"lane{lane}").mkdir()
+        lanes.append((tmp_path / f"lane{lane}", recipe_file, models[1], points))
+    with ThreadPoolExecutor(2) as pool:
+        seen = sum(pool.map(lambda lane: _kill_lane(*lane), lanes), Counter())
+    expected = expected_linear(models, WEIGHTS)
+    assert all(matches(folder / "merged", expected) for folder, *_ in lanes)
+    assert seen["data_lost"] == 0
+    kills = seen["kills_mid_shard"] + seen["kills_between_the_renames_of_a_replace"]
+    assert kills == 20
+    figures("1 SIGKILL at random points", faults_injected=kills, survived=kills, data_lost=seen["data_lost"],
+            kills_mid_shard=seen["kills_mid_shard"],
+            kills_between_the_renames_of_a_replace=seen["kills_between_the_renames_of_a_replace"],
+            stale_partials_cleaned=seen["stale_partials_cleaned"], half_models_visible=0, reruns_succeeded=2)
 
 
 def test_a_stale_partial_is_cleaned_and_a_live_one_reported(models, tmp_path):
