@@ -86,8 +86,9 @@ def gauge_figure(samples: list[MemorySample], job: JobState | None) -> go.Figure
 
 def build_gauge(monitor: MemoryMonitor = MONITOR) -> None:
     """Add the gauge to the current gr.Blocks context."""
-    summary = gr.Markdown("Memory: measuring…")
-    plot = gr.Plot(show_label=False)
+    text, figure = refresh_gauge(monitor)  # drawn now, so the page never opens on an empty plot
+    summary = gr.Markdown(text, elem_id="gauge-summary")
+    plot = gr.Plot(figure, show_label=False, elem_id="gauge-plot")
     timer = gr.Timer(1.0)
     # private: left off the API page and gradio clients' listing. queue=False: the browser POSTs
     # /gradio_api/run/predict and gets its answer beside the queue, so a merge holding a queue
@@ -150,7 +151,7 @@ def _add_timeline(figure: go.Figure, samples: list[MemorySample], job: JobState)
     figure.add_hline(y=job.peak_anon / MB, line={"dash": "dot", "color": REAL, "width": 1}, row=1, col=2,
                      annotation_text=f"peak {_size(job.peak_anon)}", annotation_position="top left")
     figure.update_xaxes(title_text="seconds since the job started", row=1, col=2)
-    figure.update_yaxes(title_text="MB", row=1, col=2)
+    figure.update_yaxes(title_text="MB", rangemode="tozero", row=1, col=2)  # from 0: noise stays small
 
 
 def _titles(samples: list[MemorySample], job: JobState | None) -> list[str]:

@@ -58,17 +58,20 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
-                method = gr.Dropdown(METHOD_CHOICES, value=start.method, label="Merge method")
+                method = gr.Dropdown(METHOD_CHOICES, value=start.method, label="Merge method", elem_id="merge-method")
                 example = gr.Dropdown(example_names(), value=None, label="…or start from an example recipe")
             method_info = gr.Markdown(method_markdown(start.method))
             base = gr.Dropdown(choices.value, value=None, allow_custom_value=True, label="Base model",
+                               elem_id="base-model",
                                info=base_help(start.method), visible=shows_base(start))
 
             @gr.render(inputs=[state, choices], triggers=[layout.change])
             def draw_rows(form: FormState, refs: list):  # `synced` is defined below, before any redraw
                 for index, row in enumerate(form.rows, 1):
                     with gr.Row(key=f"row-{row.key}", equal_height=True, elem_classes="model-row"):
+                        # interactive=True: a redraw while the picker's change event runs left it disabled
                         picker = gr.Dropdown(refs, value=row.model or None, allow_custom_value=True, scale=4,
+                                             interactive=True,
                                              label=f"Model {index}", key=f"model-{row.key}",
                                              info="pick one, or type a folder or a Hub id" if index == 1 else None)
                         picker.change(_edit(set_row_model, row.key), [state, picker], synced, **EDIT)
@@ -90,8 +93,8 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
                 out_dtype = gr.Dropdown(DTYPE_CHOICES, value="", label="Output dtype", info="what is written")
                 tokenizer = gr.Textbox(label="Tokenizer from", placeholder="base", info="'base' or a model")
         with gr.Column(scale=2):
-            recipe_yaml = gr.Code(form_to_yaml(start), language="yaml", interactive=True,
-                                  label="Recipe (YAML): paste one and click outside; the form follows")
+            recipe_yaml = gr.Code(form_to_yaml(start), language="yaml", interactive=True, elem_id="recipe-yaml",
+                                  label="Recipe YAML: edit, then click outside")
             recipe_status = gr.Markdown(form_status(start))
             export = gr.Button("Export .yml", size="sm")
             export_file = gr.File(label="Recipe file", visible=False)
@@ -202,7 +205,7 @@ def request_workspace(workspace: Workspace, request: gr.Request | None) -> Works
 def _param_control(form: FormState, key: int | None, param, synced: list, *, first: bool) -> None:
     """A checkbox, a slider, or — for a gradient or filter list — a text box, keyed for redraws."""
     value = shown_value(form, key, param)
-    options = {"label": param.name, "info": param.help if first else None, "min_width": 140,
+    options = {"label": param.name, "info": param.help if first else None, "min_width": 140, "interactive": True,
                "key": f"{'g' + str(form.key) if key is None else key}-{param.name}"}
     handler = _edit(set_param, key, param.name)
     if isinstance(value, bool):

@@ -42,6 +42,8 @@ PRIVATE = {"api_visibility": "private"}
 ZIP_LIMIT = 2 * 1000**3  # bytes: larger outputs are pushed to the Hub or copied, not downloaded
 STALE_SESSION_S = 6 * 3600
 LOG_LINES = 400
+SCROLL_LOG_TO_END = "() => { const box = document.querySelector('.log textarea'); " \
+                    "if (box) requestAnimationFrame(() => { box.scrollTop = box.scrollHeight; }); }"
 _RUNNING: dict[str, threading.Event] = {}  # session → cancel flag of its running merge
 
 
@@ -53,9 +55,10 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
     form = build_merge_form(app, workspace, ws)
 
     with gr.Row(equal_height=True):
-        device = gr.Dropdown(device_choices(), value="auto", label="Device",
+        device = gr.Dropdown(device_choices(), value="auto", label="Device", elem_id="merge-device",
                              info="where the math runs; GPUs show their free memory")
-        output_name = gr.Textbox("my-merge", label="Output name", info="a new folder under outputs/")
+        output_name = gr.Textbox("my-merge", label="Output name", info="a new folder under outputs/",
+                                 elem_id="output-name")
     build_weights_from_data(form, device, ws)
     with gr.Accordion("More options", open=False):
         with gr.Row():
@@ -66,11 +69,11 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
         merge_button = gr.Button("Merge", variant="primary")
         stop_button = gr.Button("Stop", variant="stop")
     status = gr.Markdown("Check shows what the merge will read, write and need before anything runs.",
-                         elem_classes="status")
+                         elem_classes="status", elem_id="merge-status")
     log = gr.Textbox(label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_classes="log")
 
     with gr.Accordion("Result", open=True):
-        folder = gr.Textbox(label="Output folder", interactive=False)
+        folder = gr.Textbox(label="Output folder", interactive=False, elem_id="output-folder")
         card = gr.Markdown(elem_classes="model-card")
         with gr.Row():
             zip_button = gr.Button("Download as .zip", size="sm")
@@ -94,6 +97,7 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
                        concurrency_limit=1, concurrency_id=QUEUE).success(
         refresh_models, [ws, form.layout], [form.choices, form.layout, form.base], **PRIVATE)
     stop_button.click(stop, None, status, concurrency_limit=None, **PRIVATE)
+    log.change(None, js=SCROLL_LOG_TO_END)  # browser only: autoscroll skips a read-only box
     zip_button.click(make_zip, last_output, zip_file, **PRIVATE)
     push_button.click(push, [repo, private, token, last_output, ws], push_status, **PRIVATE)
     app.load(device_update, None, device, **PRIVATE)

@@ -29,6 +29,9 @@ from ui.merge_panel import PRIVATE, QUEUE, device_choices
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "playground"
 UP, DOWN = "#2e7d4f", "#b3412e"  # rank change colours: moved up / moved down
+# Shown before the first run too (an empty gr.Dataframe would head its columns 1, 2, 3).
+TABLE_COLUMNS = ["passage", "A score", "A rank", "B score", "B rank", "Δ score", "rank change"]
+METRIC_COLUMNS = ["metric", "A", "B", "B − A"]
 HELP = """Compare how two models rank the same passages. **A** is the reference (by default the base of
 your latest merge), **B** the model under test (by default that merge). One passage per line; start a line
 with `+` to mark it relevant and get MRR and nDCG. Or upload a JSONL file:
@@ -42,8 +45,10 @@ def build_playground(workspace: Workspace) -> None:
     first, second = default_pair(workspace)
     choices = model_choices(workspace)
     with gr.Row():
-        model_a = gr.Dropdown(choices, value=first, label="Model A (reference)", allow_custom_value=True, scale=3)
-        model_b = gr.Dropdown(choices, value=second, label="Model B (under test)", allow_custom_value=True, scale=3)
+        model_a = gr.Dropdown(choices, value=first, label="Model A (reference)", allow_custom_value=True, scale=3,
+                              elem_id="model-a")
+        model_b = gr.Dropdown(choices, value=second, label="Model B (under test)", allow_custom_value=True, scale=3,
+                              elem_id="model-b")
         device = gr.Dropdown(device_choices(), value="cpu", label="Device", scale=1)
         normalize = gr.Checkbox(False, label="Sigmoid scores", info="map logits to 0–1 (cosine stays as is)", scale=1)
     with gr.Row():
@@ -53,12 +58,13 @@ def build_playground(workspace: Workspace) -> None:
         queries_file = gr.File(label="…or a JSONL file of queries", file_types=[".jsonl", ".json"], scale=1)
     with gr.Row():
         run = gr.Button("Compare", variant="primary", scale=0)
-        refresh = gr.Button("Refresh model lists", scale=0)
-    status = gr.Markdown()
-    table = gr.Dataframe(label="Passages, as A and B rank them", interactive=False, wrap=True)
+        refresh = gr.Button("Refresh model lists", scale=0, min_width=200)
+    status = gr.Markdown(elem_id="compare-status")
+    table = gr.Dataframe(label="Passages, as A and B rank them", interactive=False, wrap=True,
+                         headers=TABLE_COLUMNS, elem_id="compare-table")
     with gr.Row():
         chart = gr.Plot(label="Rank of each passage under A and B")
-        metrics = gr.Dataframe(label="Metrics (needs relevant passages)", interactive=False)
+        metrics = gr.Dataframe(label="Metrics (needs relevant passages)", interactive=False, headers=METRIC_COLUMNS)
     with gr.Row():
         loaded = gr.Markdown(loaded_markdown())
         unload_button = gr.Button("Unload models", size="sm", scale=0)
@@ -66,7 +72,7 @@ def build_playground(workspace: Workspace) -> None:
 
     run.click(rerank_compare, [model_a, model_b, query, passages, queries_file, device, normalize, ws],
               [status, table, chart, metrics, loaded], api_name="rerank_compare", concurrency_id=QUEUE,
-              concurrency_limit=1)
+              concurrency_limit=1, show_progress_on=status)  # one spinner (or "Error") on the page, not five
     refresh.click(refresh_pair, ws, [model_a, model_b], **PRIVATE)
     unload_button.click(unload_all, None, loaded, **PRIVATE)
 
@@ -133,7 +139,7 @@ def rank_chart(result: Comparison) -> go.Figure:
         label = row.doc if len(row.doc) <= 40 else row.doc[:39] + "…"
         figure.add_trace(go.Scatter(
             x=["A", "B"], y=row.ranks, mode="lines+markers+text", text=["", label], textposition="middle right",
-            line={"color": colour, "width": 3 if row.label else 1.5}, showlegend=False,
+            line={"color": colour, "width": 3 if row.label else 1.5}, showlegend=False, cliponaxis=False,
             hovertext=f"{row.doc[:200]}<br>A rank {row.ranks[0]}, B rank {row.ranks[1]} ({moved:+d})",
             hoverinfo="text"))
     figure.update_yaxes(autorange="reversed", title="rank (1 = top)", dtick=1)
