@@ -104,7 +104,7 @@ def test_merges_and_comparisons_share_one_lane_in_order(served, monkeypatch, lla
         first, second = (load_file(f / "model.safetensors") for f in llama_family[i - 1:i + 1])
         for name, tensor in merged.items():  # linear: Σ wᵢ·xᵢ / Σ wᵢ with weights (1, i)
             assert (tensor - (first[name] + i * second[name]) / (1 + i)).abs().max() < 1e-5, name
-    print(f"\nload: {len(order)} jobs queued together (2 merges, 8 comparisons), "
+    print(f"\nreliability load: {len(order)} jobs queued together (2 merges, 8 comparisons), "
           f"{len(results)} completed in submission order, one at a time, results equal to core")
 
 
@@ -147,9 +147,9 @@ def test_fifty_comparisons_leave_no_memory_behind(served, monkeypatch, minilm_cr
             assert browser_event(blocks, unload, [], "load-test")["output"]["data"] == ["No models loaded."]
     after = _settled_anon()
     leaked = sum(ref() is not None for ref in models)
-    print(f"\nload: 50 comparisons (MiniLM cross-encoder + tiny BERT), {len(models) // 2 - 1} load/unload cycles: "
-          f"RssAnon {baseline / MB:.0f} MB before, {after / MB:.0f} MB after unloading "
-          f"(growth {(after - baseline) / MB:+.1f} MB); {leaked} of {len(models)} loaded models still alive")
+    print(f"\nreliability load: 50 comparisons (MiniLM cross-encoder + tiny BERT), "
+          f"{len(models) // 2 - 1} load/unload cycles: RssAnon {baseline / MB:.0f} MB before, "
+          f"{after / MB:.0f} MB after unloading (growth {(after - baseline) / MB:+.1f} MB); {leaked} of {len(models)} loaded models still alive")
     assert alive == 2 and len(models) == 2 * 11  # control: loaded models are seen (warm-up + 10 cycles)
     assert leaked == 0 and core.rerank.loaded_rerankers() == []
     assert after - baseline < 50 * MB

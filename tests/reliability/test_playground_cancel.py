@@ -61,7 +61,7 @@ def test_the_page_answers_while_a_model_loads(served, slow_load, bert_cls_family
     unloaded = browser_event(blocks, fn_index(blocks, "unload_all"), [], "watcher", timeout=BOUND_S)
     assert unloaded["success"] and unloaded["output"]["data"] == ["No models loaded."]
     assert not job.done() and not gate.is_set()  # all three answered while the load was still held
-    print("\nplayground: gauge tick, /plan and unload answered while a model load was held (3/3)")
+    print("\nreliability playground: gauge tick, /plan and unload answered while a model load was held (3/3)")
 
     gate.set()
     _, table, *_ = job.result(timeout=BOUND_S)

@@ -107,7 +107,8 @@ def test_model_references_that_leave_the_workspace_are_refused_everywhere(site):
         with pytest.raises(gr.Error):
             rerank_compare("models/ce", ref, "the model", DOCS, None, "cpu", False, ws, _visitor("visitor"))
         refused += 1
-    print(f"\nsandbox: {len(attacks)} model references tried × 4 entry points, {refused} refused at every one")
+    print(f"\nreliability sandbox: {len(attacks)} model references tried × 4 entry points, "
+          f"{refused} refused at every one")
     assert refused == len(attacks) >= 20
     # Controls: the model outside is loadable (local mode takes it), and inside folders work when hosted.
     local = Workspace(ws.root, ws.models_dir, ws.outputs_dir)
@@ -192,7 +193,8 @@ def test_remote_code_in_a_model_folder_never_runs(site, tmp_path):
         rerank_compare("models/ce", refs[1], "the model", DOCS, None, "cpu", False, ws, _visitor("v"))
     assert "\n" not in caught.value.message
     assert not marker.exists()
-    print(f"\nsandbox: {len(refs)} models carrying auto_map code loaded or refused; the code ran 0 times")
+    print(f"\nreliability sandbox: {len(refs)} models carrying auto_map code loaded or refused; "
+          "the code ran 0 times")
 
 
 def test_every_load_in_the_code_refuses_remote_code_and_pickled_code():
@@ -209,7 +211,8 @@ def test_every_load_in_the_code_refuses_remote_code_and_pickled_code():
                     given = {k.arg: k.value for k in node.keywords}
                     safe = isinstance(given.get(flag[0]), ast.Constant) and given[flag[0]].value is flag[1]
                     loads.append((f"{source.name}:{node.lineno}", safe))
-    print(f"\nsandbox: {len(loads)} from_pretrained / torch.load calls, {sum(s for _, s in loads)} with the safe flag")
+    print(f"\nreliability sandbox: {len(loads)} from_pretrained / torch.load calls, "
+          f"{sum(safe for _, safe in loads)} with the safe flag")
     assert len(loads) >= 5 and [where for where, safe in loads if not safe] == []
 
 
@@ -237,6 +240,8 @@ def test_a_pickle_with_code_is_refused_and_never_runs(site, tmp_path, llama_fami
     with pytest.raises(gr.Error, match="cannot load"):
         rerank_compare("models/ce", "models/pickled", "q", DOCS, None, "cpu", False, ws, _visitor("v"))
     assert not marker.exists()
+    print("\nreliability sandbox: a pickle holding code × 3 entry points (engine, Check, playground): "
+          "refused 3, the code ran 0 times")
     # Control: the same tensors pickled plainly load through the merge engine.
     torch.save(weights, folder / "pytorch_model.bin")
     clean = Checkpoint.open(str(folder))
@@ -287,7 +292,7 @@ def test_the_launched_app_serves_no_server_file_to_a_visitor(hosted_app):
             assert refusal.response.status_code < 500, upload
             continue
         assert not message["success"], upload
-    print(f"\nsandbox: {len(secrets)} server files asked for by URL and {len(forged)} as forged uploads: "
+    print(f"\nreliability sandbox: {len(secrets)} server files asked for by URL and {len(forged)} as forged uploads: "
           "0 served")
 
 
@@ -318,7 +323,7 @@ def test_one_session_may_hold_only_its_quota_of_heavy_jobs(hosted_app, monkeypat
         other = join("patient").status_code
     finally:
         gate.set()
-    print(f"\nsandbox: session quota 2: joins answered {answers}; another session {other}")
+    print(f"\nreliability sandbox: session quota 2: joins answered {answers}; another session {other}")
     assert answers == [200, 200, 400, 400] and other == 200
 
 
