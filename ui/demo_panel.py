@@ -38,7 +38,7 @@ class DemoPanel:
 def build_demo_panel(app: gr.Blocks, workspace: Workspace) -> DemoPanel:
     """Add the strip to the current Blocks; it shows on page load only when demo models are missing."""
     ws = gr.State(workspace)
-    with gr.Group(visible=needs_demo(workspace)) as strip:
+    with gr.Group(visible=needs_demo(workspace), elem_classes="demo-strip") as strip:
         with gr.Row(equal_height=True):
             gr.Markdown(PITCH)
             button = gr.Button("Build demo models", variant="primary", scale=0, min_width=200)

@@ -134,6 +134,7 @@ def _segment(name: str, rows: list[str], values: list[int], color: str, notes: l
     """A horizontal bar segment in GB with a hover note per row."""
     return go.Bar(name=name, y=rows, x=[value / GB for value in values], orientation="h",
                   marker_color=color, text=[_size(value) for value in values], textposition="inside",
+                  textangle=0,  # a label too long for its segment is hidden (uniformtext), not turned on its side
                   customdata=notes, hovertemplate="<b>%{fullData.name}</b>: %{text}<br>%{customdata}<extra></extra>")
 
 

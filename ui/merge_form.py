@@ -205,7 +205,7 @@ def request_workspace(workspace: Workspace, request: gr.Request | None) -> Works
 def _param_control(form: FormState, key: int | None, param, synced: list, *, first: bool) -> None:
     """A checkbox, a slider, or — for a gradient or filter list — a text box, keyed for redraws."""
     value = shown_value(form, key, param)
-    options = {"label": param.name, "info": param.help if first else None, "min_width": 140, "interactive": True,
+    options = {"label": param.name, "info": param.help if first else None, "min_width": 180, "interactive": True,
                "key": f"{'g' + str(form.key) if key is None else key}-{param.name}"}
     handler = _edit(set_param, key, param.name)
     if isinstance(value, bool):

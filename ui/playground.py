@@ -58,7 +58,7 @@ def build_playground(workspace: Workspace) -> None:
         queries_file = gr.File(label="…or a JSONL file of queries", file_types=[".jsonl", ".json"], scale=1)
     with gr.Row():
         run = gr.Button("Compare", variant="primary", scale=0)
-        refresh = gr.Button("Refresh model lists", scale=0, min_width=200)
+        refresh = gr.Button("Refresh model lists", scale=0, min_width=260)
     status = gr.Markdown(elem_id="compare-status")
     table = gr.Dataframe(label="Passages, as A and B rank them", interactive=False, wrap=True,
                          headers=TABLE_COLUMNS, elem_id="compare-table")
