@@ -140,6 +140,7 @@ def test_clicking_a_point_in_the_browser_puts_its_alpha_into_the_merge_form(bert
     with launched(workspace) as (blocks, _), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(120_000)  # a loaded 2-core CI machine; the waits are for events, not speed
         page.goto(blocks.local_url)
         page.get_by_role("tab", name="Sweep").click()
         for label, ref in (("Model A (α = 0)", bert_cls_family[0]), ("Model B (α = 1)", bert_cls_family[1])):
@@ -151,10 +152,10 @@ def test_clicking_a_point_in_the_browser_puts_its_alpha_into_the_merge_form(bert
         page.locator("input[type=file][multiple]").first.set_input_files(mine)
         page.get_by_text("mine.jsonl").first.wait_for()
         page.get_by_role("button", name="Run the sweep").click()
-        page.get_by_text("✓ Swept").wait_for(timeout=60_000)
+        page.get_by_text("✓ Swept").wait_for()
         point = page.locator("#sweep-plot .scatterlayer .points path.point").nth(2).bounding_box()  # α = 1
         page.mouse.click(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
-        page.get_by_text("holds the linear merge at α = 1").wait_for(timeout=30_000)
+        page.get_by_text("holds the linear merge at α = 1").wait_for()
         page.get_by_role("tab", name="Merge").click()
         recipe = page.locator(".cm-content").first.inner_text()
         browser.close()
