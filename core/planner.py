@@ -20,7 +20,10 @@ from core.recipe import DTYPES, MergeRecipe, resolve_params
 from core.safetensors_header import TensorInfo
 
 DEFAULT_SHARD_BYTES = 2 * 1000**3  # "2GB" as transformers counts it
-CHUNK_ELEMENTS = 8 * 1024 * 1024  # elementwise methods work on ≤ 32 MB (float32) per input at a time
+# Blockwise methods work on ≤ 2 MB (float32) per input at a time. Small on purpose: blocks this
+# size come from malloc's heap and are reused, while 32 MB ones were mmap'ed fresh each time, and
+# the kernel zeroing those pages cost more than the merge (bench: TA on 3 x 1.46 GB, 8.5 s -> 3.5 s).
+CHUNK_ELEMENTS = 512 * 1024
 LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
 
