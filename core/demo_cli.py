@@ -44,7 +44,9 @@ def _demo(args) -> None:
     bar = None
     try:
         for event in demo_events(models_dir, seed=args.seed, force=args.force, device=args.device):
-            if event.state == "training" and not args.quiet:
+            if event.state == "training":
+                if args.quiet:
+                    continue
                 if bar is None:
                     bar = tqdm(total=event.total, desc=event.model, unit="step", file=sys.stderr)
                 bar.update(event.step - bar.n)

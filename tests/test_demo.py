@@ -162,3 +162,21 @@ def test_cli_skips_built_models_and_says_so(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("(exists; --force rebuilds it)") == len(DEMO_MODELS)
     assert "model 1/5 general-ce: skipped" in out
+
+
+def test_cli_quiet_prints_one_line_per_model_and_no_steps(tmp_path, capsys, monkeypatch):
+    import core.demo
+    from core.__main__ import main
+    from core.demo import DemoProgress
+
+    def fake_events(models_dir, **options):
+        for step in (1, 2):
+            yield DemoProgress("general-ce", 1, 1, step, 2, 0.5, 1.0, "training")
+        yield DemoProgress("general-ce", 1, 1, 2, 2, 0.25, 2.0, "saved")
+
+    monkeypatch.setattr(core.demo, "demo_events", fake_events)
+    assert main(["demo", "--models-dir", str(tmp_path), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "model 1/1 general-ce: saved, last loss 0.2500, 2 s so far"
+    assert len(lines) == 2 and lines[1].startswith("demo models in ")
+    assert "exists" not in "\n".join(lines)
