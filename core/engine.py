@@ -157,8 +157,14 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
         generator = torch.Generator(device=device)
         generator.manual_seed(seed * 1_000_003 + zlib.crc32(job.name.encode()))
 
+    passes = 0  # a method may read the tensor more than once (TIES: twice for top-k, then to merge)
+
     def read() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Every input's next block of rows as float32 on the device: (n, *block) models, (*block) base."""
+        """Every input's next block of rows as float32 on the device: (n, *block) models, (*block) base.
+
+        Inputs are checked for NaN/Inf on the first pass only, so each value is counted once."""
+        nonlocal passes
+        passes += 1
         for piece in job.row_slices():
             _stop_if_cancelled(cancel)
             first = rows[0].read(job.name, device=device, dtype=working, rows=piece)
@@ -166,11 +172,13 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
             stack[0].copy_(first)
             for i, checkpoint in enumerate(rows[1:], 1):
                 stack[i].copy_(checkpoint.read(job.name, device=device, dtype=working, rows=piece))
-            findings.check(job.name, stack, rows)
+            if passes == 1:
+                findings.check(job.name, stack, rows)
             base_block = None
             if base is not None:
                 base_block = base.read(job.name, device=device, dtype=working, rows=piece).to(torch.float32)
-                findings.check(job.name, base_block.unsqueeze(0), [base])
+                if passes == 1:
+                    findings.check(job.name, base_block.unsqueeze(0), [base])
             yield stack, base_block
 
     for merged in recipe.method.merge_blocks(read, job.shape, generator=generator, **job.params):

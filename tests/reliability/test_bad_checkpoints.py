@@ -190,10 +190,18 @@ def poisoned(tmp_path_factory):
     return clean, bad, counts
 
 
-def test_nonfinite_inputs_are_reported_per_tensor(poisoned, tmp_path):
+def ties_recipe(base: Path, models: list[Path]) -> dict:
+    """TIES reads each input block three times (two top-k passes, then the merge)."""
+    return {"merge_method": "ties", "base_model": str(base),
+            "models": [{"model": str(m), "parameters": {"weight": 1, "density": 0.5}} for m in models]}
+
+
+@pytest.mark.parametrize("method", ["linear", "ties"])
+def test_nonfinite_inputs_are_reported_per_tensor(poisoned, tmp_path, method):
     clean, bad, counts = poisoned
+    recipe = linear_recipe([clean[0], bad], [1, 1]) if method == "linear" else ties_recipe(clean[0], [clean[1], bad])
     reported = {}
-    merge(recipe_from_dict(linear_recipe([clean[0], bad], [1, 1])), tmp_path / "merged",
+    merge(recipe_from_dict(recipe), tmp_path / "merged",
           on_progress=lambda event: reported.update({event.tensor: event.nonfinite} if event.nonfinite else {}))
     assert reported == {name: (f"{bad}: tensor {name!r} holds {count} NaN/Inf value(s)",)
                         for name, count in counts.items()}
