@@ -17,6 +17,9 @@ What it measures
     RssAnon (anonymous memory: what the tool itself allocates, not mapped file pages) and the
     peak summed RssFile, the CPU other processes used meanwhile (a disturbed timing shows), and
     ratios (mergekit time / ours, ours anon / mergekit anon). Outputs are deleted after each run.
+    Each tool runs --repeat times (default 3), the tools taking turns, and the table gives the
+    median wall time: this machine's speed drifts by ±30 % over minutes, and alternating runs
+    let a slow spell hit both tools alike.
 
 How to run (from the repo root)
     python3 bench/merge_bench.py                                  # sizes 0.1,0.4,1.5 GB, both methods
@@ -34,6 +37,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -219,7 +223,7 @@ def verdict(method: str, time_ratio: float | None, anon_mb: float) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The results as a markdown table."""
-    head = ["GB/model", "method", "tool", "wall s", "peak anon MB", "peak file MB",
+    head = ["GB/model", "method", "tool", "wall s", "runs s", "peak anon MB", "peak file MB",
             "other CPU %", "time mk/ours", "anon ours/mk", "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(str(r.get(k, "")) for k in head) + " |" for r in rows])
@@ -237,10 +241,14 @@ def main() -> int:
                     help="command for MergeDesk, with {python} {recipe} {out} (default: %(default)s)")
     ap.add_argument("--cache", type=Path, default=REPO / "bench" / ".cache", help="folder for generated models")
     ap.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per tool, alternating between tools; the table gives the median wall time")
     args = ap.parse_args()
 
     tools = [] if args.skip_ours else [("ours", args.ours_cmd.split())]
-    notes = ["Inputs read once (cat > /dev/null) before each timed run: both tools see a warm page cache."]
+    notes = ["Inputs read once (cat > /dev/null) before each timed run: both tools see a warm page cache.",
+             f"Each tool ran {args.repeat} times, alternating with the other: wall s is the median of the runs "
+             "listed under runs s; peak memory and other CPU % are the highest of the runs."]
     mergekit = None if args.skip_mergekit else find_mergekit(args.mergekit)
     if mergekit:
         tools.append(("mergekit", [mergekit, "{recipe}", "{out}", "--lazy-unpickle", "--no-copy-tokenizer"]))
@@ -262,24 +270,38 @@ def main() -> int:
         gb = index["metadata"]["total_size"] / 1e9
         for method in args.methods.split(","):
             recipe = write_recipe(work / f"{method}.yml", method, family)
+            runs: dict[str, list[tuple[float, float, float, float]]] = {tool: [] for tool, _ in tools}
+            failed = set()
+            for repeat in range(args.repeat):  # tools alternate, so a slow spell of the machine hits both
+                for tool, template in tools:
+                    if tool in failed:
+                        continue
+                    shutil.rmtree(out, ignore_errors=True)
+                    cmd = [part.format(python=sys.executable, recipe=recipe, out=out) for part in template]
+                    log = work / f"{family.name}-{method}-{tool}.log"
+                    warm_page_cache(family)
+                    code, wall, anon, file, other = run_measured(cmd, REPO, log)
+                    shutil.rmtree(out, ignore_errors=True)
+                    print(f"{gb:.2f} GB {method} {tool} run {repeat + 1}/{args.repeat}: "
+                          f"{'exit ' + str(code) if code else f'{wall:.1f} s, anon {anon:.0f} MB'}", flush=True)
+                    if code:
+                        failed.add(tool)
+                        print(f"{tool} {method} failed with exit {code}; last lines of {log}:\n"
+                              + "\n".join(log.read_text(errors="replace").splitlines()[-10:]), flush=True)
+                    else:
+                        runs[tool].append((wall, anon, file, other))
             results = {}
-            for tool, template in tools:
-                shutil.rmtree(out, ignore_errors=True)
-                cmd = [part.format(python=sys.executable, recipe=recipe, out=out) for part in template]
-                log = work / f"{family.name}-{method}-{tool}.log"
-                warm_page_cache(family)
-                code, wall, anon, file, other = run_measured(cmd, REPO, log)
-                shutil.rmtree(out, ignore_errors=True)
-                row = {"GB/model": f"{gb:.2f}", "method": method, "tool": tool, "wall s": f"{wall:.1f}",
-                       "peak anon MB": f"{anon:.0f}", "peak file MB": f"{file:.0f}", "other CPU %": f"{other:.0f}"}
-                if code:
-                    row["target"] = f"FAILED (exit {code}, log {log})"
-                    print(f"{tool} {method} failed with exit {code}; last lines of {log}:\n"
-                          + "\n".join(log.read_text(errors="replace").splitlines()[-10:]), flush=True)
+            for tool, _ in tools:
+                row = {"GB/model": f"{gb:.2f}", "method": method, "tool": tool}
+                if tool in failed:
+                    row["target"] = f"FAILED (log {work / f'{family.name}-{method}-{tool}.log'})"
                 else:
+                    wall = statistics.median(r[0] for r in runs[tool])
+                    anon, file, other = (max(r[i] for r in runs[tool]) for i in (1, 2, 3))
                     results[tool] = (wall, anon)
+                    row.update({"wall s": f"{wall:.1f}", "runs s": " ".join(f"{r[0]:.1f}" for r in runs[tool]),
+                                "peak anon MB": f"{anon:.0f}", "peak file MB": f"{file:.0f}", "other CPU %": f"{other:.0f}"})
                 rows.append(row)
-                print(" | ".join(f"{k} {v}" for k, v in row.items()), flush=True)
             if "ours" in results:
                 ours, mk = results["ours"], results.get("mergekit")
                 ours_row, ratio = next(r for r in reversed(rows) if r["tool"] == "ours"), mk and mk[0] / ours[0]

@@ -55,6 +55,10 @@ class Method:
     check: Callable[[dict], str | None] | None  # extra rule on resolved params → problem text
     stream: Callable[..., Iterator[torch.Tensor]] | None = None  # (read, shape, **params) → merged blocks
     blockwise: Callable[[dict], bool] | None = None  # may `stream` get a tensor with these params in blocks?
+    # A method that is a fixed weighted sum Σ c_i·x_i of its inputs says so here: params →
+    # (one coefficient per model row, the base's coefficient or None). The engine then sums the
+    # stored tensors directly instead of building a float32 stack (see core.engine).
+    coefficients: Callable[[dict], tuple[list[float], float | None]] | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -82,7 +86,8 @@ def register(name: str, *, label: str, paper: str, params: tuple[Param, ...], ba
              min_inputs: int = 1, max_inputs: int | None = None, random: bool = False,
              elementwise: bool = False, check: Callable[[dict], str | None] | None = None,
              stream: Callable[..., Iterator[torch.Tensor]] | None = None,
-             blockwise: Callable[[dict], bool] | None = None):
+             blockwise: Callable[[dict], bool] | None = None,
+             coefficients: Callable[[dict], tuple[list[float], float | None]] | None = None):
     """Decorator: add a merge function to METHODS, refusing declarations it cannot honour.
 
     Refused (TypeError/ValueError at import time, so a bad method never ships): a duplicate
@@ -106,7 +111,7 @@ def register(name: str, *, label: str, paper: str, params: tuple[Param, ...], ba
         if unreachable:
             raise TypeError(f"method {name!r}: function cannot receive parameter(s) {unreachable}")
         METHODS[name] = Method(name, label, paper, merge, tuple(params), base, min_inputs,
-                               max_inputs, random, elementwise, check, stream, blockwise)
+                               max_inputs, random, elementwise, check, stream, blockwise, coefficients)
         return merge
 
     return add
@@ -151,8 +156,16 @@ def _della_band(params: dict) -> str | None:
 
 # ---- linear ------------------------------------------------------------------------------
 
+def _linear_coefficients(params: dict) -> tuple[list[float], None]:
+    """linear as a weighted sum: c_i = w_i, or w_i / Σ w under normalize."""
+    weight = params["weight"]
+    total = sum(weight) if params["normalize"] else 1.0
+    return [w / total for w in weight], None
+
+
 @register("linear", label="Linear (weighted average)", paper="https://arxiv.org/abs/2203.05482",
-          params=(WEIGHT, _normalize(True)), base="unused", elementwise=True, check=_weights_not_zero)
+          params=(WEIGHT, _normalize(True)), base="unused", elementwise=True, check=_weights_not_zero,
+          coefficients=_linear_coefficients)
 def linear(tensors, base, *, weight, normalize, generator=None):
     """Σ w_i·x_i, divided by Σ w_i when normalize (model soups; LM-Cocktail mix_models)."""
     merged = (tensors.mul_(column(weight, tensors))).sum(dim=0)
@@ -183,6 +196,17 @@ def _first_problem(*checks: Callable[[dict], str | None]) -> Callable[[dict], st
     return lambda params: next((problem for check in checks if (problem := check(params))), None)
 
 
+def _task_arithmetic_coefficients(params: dict) -> tuple[list[float], float]:
+    """base + λ·Σ w_i(x_i − base)/d as a weighted sum: c_i = λ·w_i/d, c_base = 1 − Σ c_i.
+
+    d is Σ w under normalize (1 where that sum vanishes, as in task_vector_blocks), else 1."""
+    weight, lam = params["weight"], params["lambda"]
+    total = sum(weight)
+    divisor = total if params["normalize"] and abs(total) >= 1e-8 else 1.0
+    models = [lam * w / divisor for w in weight]
+    return models, 1.0 - sum(models)
+
+
 def _register_task_vector_family() -> None:
     """One registration per row of _FAMILY, with the parameters its sparsifier needs."""
     for name, label, paper, sparsifier, consensus, normalize, rescale in _FAMILY:
@@ -200,7 +224,8 @@ def _register_task_vector_family() -> None:
                  random=sparsifier in (sparsify.bernoulli, sparsify.della_magprune),
                  elementwise=sparsifier is None and not consensus, check=_first_problem(*checks),
                  stream=partial(task_vector_blocks, sparsifier=sparsifier, consensus=consensus),
-                 blockwise=blockwise(sparsifier))(
+                 blockwise=blockwise(sparsifier),
+                 coefficients=_task_arithmetic_coefficients if sparsifier is None and not consensus else None)(
             partial(task_vectors, sparsifier=sparsifier, consensus=consensus))
 
 

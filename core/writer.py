@@ -11,8 +11,9 @@ between the two renames) is put back as OUT.
 
 `ShardWriter` streams tensors into safetensors shards: each shard's header is computed from
 the planned shapes before any data, then tensor bytes are appended as they arrive (chunk by
-chunk), so a shard is never buffered in memory. `copy_side_files` brings config, tokenizer
-and sentence-transformers files along.
+chunk), so a shard is never buffered in memory; every WRITEBACK_EVERY bytes the kernel is asked
+to start writing them to disk, so the fsync before the folder appears has little left to wait
+for. `copy_side_files` brings config, tokenizer and sentence-transformers files along.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model", "chat_template.jinja")
 WRITER_FILE = ".writer-pid"  # inside OUT.partial while a live process writes it
+WRITEBACK_EVERY = 128 << 20  # bytes appended to a shard between two writeback requests
 
 
 @contextmanager
@@ -114,6 +116,7 @@ class ShardWriter:
         self.written = 0  # bytes of that tensor written so far
         self.shard_index = -1
         self.handle = None
+        self.unflushed = 0  # bytes appended to the open shard since the last writeback request
 
     def write(self, name: str, chunk: torch.Tensor) -> None:
         """Append the next bytes of tensor `name` (the whole tensor or its next block of rows)."""
@@ -125,6 +128,9 @@ class ShardWriter:
             self._open_next_shard()
         data = chunk.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         self.handle.write(memoryview(data))
+        self.unflushed += data.nbytes
+        if self.unflushed >= WRITEBACK_EVERY:
+            self._start_writeback()
         self.written += data.nbytes
         if self.written > job.nbytes:
             raise RuntimeError(f"writer got {self.written} bytes for {name}, planned {job.nbytes}")
@@ -153,6 +159,20 @@ class ShardWriter:
         entries = [(n, self.jobs[n].shape, self.jobs[n].out_dtype) for n in names]
         self.handle = open(self.folder / file, "wb")
         self.handle.write(encode_header(entries, {"format": "pt"}))
+        self.unflushed = 0
+
+    def _start_writeback(self) -> None:
+        """Ask the kernel to start writing the last bytes to disk now, without waiting for it.
+
+        Why: the final fsync otherwise waits for the whole shard (0.4 s per 1.5 GB here); this
+        way most of it is written while the next tensors merge. POSIX_FADV_DONTNEED starts
+        writeback of dirty pages and drops only pages already clean, so the shard stays cached.
+        """
+        self.handle.flush()
+        if hasattr(os, "posix_fadvise"):  # Linux and most Unixes; elsewhere the final fsync does it all
+            end = self.handle.tell()
+            os.posix_fadvise(self.handle.fileno(), end - self.unflushed, self.unflushed, os.POSIX_FADV_DONTNEED)
+        self.unflushed = 0
 
     def _close_shard(self) -> None:
         if self.handle is not None:

@@ -196,10 +196,17 @@ def ties_recipe(base: Path, models: list[Path]) -> dict:
             "models": [{"model": str(m), "parameters": {"weight": 1, "density": 0.5}} for m in models]}
 
 
-@pytest.mark.parametrize("method", ["linear", "ties"])
+def ta_recipe(base: Path, models: list[Path], weights: list[float]) -> dict:
+    return {"merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(models, weights)]}
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "task_arithmetic weight 0"])
 def test_nonfinite_inputs_are_reported_per_tensor(poisoned, tmp_path, method):
+    """Also with the poisoned model at weight 0: its NaN/Inf must still be found (0·NaN is NaN)."""
     clean, bad, counts = poisoned
-    recipe = linear_recipe([clean[0], bad], [1, 1]) if method == "linear" else ties_recipe(clean[0], [clean[1], bad])
+    recipe = {"linear": linear_recipe([clean[0], bad], [1, 1]), "ties": ties_recipe(clean[0], [clean[1], bad]),
+              "task_arithmetic weight 0": ta_recipe(clean[0], [clean[1], bad], [1, 0])}[method]
     reported = {}
     merge(recipe_from_dict(recipe), tmp_path / "merged",
           on_progress=lambda event: reported.update({event.tensor: event.nonfinite} if event.nonfinite else {}))
