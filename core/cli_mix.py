@@ -56,6 +56,8 @@ def sweep_command(sub, common) -> None:
     parser.add_argument("--model-b", required=True, help="the model at α = 1 (e.g. the fine-tune)")
     parser.add_argument("--set", action="append", required=True, metavar="[NAME=]FILE",
                         help="labelled JSONL ({query, docs, labels} or {query, pos, neg}); repeat for more")
+    parser.add_argument("--pool", action="store_true",
+                        help="rank each query against every passage of its set, not only its own (retrieval-style)")
     parser.add_argument("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
                         help="comma-separated α values (default 0, 0.1, …, 1)")
     parser.add_argument("--method", default="linear", choices=["linear", "task_arithmetic", "slerp"],
@@ -78,7 +80,7 @@ def _sweep(args) -> None:
         alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
     except ValueError:
         raise RerankError(f"--alphas {args.alphas!r}: write numbers separated by commas, e.g. 0,0.5,1") from None
-    result = sweep(args.model_a, args.model_b, read_sets(args.set), alphas=alphas, method=args.method,
+    result = sweep(args.model_a, args.model_b, read_sets(args.set, pool=args.pool), alphas=alphas, method=args.method,
                    mode=args.mode, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                    max_length=args.max_length)
     if args.json:

@@ -40,6 +40,8 @@ def rerank_command(sub, common) -> None:
 def evaluate_command(sub, common) -> None:
     parser = sub.add_parser("evaluate", parents=[common], help="MRR@10, nDCG@10, recall@k of models on labelled queries")
     _scoring_options(parser)
+    parser.add_argument("--pool", action="store_true",
+                        help="rank each query against every passage of the file, not only its own (retrieval-style)")
     parser.set_defaults(run=_evaluate)
 
 
@@ -80,6 +82,10 @@ def _evaluate(args) -> None:
     items = _items_from(args)
     if not any(item.labels for item in items):
         raise RerankError(f"{args.input} has no labels: add \"labels\" or use the pos/neg format")
+    if args.pool:
+        from core.rerank_compare import pooled
+
+        items = pooled(items)
     result = _run(args, items)
     names = [f"model {chr(65 + i)}" for i in range(len(result.models))]
     for name, ref, kind in zip(names, result.models, result.kinds):

@@ -144,6 +144,26 @@ def read_queries(path: str | Path) -> list[QueryItem]:
     return items
 
 
+def pooled(items: list[QueryItem]) -> list[QueryItem]:
+    """Every labelled query ranked against every passage of the set (retrieval-style evaluation).
+
+    Why: a query's own few hard negatives make an easy test (good models sit near nDCG 1, so
+    merges look alike); among all of the set's passages, each other query's positive and
+    negatives become distractors too. A passage is relevant to a query where that query's own
+    labels say so. Bi-encoders embed each distinct text once, so this costs them little; a
+    cross-encoder scores queries × passages pairs. Unlabelled queries are left out.
+    """
+    passages = list(dict.fromkeys(doc for item in items if item.labels for doc in item.docs))
+    pool = []
+    for item in items:
+        if item.labels:
+            grade = {doc: label for doc, label in zip(item.docs, item.labels)}
+            pool.append(QueryItem(item.query, passages, [grade.get(doc, 0) for doc in passages]))
+    if not pool:
+        raise RerankError("pooling needs labelled queries: add \"labels\" or use the pos/neg format")
+    return pool
+
+
 def parse_queries(text: str, *, source: str = "input") -> list[QueryItem]:
     """Queries from JSONL text (the playground's upload and paste box)."""
     return [_parse_line(line, f"{source}:{n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]

@@ -40,7 +40,7 @@ from core.planner import MergePlan
 from core.recipe import MergeRecipe, recipe_from_dict
 from core.rerank import Reranker, detect_kind, load_reranker, pick_dtype
 from core.rerank_batches import RerankError
-from core.rerank_compare import QueryItem, compare, read_queries
+from core.rerank_compare import QueryItem, compare, pooled, read_queries
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, …, 1
 SWEEP_METHODS = ("linear", "task_arithmetic", "slerp")
@@ -270,8 +270,10 @@ def _stop_if_cancelled(cancel: threading.Event | None) -> None:
         raise MergeCancelled("sweep stopped")
 
 
-def read_sets(specs: list[str]) -> dict[str, list[QueryItem]]:
+def read_sets(specs: list[str], *, pool: bool = False) -> dict[str, list[QueryItem]]:
     """Labelled sets from "NAME=FILE" or "FILE" specs; FILE's name is its folder's for eval/test/dev files.
+
+    pool: rank each query against every passage of its set (core.rerank_compare.pooled).
 
     Example:
         >>> list(read_sets(["assets/demo/cooking/eval.jsonl", "mine=my_queries.jsonl"]))
@@ -284,5 +286,5 @@ def read_sets(specs: list[str]) -> dict[str, list[QueryItem]]:
         name = name or (path.parent.name if path.stem in ("eval", "test", "dev") and path.parent.name else path.stem)
         if name in sets:
             raise RerankError(f"two sets are called {name!r}: name them, e.g. {name}2={path}")
-        sets[name] = read_queries(path)
+        sets[name] = pooled(read_queries(path)) if pool else read_queries(path)
     return sets

@@ -44,6 +44,10 @@ def test_rerank_table_and_evaluate_table(bert_cls_family, tmp_path, capsys):
     report = capsys.readouterr().out
     assert "1 labelled queries, 2 passages" in report
     assert "nDCG@10" in report and "B − A" in report
+    second = {"query": "hello", "docs": ["hello there", "goodbye"], "labels": [1, 0]}
+    data.write_text(data.read_text() + json.dumps(second) + "\n")
+    assert main(["evaluate", "--model", a, "--input", str(data), "--pool"]) == 0
+    assert "2 labelled queries, 8 passages" in capsys.readouterr().out  # each query against all 4 passages
 
 
 @pytest.mark.parametrize("args, message", [

@@ -6,7 +6,7 @@ import pytest
 
 from core.rank_metrics import kendall_tau, mrr_at_k, ndcg_at_k, ranks, recall_at_k, top_k_overlap
 from core.rerank_batches import RerankError
-from core.rerank_compare import QueryItem, compare, parse_queries, read_queries
+from core.rerank_compare import QueryItem, compare, parse_queries, pooled, read_queries
 
 
 def test_ranks_put_the_highest_score_first_and_keep_ties_in_order():
@@ -124,3 +124,15 @@ def test_an_empty_file_is_a_clear_error(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(RerankError, match="holds no queries"):
         read_queries(tmp_path / "empty.jsonl")
+
+
+def test_pooled_ranks_each_query_against_every_passage_of_the_set():
+    items = [QueryItem("q1", ["a", "b", "c"], [1, 0, 0]),
+             QueryItem("q2", ["d", "b", "e"], [2, 0, 1]),
+             QueryItem("unlabelled", ["f"])]
+    pool = pooled(items)
+    assert [item.query for item in pool] == ["q1", "q2"]
+    assert all(item.docs == ["a", "b", "c", "d", "e"] for item in pool)
+    assert pool[0].labels == [1, 0, 0, 0, 0] and pool[1].labels == [0, 0, 0, 2, 1]
+    with pytest.raises(RerankError, match="pooling needs labelled queries"):
+        pooled([QueryItem("q", ["x"])])

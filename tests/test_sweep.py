@@ -139,6 +139,11 @@ def test_read_sets_names_sets_by_folder_or_by_name(tmp_path):
     assert list(sets) == ["cooking", "gen", "mine"] and sets["mine"][0].labels == [1, 0]
     with pytest.raises(RerankError, match="two sets are called 'mine'"):
         read_sets([str(tmp_path / "mine.jsonl")] * 2)
+    second = json.dumps({"query": "r", "pos": ["p2"], "neg": ["n2", "n"]})
+    (tmp_path / "two.jsonl").write_text(line + "\n" + second, encoding="utf-8")
+    pooled_set = read_sets([str(tmp_path / "two.jsonl")], pool=True)["two"]
+    assert [item.docs for item in pooled_set] == [["p", "n", "p2", "n2"]] * 2
+    assert [item.labels for item in pooled_set] == [[1, 0, 0, 0], [0, 0, 1, 0]]
 
 
 def test_bad_sweeps_fail_before_loading_anything(bert_cls_family):
