@@ -234,6 +234,8 @@ def _model_entries(value: object) -> list[ModelEntry]:
     for index, item in enumerate(value):
         if isinstance(item, str):
             item = {"model": item}
+        if isinstance(item, dict) and (item.get("model") is None or item.get("model") == ""):
+            raise RecipeError(f"model {index + 1} has no model chosen: pick one or remove that row")
         if not isinstance(item, dict) or not isinstance(item.get("model"), str) or not item["model"].strip():
             raise RecipeError(f"models[{index}] must be a mapping with a 'model' path or Hub id")
         unknown = set(item) - {"model", "parameters"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -18,6 +19,12 @@ from gradio_client import Client
 
 import app as mergedesk
 from core.workspace import Workspace
+
+
+def local_workspace(root: Path) -> Workspace:
+    """The workspace of a local (not hosted) app rooted at `root`: models/ and outputs/ inside it."""
+    root = root.resolve()
+    return Workspace(root, root / "models", root / "outputs")
 
 
 def free_port() -> int:

@@ -4,14 +4,12 @@ import uuid
 import pytest
 from safetensors.torch import load_file
 
-from core.workspace import Workspace
-from tests.app_server import browser_event, launched
+from tests.app_server import browser_event, launched, local_workspace
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("served").resolve()
-    workspace = Workspace(root, root / "models", root / "outputs")
+    workspace = local_workspace(tmp_path_factory.mktemp("served"))
     with launched(workspace) as (blocks, client):
         yield workspace, client, blocks
 

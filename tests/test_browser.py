@@ -18,8 +18,7 @@ import pytest
 from safetensors.torch import load_file
 
 from core.rerank import load_reranker
-from core.workspace import Workspace
-from tests.app_server import launched
+from tests.app_server import launched, local_workspace
 from tests.model_factory import build_family
 
 CHROMIUM = "/usr/bin/chromium"
@@ -52,7 +51,7 @@ def family(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app(family):
     root, _ = family
-    with launched(Workspace(root, root / "models", root / "outputs")) as (blocks, _client):
+    with launched(local_workspace(root)) as (blocks, _client):
         yield blocks.local_url
 
 

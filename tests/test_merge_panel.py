@@ -6,7 +6,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from core.checkpoint import Checkpoint
 from core.workspace import Workspace
@@ -72,6 +72,20 @@ def test_merge_streams_progress_and_writes_the_linear_merge(tmp_path, llama_fami
         torch.testing.assert_close(tensor, expected, rtol=1e-6, atol=1e-6)
     assert card.startswith("# mix") and "---" not in card.splitlines()[0]
     assert "Linear" in card_markdown(out)
+
+
+def test_nan_in_an_input_is_shown_in_the_log_and_the_status(tmp_path, llama_family):
+    ws = _workspace(tmp_path)
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(llama_family[2], poisoned)
+    file = next(poisoned.glob("*.safetensors"))
+    tensors = load_file(file)
+    name = next(n for n, t in tensors.items() if t.is_floating_point() and t.dim() == 2)
+    tensors[name][0, :3] = float("nan")
+    save_file(tensors, file, metadata={"format": "pt"})
+    status, log, *_ = run(merge(linear_yaml([*llama_family[:2], poisoned]), "nan", "cpu", False, 0, ws))[-1]
+    assert status.startswith("**✓ Merged**") and "**⚠ 1 input tensor(s) hold NaN/Inf**" in status
+    assert f"⚠ {poisoned}: tensor {name!r} holds 3 NaN/Inf value(s)" in log.splitlines() and log.endswith("done")
 
 
 def test_stop_mid_merge_leaves_no_folder(tmp_path, llama_family):

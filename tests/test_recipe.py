@@ -78,6 +78,9 @@ BAD = [
     ("merge_method: ties\nbase_model: a\nmodels: [{model: b, parameters: {weight: 1}}]\nparameters: {normalize: 1}",
      "'normalize' must be true or false"),
     ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}\n", "is not valid YAML at line"),
+    ("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}, {model: '', parameters: {weight: 1}}]",
+     "model 2 has no model chosen: pick one or remove that row"),
+    ("merge_method: linear\nmodels: [{model: null, parameters: {weight: 1}}]", "model 1 has no model chosen"),
 ]
 
 

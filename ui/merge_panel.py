@@ -136,6 +136,7 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
     ws = request_workspace(workspace, request)
     session = session_id(request)
     lines: list[str] = []
+    warnings: list[str] = []  # NaN/Inf found in the inputs (the engine merges anyway and says so)
     events = None
     try:
         recipe, out = _prepare(recipe_yaml, output_name, ws)
@@ -150,6 +151,9 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
             shown = 0.0
             for event in events:
                 lines.append(f"{event.step}/{event.total}  {event.tensor}  ({event.device})")
+                found = [f"⚠ {message}" for message in event.nonfinite]
+                lines += found
+                warnings += found
                 if time.monotonic() - shown > 0.25 or event.step == event.total:
                     shown = time.monotonic()
                     yield progress_markdown(event), _tail(lines), "", "", None
@@ -164,8 +168,10 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
             events.close()
         _RUNNING.pop(session, None)
     shown_path = str(out.relative_to(ws.root)) if ws.hosted else str(out)
-    yield (f"**✓ Merged** {len(lines)} tensors into `{shown_path}`.", _tail(lines + ["done"]), shown_path,
-           card_markdown(out), str(out))
+    caution = (f" **⚠ {len(warnings)} input tensor(s) hold NaN/Inf**, so the merge does too there: see the log."
+               if warnings else "")
+    yield (f"**✓ Merged** {len(lines) - len(warnings)} tensors into `{shown_path}`.{caution}",
+           _tail(lines + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # warnings again: not scrolled away
 
 
 def stop(request: gr.Request | None = None) -> str:

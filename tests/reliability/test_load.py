@@ -24,8 +24,7 @@ import ui.merge_panel
 import ui.playground
 from core.monitor import sample_memory
 from core.rerank import load_reranker
-from core.workspace import Workspace
-from tests.app_server import browser_event, fn_index, launched
+from tests.app_server import browser_event, fn_index, launched, local_workspace
 
 pytestmark = pytest.mark.slow
 BOUND_S = 60  # upper bound on any single wait, so a hang fails instead of stalling the suite
@@ -37,8 +36,7 @@ DOCS = ["the model said hello", "world", "hello to the world", "merge"]
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("load").resolve()
-    workspace = Workspace(root, root / "models", root / "outputs")
+    workspace = local_workspace(tmp_path_factory.mktemp("load"))
     with launched(workspace) as (blocks, client):
         yield workspace, blocks, client
 

@@ -13,16 +13,14 @@ import pytest
 
 import core.rerank
 from core.rerank import load_reranker
-from core.workspace import Workspace
-from tests.app_server import browser_event, fn_index, launched
+from tests.app_server import browser_event, fn_index, launched, local_workspace
 
 BOUND_S = 60  # upper bound on any single wait; a hang fails the test instead of stalling the suite
 
 
 @pytest.fixture
 def served(tmp_path):
-    root = tmp_path.resolve()
-    with launched(Workspace(root, root / "models", root / "outputs")) as (blocks, client):
+    with launched(local_workspace(tmp_path)) as (blocks, client):
         yield blocks, client
 
 
