@@ -159,10 +159,11 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
 
     if recipe.method.coefficients is not None:
         models, base_coefficient = recipe.method.coefficients(job.params)
-        inputs = ([base] if base is not None else []) + rows
-        coefficients = ([base_coefficient] if base is not None else []) + models
-        yield from _weighted_sum(job, inputs, coefficients, working, device, cancel, findings)
-        return
+        inputs = rows + ([base] if base is not None else [])
+        coefficients = models + ([base_coefficient] if base is not None else [])
+        if _sum_is_precise_enough(coefficients, job.out_dtype):
+            yield from _weighted_sum(job, inputs, coefficients, working, device, cancel, findings)
+            return
 
     passes = 0  # a method may read the tensor more than once (TIES: twice for top-k, then to merge)
 
@@ -190,6 +191,16 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
 
     for merged in recipe.method.merge_blocks(read, job.shape, generator=generator, **job.params):
         yield merged.to(job.out_dtype)
+
+
+def _sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) -> bool:
+    """Whether Σ c_i·x_i in float32 is as good as base + Σ w_i(x_i − base) for this output.
+
+    Why: with large coefficients of both signs (c_base = 1 − λΣw, e.g. −3) the sum cancels big
+    terms and loses digits the delta form keeps. Below float32 output the loss is far under one
+    output ulp; a float32 (or wider) output takes the weighted sum only while Σ|c_i| ≤ 2.
+    """
+    return out_dtype.itemsize < 4 or sum(abs(c) for c in coefficients) <= 2
 
 
 def _weighted_sum(job: TensorJob, inputs: list[Checkpoint], coefficients: list[float], working: torch.dtype | None,

@@ -171,7 +171,10 @@ class ShardWriter:
         self.handle.flush()
         if hasattr(os, "posix_fadvise"):  # Linux and most Unixes; elsewhere the final fsync does it all
             end = self.handle.tell()
-            os.posix_fadvise(self.handle.fileno(), end - self.unflushed, self.unflushed, os.POSIX_FADV_DONTNEED)
+            try:
+                os.posix_fadvise(self.handle.fileno(), end - self.unflushed, self.unflushed, os.POSIX_FADV_DONTNEED)
+            except OSError:  # a file system that refuses the hint: only speed is lost, fsync still flushes
+                pass
         self.unflushed = 0
 
     def _close_shard(self) -> None:

@@ -104,6 +104,30 @@ def test_weighted_sum_methods_match_their_formula(llama_family, tmp_path, method
         np.testing.assert_allclose(tensor.to(torch.float64).numpy(), want, atol=2e-6, rtol=1e-6, err_msg=name)
 
 
+def test_float32_task_arithmetic_keeps_small_task_vectors_precise(tmp_path):
+    """λ = 2 over four fine-tunes that differ from a base of size ~1 by ~1e-5: written as
+    Σ c_i·x_i that would cancel terms of size 7 and lose the task vector's digits; the merged
+    task vector must stay within 2e-5 of its own size (float64 reference)."""
+    generator = torch.Generator().manual_seed(3)
+    base = 1 + torch.rand(64, 64, generator=generator)
+    folders = []
+    for index in range(5):
+        folder = tmp_path / f"m{index}"
+        folder.mkdir()
+        tensor = base if index == 0 else base + 1e-5 * torch.randn(64, 64, generator=generator)
+        save_file({"w": tensor.contiguous()}, folder / "model.safetensors", metadata={"format": "pt"})
+        (folder / "config.json").write_text(json.dumps({"architectures": ["Tiny"], "model_type": "tiny"}))
+        folders.append(folder)
+    recipe = recipe_from_dict({"merge_method": "task_arithmetic", "base_model": str(folders[0]),
+                               "models": [{"model": str(f), "parameters": {"weight": 1.0}} for f in folders[1:]],
+                               "parameters": {"lambda": 2.0}})
+    merged = load_file(merge(recipe, tmp_path / "out") / "model.safetensors")["w"].double()
+    inputs = [load_file(f / "model.safetensors")["w"].double() for f in folders]
+    vector = 2 * sum(x - inputs[0] for x in inputs[1:])
+    error = (merged - inputs[0] - vector).abs().max() / vector.abs().max()
+    assert error < 2e-5, float(error)
+
+
 def test_early_writeback_keeps_the_bytes(llama_family, tmp_path, monkeypatch):
     """Writeback requests every few KB (instead of 128 MB) leave the shards byte-identical."""
     from core import writer
