@@ -5,7 +5,7 @@
 
 One click trains the demo kit (core.demo: two domain embedders, a general cross-encoder and two
 domain fine-tunes of it, from the packaged MiniLM) into models/demo/, with a progress bar; about
-ten minutes on an idle 2-core CPU (docs/DEMO.md). The strip is hidden once the models exist and
+five minutes on an idle 2-core CPU (docs/DEMO.md). The strip is hidden once the models exist and
 never shown on a hosted app (training would take the shared machine). No tensor math here: core.demo does the work.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ui.merge_form import FormControls, show_form, start_form
 
 PITCH = ("**No demo models yet.** Build them to try MergeDesk on real rerankers: a general MiniLM "
          "cross-encoder, cooking and software fine-tunes of it, and two domain embedders, trained here "
-         "from the packaged all-MiniLM-L6-v2 (about 10 minutes on an idle 2-core CPU, nothing downloaded).")
+         "from the packaged all-MiniLM-L6-v2 (about 5 minutes on an idle 2-core CPU, nothing downloaded).")
 
 
 @dataclass
