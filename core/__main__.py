@@ -19,7 +19,7 @@ import argparse
 import sys
 import traceback
 
-from core.errors import MergeCancelled, MergeDeskError
+from core.errors import MergeCancelled, MergeDeskError, one_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - a bug: keep it to one line unless --debug
         if args.debug:
             traceback.print_exc()
-        print(f"error: internal error {type(error).__name__}: {error} (run again with --debug)", file=sys.stderr)
+        print(f"error: internal error {type(error).__name__}: {one_line(error)} (run again with --debug)",
+              file=sys.stderr)
         return 3
 
 

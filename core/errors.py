@@ -4,11 +4,35 @@ Every problem with the user's input (a recipe, a model path, a device, an output
 is raised as a `MergeDeskError` whose message is one line that names what is wrong and,
 where possible, what to do. The CLI prints `str(error)` alone; the UI shows it in the page.
 Anything else that escapes is a bug in MergeDesk and keeps its traceback.
+
+Messages often quote what a person gave (a value, a file name), which may be huge or hold line
+breaks: the base class makes every message one line of at most MAX_MESSAGE characters, so no
+input can turn an error into megabytes of reply or a fake second line of output.
 """
+
+MAX_MESSAGE = 500  # characters: a long quoted value loses its middle, the problem and the fix stay
+
+
+def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
+    """`text` with its line breaks turned into spaces, cut in the middle to at most `limit` characters.
+
+    Example:
+        >>> one_line("unknown merge_method " + repr(["x"] * 1000) + ": choose one of linear, ties", 60)
+        "unknown merge_method ['x', 'x', 'x', 'x' … e of linear, ties"
+    """
+    flat = " ".join(str(text).splitlines())
+    if len(flat) <= limit:
+        return flat
+    head = (limit * 2) // 3
+    tail = limit - head - 3
+    return f"{flat[:head]} … {flat[len(flat) - tail:]}"
 
 
 class MergeDeskError(Exception):
-    """Base class: the message is the whole story, no traceback needed."""
+    """Base class: the message is the whole story, no traceback needed; always one short line."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(one_line(message))
 
 
 class RecipeError(MergeDeskError):

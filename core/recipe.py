@@ -30,6 +30,7 @@ import yaml
 from core.errors import RecipeError
 from core.methods import METHODS, Method
 from core.params import Setting, resolve_setting
+from core.safe_yaml import load_yaml
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
@@ -88,19 +89,8 @@ def load_recipe(path: str | Path) -> MergeRecipe:
 
 
 def parse_recipe(text: str, *, source: str = "recipe") -> MergeRecipe:
-    """Parse YAML text into a validated MergeRecipe."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]  # ReaderError has no .problem
-        raise RecipeError(f"{source} is not valid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise RecipeError(f"{source} nests too deeply to be a recipe") from None
-    except ValueError as error:  # a YAML scalar Python cannot hold, e.g. an integer of 5,000 digits
-        raise RecipeError(f"{source} holds a value that cannot be read: {str(error).splitlines()[0][:200]}") from None
-    return recipe_from_dict(data)
+    """Parse YAML text into a validated MergeRecipe (aliases bounded: core.safe_yaml)."""
+    return recipe_from_dict(load_yaml(text, source=source))
 
 
 def recipe_from_dict(data: object) -> MergeRecipe:

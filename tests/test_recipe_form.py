@@ -141,7 +141,7 @@ def test_bad_yaml_and_bad_recipes_are_one_line_errors():
         with pytest.raises(RecipeError, match=problem) as caught:
             yaml_to_form(text)
         assert "\n" not in str(caught.value)
-    with pytest.raises(RecipeError, match="cannot read"):
+    with pytest.raises(RecipeError, match=r"the setting '\[unclosed' is not valid YAML"):
         set_param(new_form(), None, "normalize", "[unclosed")
     with pytest.raises(RecipeError, match="model 2 has no model chosen: pick one or remove that row"):
         check_form(new_form("linear", models=("org/a", "")))

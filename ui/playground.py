@@ -16,13 +16,13 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
-import yaml
 
 from core.demo import demo_pair
 from core.errors import MergeDeskError
 from core.monitor import MONITOR
 from core.rerank import load_reranker, loaded_rerankers, unload
 from core.rerank_compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
+from core.safe_yaml import load_yaml
 from core.workspace import Workspace, check_model_ref, find_models, packaged_minilm
 from ui.merge_form import request_workspace
 from ui.merge_panel import PRIVATE, QUEUE, device_choices
@@ -183,9 +183,9 @@ def default_pair(ws: Workspace) -> tuple[str | None, str | None]:
     if not merges:
         return demo_pair(ws) or (fallback, fallback)
     try:
-        recipe = yaml.safe_load((merges[0] / "mergekit_config.yml").read_text(encoding="utf-8")) or {}
+        recipe = load_yaml((merges[0] / "mergekit_config.yml").read_text(encoding="utf-8"), source="a merge") or {}
         base = recipe.get("base_model") or recipe["models"][0]["model"]
-    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+    except (OSError, UnicodeDecodeError, MergeDeskError, AttributeError, KeyError, IndexError, TypeError):
         base = fallback
     return base, str(merges[0])
 

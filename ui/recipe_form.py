@@ -24,6 +24,7 @@ from core.errors import RecipeError
 from core.methods import METHODS, Method
 from core.params import Param, Setting
 from core.recipe import MergeRecipe, ModelEntry, parse_recipe, recipe_from_dict, to_yaml
+from core.safe_yaml import load_yaml
 
 _keys = itertools.count(1)
 FIELDS = ("base_model", "dtype", "out_dtype", "tokenizer_source")  # text settings outside the rows
@@ -69,7 +70,7 @@ def form_to_yaml(state: FormState) -> str:
 
 def form_to_recipe(state: FormState) -> dict:
     """The form as a recipe mapping, exactly what form_to_yaml writes."""
-    return yaml.safe_load(form_to_yaml(state))
+    return load_yaml(form_to_yaml(state), source="the form")
 
 
 def recipe_to_form(data: object) -> FormState:
@@ -235,10 +236,7 @@ def setting_text(setting: Setting) -> str:
 
 def parse_setting(text: str) -> Setting:
     """Read what a person typed for a setting: a number, true/false, or a YAML list."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise RecipeError(f"cannot read {text!r}: {str(error).splitlines()[0]}") from None
+    return load_yaml(text, source=f"the setting {text!r}")
 
 
 def base_help(method: str) -> str:
