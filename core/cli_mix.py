@@ -80,7 +80,8 @@ def _sweep(args) -> None:
         alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
     except ValueError:
         raise RerankError(f"--alphas {args.alphas!r}: write numbers separated by commas, e.g. 0,0.5,1") from None
-    result = sweep(args.model_a, args.model_b, read_sets(args.set, pool=args.pool), alphas=alphas, method=args.method,
+    sets = read_sets([set_arg(text) for text in args.set], pool=args.pool)
+    result = sweep(args.model_a, args.model_b, sets, alphas=alphas, method=args.method,
                    mode=args.mode, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                    max_length=args.max_length)
     if args.json:
@@ -89,3 +90,12 @@ def _sweep(args) -> None:
     print(f"A (α = 0): {result.model_a}\nB (α = 1): {result.model_b}")
     print(f"{result.method} merges, made in {result.mode}\n")
     print(result.table())
+
+
+def set_arg(text: str) -> tuple[str | None, str]:
+    """--set's "[NAME=]FILE" as (NAME, FILE), split at the first '='; (None, text) when there is none,
+    or when the whole text is a file (a path may hold '=': `runs/a=1.jsonl`)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or Path(text).is_file():
+        return None, text
+    return name, path

@@ -270,21 +270,22 @@ def _stop_if_cancelled(cancel: threading.Event | None) -> None:
         raise MergeCancelled("sweep stopped")
 
 
-def read_sets(specs: list[str], *, pool: bool = False) -> dict[str, list[QueryItem]]:
-    """Labelled sets from "NAME=FILE" or "FILE" specs; FILE's name is its folder's for eval/test/dev files.
+def read_sets(files: list[tuple[str | None, str | Path]], *, pool: bool = False) -> dict[str, list[QueryItem]]:
+    """Labelled sets from (name, path) pairs; a name of None or "" is the file's (its folder's for eval/test/dev).
 
+    Names and paths are kept apart as data, never joined into one "NAME=PATH" string: a file
+    may have '=' in its name (an upload called `x=private.jsonl` must not open private.jsonl).
     pool: rank each query against every passage of its set (core.rerank_compare.pooled).
 
     Example:
-        >>> list(read_sets(["assets/demo/cooking/eval.jsonl", "mine=my_queries.jsonl"]))
+        >>> list(read_sets([(None, "assets/demo/cooking/eval.jsonl"), ("mine", "my_queries.jsonl")]))
         ['cooking', 'mine']
     """
     sets: dict[str, list[QueryItem]] = {}
-    for spec in specs:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    for name, path in files:
         path = Path(path)
         name = name or (path.parent.name if path.stem in ("eval", "test", "dev") and path.parent.name else path.stem)
         if name in sets:
-            raise RerankError(f"two sets are called {name!r}: name them, e.g. {name}2={path}")
+            raise RerankError(f"two sets are called {name!r}: give them different names")
         sets[name] = pooled(read_queries(path)) if pool else read_queries(path)
     return sets

@@ -114,7 +114,7 @@ def test_the_table_and_the_cli_show_the_same_numbers(bert_cls_family, tmp_path, 
         (folder / "eval.jsonl").write_text("\n".join(json.dumps({"query": i.query, "docs": i.docs, "labels": i.labels})
                                                      for i in items), encoding="utf-8")
         files.append(str(folder / "eval.jsonl"))
-    result = sweep(a, b, read_sets(files), alphas=[0, 0.5, 1])
+    result = sweep(a, b, read_sets([(None, f) for f in files]), alphas=[0, 0.5, 1])
     set_args = [arg for f in files for arg in ("--set", f)]
     assert main(["sweep", "--model-a", a, "--model-b", b, "--alphas", "0,0.5,1", *set_args]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -134,14 +134,14 @@ def test_read_sets_names_sets_by_folder_or_by_name(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "eval.jsonl").write_text(line, encoding="utf-8")
     (tmp_path / "mine.jsonl").write_text(line, encoding="utf-8")
-    sets = read_sets([str(tmp_path / "cooking" / "eval.jsonl"), f"gen={tmp_path / 'general' / 'eval.jsonl'}",
-                      str(tmp_path / "mine.jsonl")])
+    sets = read_sets([(None, tmp_path / "cooking" / "eval.jsonl"), ("gen", tmp_path / "general" / "eval.jsonl"),
+                      (None, str(tmp_path / "mine.jsonl"))])
     assert list(sets) == ["cooking", "gen", "mine"] and sets["mine"][0].labels == [1, 0]
     with pytest.raises(RerankError, match="two sets are called 'mine'"):
-        read_sets([str(tmp_path / "mine.jsonl")] * 2)
+        read_sets([(None, tmp_path / "mine.jsonl")] * 2)
     second = json.dumps({"query": "r", "pos": ["p2"], "neg": ["n2", "n"]})
     (tmp_path / "two.jsonl").write_text(line + "\n" + second, encoding="utf-8")
-    pooled_set = read_sets([str(tmp_path / "two.jsonl")], pool=True)["two"]
+    pooled_set = read_sets([(None, tmp_path / "two.jsonl")], pool=True)["two"]
     assert [item.docs for item in pooled_set] == [["p", "n", "p2", "n2"]] * 2
     assert [item.labels for item in pooled_set] == [[1, 0, 0, 0], [0, 0, 1, 0]]
 

@@ -11,7 +11,7 @@ from core.mix_weights import data_weights, read_examples
 from core.sweep import SweepPoint, SweepResult, read_sets, sweep
 from core.workspace import Workspace
 from ui.recipe_form import new_form, shown_value
-from ui.sweep_panel import demo_set_names, parse_alphas, run_sweep, set_specs, stop_sweep, use_alpha
+from ui.sweep_panel import demo_set_names, parse_alphas, run_sweep, set_files, stop_sweep, use_alpha
 from ui.sweep_plot import sweep_figure
 from ui.weights_panel import fill_weights
 
@@ -38,7 +38,7 @@ def test_run_sweep_streams_each_alpha_and_ends_with_the_cores_numbers(bert_cls_f
     assert len(steps) == 1 + 3 + 1  # starting, one per α, done
     status, figure, table, picker, result = steps[-2]
     assert "3/3" in status and "✓ Swept" in steps[-1][0]
-    expected = sweep(a, b, read_sets([mine]), alphas=[0, 0.5, 1])
+    expected = sweep(a, b, read_sets([(None, mine)]), alphas=[0, 0.5, 1])
     assert result["alphas"] == [0.0, 0.5, 1.0] and result["sets"] == ["mine"]
     assert list(table["mine nDCG@10"]) == [round(v, 4) for v in expected.values("mine", "nDCG@10")]
     assert list(figure.data[1].y) == expected.values("mine", "MRR@10")
@@ -81,14 +81,14 @@ def test_fill_weights_says_what_is_missing(bert_cls_family, workspace, tmp_path)
     assert form is None and "model 2 is not picked yet" in message
 
 
-def test_sweep_inputs_are_checked_in_one_line(tmp_path):
+def test_sweep_inputs_are_checked_in_one_line(tmp_path, workspace):
     assert parse_alphas("0, 0.25;1") == [0.0, 0.25, 1.0]
     with pytest.raises(Exception, match="write numbers separated by commas"):
         parse_alphas("0, half")
     with pytest.raises(Exception, match="choose a demo set or upload"):
-        set_specs([], None)
+        set_files([], None, workspace)
     assert set(demo_set_names()) >= {"cooking", "general", "software"}
-    assert set_specs(["cooking"], [str(tmp_path / "eval.jsonl")])[1] == f"eval={tmp_path / 'eval.jsonl'}"
+    assert set_files(["cooking"], [str(tmp_path / "eval.jsonl")], workspace)[1] == ("eval", str(tmp_path / "eval.jsonl"))
     assert stop_sweep() == "Nothing is running."
 
 

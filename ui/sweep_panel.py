@@ -16,10 +16,12 @@ the running sweep's cancel flag, checked between two α's.
 """
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
 import gradio as gr
+import gradio.utils as gr_utils
 import pandas as pd
 
 from core.errors import MergeCancelled, MergeDeskError
@@ -112,7 +114,7 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
     session = session_id(request)
     try:
         refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
-        sets = read_sets(set_specs(demo, uploads))
+        sets = read_sets(set_files(demo, uploads, ws))
         alphas = parse_alphas(alphas_text)
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
@@ -177,13 +179,29 @@ def metrics_table(result: SweepResult) -> pd.DataFrame:
     return frame
 
 
-def set_specs(demo: list[str] | None, uploads: list[str] | None) -> list[str]:
-    """read_sets specs for the chosen demo sets and the uploaded files (named by their file name)."""
-    specs = [f"{name}={DEMO_SETS / name / 'eval.jsonl'}" for name in demo or []]
-    specs += [f"{Path(path).stem}={path}" for path in uploads or []]
-    if not specs:
+def set_files(demo: list[str] | None, uploads: list[str] | None, ws: Workspace) -> list[tuple[str, str]]:
+    """(name, path) for read_sets: the chosen demo sets, then each upload named after its file, cleaned.
+
+    The upload's file name is the visitor's to choose: it is only a label (letters, digits, '.',
+    '_', '-'), never parsed for a path. Hosted, a path must lie in gradio's upload folder and a
+    demo name must be one of the demo sets: nothing else on the server is opened, and the
+    refusal reads the same whether such a file exists or not.
+    """
+    known = demo_set_names()
+    files = []
+    for name in demo or []:
+        if name not in known:
+            raise RerankError(f"unknown demo set {str(name)!r}: choose from {', '.join(known)}")
+        files.append((name, str(DEMO_SETS / name / "eval.jsonl")))
+    uploaded = Path(gr_utils.get_upload_folder()).resolve()
+    for path in uploads or []:
+        label = re.sub(r"[^\w.-]+", "_", Path(path).stem).strip("._")[:60] or "upload"
+        if ws.hosted and uploaded not in Path(path).resolve().parents:
+            raise RerankError(f"set file {label!r} is not an uploaded file: upload the JSONL file again")
+        files.append((label, str(path)))
+    if not files:
         raise RerankError("choose a demo set or upload a labelled JSONL file to measure the merges on")
-    return specs
+    return files
 
 
 def parse_alphas(text: str) -> list[float]:

@@ -161,3 +161,85 @@ def test_every_message_is_one_line_of_bounded_length():
     assert len(text) == MAX_MESSAGE and "\n" not in text
     assert text.startswith("unknown merge_method") and text.endswith("choose one of linear, ties")
 
+
+# ---- item 3: upload names are labels, never paths ------------------------------------------
+
+QUERY = json.dumps({"query": "where is the secret", "pos": ["the secret is here"], "neg": ["nothing"]})
+
+
+def sweep_error(uploads: list[str], ws, *, demo: tuple[str, ...] = ()) -> str:
+    """The one-line error the Sweep tab shows before any model is loaded ("oops" is a bad α list)."""
+    import gradio as gr
+
+    from ui.sweep_panel import run_sweep
+
+    with pytest.raises(gr.Error) as caught:
+        next(run_sweep("org/a", "org/b", "linear", "cpu", list(demo), uploads, "oops", ws))
+    return caught.value.message
+
+
+def hosted(tmp_path):
+    """A public Space's workspace: only uploads, demo sets and its own folders may be read."""
+    from core.workspace import Workspace
+
+    return Workspace(tmp_path / "app", tmp_path / "app" / "models", tmp_path / "app" / "outputs", hosted=True)
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["local", "hosted"])
+def test_an_upload_named_name_equals_path_is_read_itself_not_the_server_file(tmp_path, monkeypatch, public):
+    from core.workspace import Workspace
+
+    uploads = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
+    upload = uploads / "3f2a" / "x=private.jsonl"  # the visitor's file name, kept by gradio
+    upload.parent.mkdir(parents=True)
+    upload.write_text("not json\n", encoding="utf-8")
+    server = tmp_path / "server"  # the app's working folder, holding a file of its own
+    server.mkdir()
+    monkeypatch.chdir(server)
+    ws = hosted(tmp_path) if public else Workspace(tmp_path, tmp_path / "models", tmp_path / "outputs")
+    (server / "private.jsonl").write_text(QUERY, encoding="utf-8")
+    with_file = sweep_error([str(upload)], ws)
+    (server / "private.jsonl").unlink()
+    without_file = sweep_error([str(upload)], ws)
+    figures("3 upload named x=private.jsonl", server_file_present=repr(with_file[-60:]),
+            server_file_absent=repr(without_file[-60:]))
+    assert f"{upload}:1" in with_file  # the upload's own bad first line, not the server's good file
+    assert with_file == without_file  # no oracle: the server file's existence changes nothing
+
+
+def test_a_hosted_sweep_opens_only_uploads_and_demo_sets(tmp_path, monkeypatch):
+    import os
+
+    from ui.sweep_panel import DEMO_SETS
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    server = tmp_path / "server"
+    server.mkdir()
+    ws = hosted(tmp_path)
+    replies = {}
+    for present in (True, False):
+        for name in ("secret.jsonl", "eval.jsonl"):
+            if present:
+                (server / name).write_text(QUERY, encoding="utf-8")
+            else:
+                (server / name).unlink()
+        replies["path", present] = sweep_error([str(server / "secret.jsonl")], ws)
+        replies["demo", present] = sweep_error([], ws, demo=(os.path.relpath(server, DEMO_SETS),))
+    figures("3 hosted sweep set outside the uploads", path=repr(replies["path", True][:80]),
+            demo=repr(replies["demo", True][:80]))
+    assert replies["path", True] == replies["path", False]
+    assert "set file 'secret' is not an uploaded file" in replies["path", True]
+    assert replies["demo", True] == replies["demo", False]
+    assert replies["demo", True].startswith("unknown demo set '")
+
+
+def test_cli_set_arguments_are_split_by_the_cli_and_passed_as_pairs(tmp_path):
+    from core.cli_mix import set_arg
+
+    odd = tmp_path / "a=1.jsonl"
+    odd.write_text(QUERY, encoding="utf-8")
+    assert set_arg("gen=assets/demo/general/eval.jsonl") == ("gen", "assets/demo/general/eval.jsonl")
+    assert set_arg("assets/demo/general/eval.jsonl") == (None, "assets/demo/general/eval.jsonl")
+    assert set_arg(str(odd)) == (None, str(odd))  # a file whose name holds '='
+    assert set_arg(f"mine={odd}") == ("mine", str(odd))
