@@ -183,9 +183,9 @@ def set_files(demo: list[str] | None, uploads: list[str] | None, ws: Workspace) 
     """(name, path) for read_sets: the chosen demo sets, then each upload named after its file, cleaned.
 
     The upload's file name is the visitor's to choose: it is only a label (letters, digits, '.',
-    '_', '-'), never parsed for a path. Hosted, a path must lie in gradio's upload folder and a
-    demo name must be one of the demo sets: nothing else on the server is opened, and the
-    refusal reads the same whether such a file exists or not.
+    '_', '-'), never parsed for a path (`x=private.jsonl` → "x_private"). A demo name must be one
+    of the demo sets, and hosted, an upload's path must lie in gradio's upload folder: nothing
+    else on the server is opened, and the refusal reads the same whether such a file exists or not.
     """
     known = demo_set_names()
     files = []

@@ -188,6 +188,7 @@ def hosted(tmp_path):
 @pytest.mark.parametrize("public", [False, True], ids=["local", "hosted"])
 def test_an_upload_named_name_equals_path_is_read_itself_not_the_server_file(tmp_path, monkeypatch, public):
     from core.workspace import Workspace
+    from ui.sweep_panel import set_files
 
     uploads = tmp_path / "gradio"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
@@ -206,6 +207,7 @@ def test_an_upload_named_name_equals_path_is_read_itself_not_the_server_file(tmp
             server_file_absent=repr(without_file[-60:]))
     assert f"{upload}:1" in with_file  # the upload's own bad first line, not the server's good file
     assert with_file == without_file  # no oracle: the server file's existence changes nothing
+    assert set_files([], [str(upload)], ws) == [("x_private", str(upload))]  # the name is a label only
 
 
 def test_a_hosted_sweep_opens_only_uploads_and_demo_sets(tmp_path, monkeypatch):
