@@ -29,13 +29,8 @@ def load_yaml(text: str, *, source: str) -> object:
         >>> load_yaml("[&a [x, x, x], &b [*a, *a, *a], &c [*b, *b, *b], …]", source="the recipe")  # 9 levels
         RecipeError: the recipe stands for more than 10,000 values (a YAML alias *name counts as all it repeats): …
     """
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_size(node, source)
-        return loader.construct_document(node)
+        return _bounded_load(text, source)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -45,6 +40,17 @@ def load_yaml(text: str, *, source: str) -> object:
         raise RecipeError(f"{source} nests too deeply to be read") from None
     except ValueError as error:  # a YAML scalar Python cannot hold, e.g. an integer of 5,000 digits
         raise RecipeError(f"{source} holds a value that cannot be read: {str(error).splitlines()[0]}") from None
+
+
+def _bounded_load(text: str, source: str) -> object:
+    """Compose the node graph, measure it, and only then build Python objects from it."""
+    loader = yaml.SafeLoader(text)  # the reader refuses control characters here already
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_size(node, source)
+        return loader.construct_document(node)
     finally:
         loader.dispose()
 
