@@ -238,6 +238,12 @@ def test_seed_out_of_range_in_the_cli(tmp_path, capsys, dare_models, seed):
     assert not (tmp_path / "out").exists()
 
 
+def test_seed_out_of_range_for_the_demo_kit(tmp_path, capsys):
+    """torch.manual_seed takes at most 2**64 - 1: the demo build refuses before it trains anything."""
+    refused(capsys, ["demo", "--models-dir", str(tmp_path), "--seed", str(2**64), "--quiet"], "seed", "2**63 - 1")
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("seed", [1e300, float(2**63), float("inf"), float("nan"), 0.5])
 def test_seed_out_of_range_in_the_app(tmp_path, dare_models, seed):
     app_merge_refuses(_dare(dare_models), workspace(tmp_path / "ws"), "seed", "2**63 - 1", seed=seed)
