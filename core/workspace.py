@@ -250,18 +250,22 @@ def _readable_dirs(ws: Workspace) -> list[Path]:
 
 
 def _model_folders(folder: Path) -> list[Path]:
-    """Folders holding config.json, one or two levels down (models/x, models/org/x); no partials.
-
-    A folder reached twice through a symlink (models/x/self -> .) is listed once, by its shorter name."""
+    """Folders holding config.json, one or two levels down (models/x, models/org/x); no partials,
+    and none reached through a symlink loop (models/x/self -> . would list x twice)."""
     if not folder.is_dir():
         return []
     found = [p.parent for depth in ("*/config.json", "*/*/config.json") for p in folder.glob(depth)]
-    unique: dict[Path, Path] = {}
-    for path in sorted(p for p in found if not p.name.endswith(".partial") and SESSIONS not in p.relative_to(folder).parts):
-        real = _resolved(path)
-        if real is not None:
-            unique.setdefault(real, path)
-    return sorted(unique.values())
+    return sorted(p for p in found if not p.name.endswith(".partial") and SESSIONS not in p.relative_to(folder).parts
+                  and not _loops_back(p, folder))
+
+
+def _loops_back(path: Path, folder: Path) -> bool:
+    """Whether a folder between `folder` and `path` (or path itself) is a symlink to itself or an ancestor."""
+    for link in (p for p in (path, *path.parents) if folder in p.parents and p.is_symlink()):
+        target = _resolved(link)
+        if target is None or any(target == _resolved(up) for up in link.parents):
+            return True
+    return False
 
 
 def _resolved(path: Path) -> Path | None:
