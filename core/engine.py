@@ -23,6 +23,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -75,12 +76,12 @@ def open_checkpoint(ref: str) -> Checkpoint:
 
 def check_seed(seed: int | float) -> int:
     """The seed as an int in [0, 2**63), or a RecipeError (the app's number box hands over floats)."""
-    if isinstance(seed, float) and seed.is_integer():
-        seed = int(seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        shown = f"a {seed.bit_length()}-bit number" if isinstance(seed, int) and seed.bit_length() > 64 else repr(seed)
+    whole = seed.is_integer() if isinstance(seed, float) else isinstance(seed, Integral) and not isinstance(seed, bool)
+    if not whole or not 0 <= seed <= MAX_SEED:
+        big = isinstance(seed, Integral) and int(seed).bit_length() > 64  # repr of a 5000-digit int would raise
+        shown = f"a {int(seed).bit_length()}-bit number" if big else repr(seed)
         raise RecipeError(f"seed {shown} cannot be used: give a whole number from 0 to {MAX_SEED} (2**63 - 1)")
-    return seed
+    return int(seed)
 
 
 def open_inputs(recipe: MergeRecipe) -> dict[str, Checkpoint]:

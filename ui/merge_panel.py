@@ -168,7 +168,7 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
             events.close()
         _RUNNING.pop(session, None)
     shown_path = str(out.relative_to(ws.root)) if ws.hosted else str(out)
-    overflows = sum(w.startswith("⚠ merged tensor") for w in warnings)  # the engine's output check (core.engine)
+    overflows = sum(w.startswith("⚠ merged tensor") for w in warnings)  # the output check's lines (core.nonfinite)
     caution = (f" **⚠ {len(warnings) - overflows} input tensor(s) hold NaN/Inf**, so the merge does too there: "
                "see the log." if len(warnings) > overflows else "")
     caution += (f" **⚠ {overflows} merged tensor(s) overflow to NaN/Inf** in the output dtype: see the log."
