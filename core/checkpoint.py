@@ -13,7 +13,6 @@ the Hub cannot be reached the error says so in one line.
 """
 from __future__ import annotations
 
-import json
 import mmap
 import re
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from core.errors import CheckpointError
+from core.json_input import parse_json
 from core.safetensors_header import TensorInfo, read_header
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -184,9 +184,10 @@ def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
         raise CheckpointError(f"cannot read {path}: {error}") from None
+    data = parse_json(text, where=str(path), error=CheckpointError)  # deep nesting, huge ints: one line too
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data

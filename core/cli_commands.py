@@ -10,7 +10,6 @@ import sys
 import threading
 from pathlib import Path
 
-from core.checkpoint import Checkpoint
 from core.errors import MergeCancelled, RecipeError
 from core.methods import METHODS
 
@@ -27,7 +26,7 @@ def merge_command(sub, common) -> None:
     parser.add_argument("--shard-size", default="2GB", help="largest output file, e.g. 500MB, 2GB")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--refuse-nonfinite", action="store_true",
-                        help="stop if an input holds NaN or Inf (default: merge and warn on stderr)")
+                        help="stop if an input or the merged output holds NaN or Inf (default: merge and warn on stderr)")
     parser.set_defaults(run=_merge)
 
 
@@ -105,7 +104,9 @@ def inspect_command(sub, common) -> None:
 
 
 def _inspect(args) -> None:
-    checkpoint = Checkpoint.open(args.model)
+    from core.engine import open_checkpoint
+
+    checkpoint = open_checkpoint(args.model)
     try:
         dtypes: dict[str, int] = {}
         for info in checkpoint.tensors.values():
@@ -158,8 +159,8 @@ def parse_size(text: str) -> int:
         number, factor = cleaned, 1
     try:
         value = int(float(number) * factor)
-    except ValueError:
-        raise RecipeError(f"size {text!r} is not understood: write e.g. 500MB or 2GB") from None
+    except (ValueError, OverflowError):  # OverflowError: "inf", "1e400"
+        raise RecipeError(f"size {text!r} is not understood: write a finite size, e.g. 500MB or 2GB") from None
     if value <= 0:
         raise RecipeError(f"size {text!r} must be positive")
     return value

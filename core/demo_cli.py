@@ -36,6 +36,8 @@ def _demo(args) -> None:
 
     import transformers
 
+    from core.engine import check_seed
+
     transformers.logging.disable_progress_bar()  # "Loading weights" bars would break the training bar
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -43,7 +45,7 @@ def _demo(args) -> None:
     started = time.monotonic()
     bar = None
     try:
-        for event in demo_events(models_dir, seed=args.seed, force=args.force, device=args.device):
+        for event in demo_events(models_dir, seed=check_seed(args.seed), force=args.force, device=args.device):
             if event.state == "training":
                 if args.quiet:
                     continue

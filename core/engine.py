@@ -10,15 +10,20 @@ by a fixed chunk), never by model size: inputs are memory-mapped, one tensor (or
 rows) is merged at a time, and shards are streamed to disk. `cancel` is checked between
 tensors and chunks; a cancelled or failed merge leaves no output folder behind. Before
 anything is created, core.preflight checks free disk and memory. Every float input block is
-checked for NaN/Inf: each finding is reported on the Progress event of its tensor
-(`nonfinite`), or, with refuse_nonfinite=True, stops the merge with a CheckpointError.
+checked for NaN/Inf, and so is every merged block after its cast to the output dtype (finite
+float16 inputs can sum past 65504): each finding is reported on the Progress event of its
+tensor (`nonfinite`), or, with refuse_nonfinite=True, stops the merge with a MergeDeskError.
+float8 inputs are upcast to float32 for the math (torch has no float8 arithmetic) and written
+back in float8 unless the recipe sets another dtype.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import zlib
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -27,7 +32,8 @@ import torch
 from core.card import model_card
 from core.checkpoint import Checkpoint, resolve_reference
 from core.devices import devices_for
-from core.errors import CheckpointError, MergeCancelled
+from core.errors import CheckpointError, MergeCancelled, RecipeError
+from core.nonfinite import NonFinite
 from core.planner import DEFAULT_SHARD_BYTES, MergePlan, TensorJob, plan_merge
 from core.preflight import check_resources
 from core.recipe import DTYPES, MergeRecipe, to_yaml
@@ -45,7 +51,7 @@ class Progress:
     bytes_total: int
     elapsed: float  # seconds since the merge started
     device: str  # where that tensor was computed
-    nonfinite: tuple[str, ...] = ()  # NaN/Inf found in this tensor's inputs, one message per input
+    nonfinite: tuple[str, ...] = ()  # NaN/Inf in this tensor's inputs (one message per input) or in its output
 
     @property
     def eta(self) -> float:
@@ -54,12 +60,36 @@ class Progress:
         return (self.bytes_total - self.bytes_done) / rate if rate else float("inf")
 
 
+MAX_SEED = 2**63 - 1  # torch.Generator's range is 64 bits; mergekit's numpy seeding allows far less
+
+
+def open_checkpoint(ref: str) -> Checkpoint:
+    """Checkpoint.open, with the file system's own refusals (name too long, a symlink loop) as one line."""
+    if os.path.islink(ref) and not os.path.exists(ref):  # else a looping link reads as a Hub id to download
+        raise CheckpointError(f"model {ref!r} is a symbolic link that loops or leads nowhere: point it at a model folder")
+    try:
+        return Checkpoint.open(ref)
+    except OSError as error:
+        raise CheckpointError(f"model {ref!r} cannot be opened: {error.strerror or error}; "
+                              "check the path (each folder name at most 255 bytes)") from None
+
+
+def check_seed(seed: int | float) -> int:
+    """The seed as an int in [0, 2**63), or a RecipeError (the app's number box hands over floats)."""
+    whole = seed.is_integer() if isinstance(seed, float) else isinstance(seed, Integral) and not isinstance(seed, bool)
+    if not whole or not 0 <= seed <= MAX_SEED:
+        big = isinstance(seed, Integral) and int(seed).bit_length() > 64  # repr of a 5000-digit int would raise
+        shown = f"a {int(seed).bit_length()}-bit number" if big else repr(seed)
+        raise RecipeError(f"seed {shown} cannot be used: give a whole number from 0 to {MAX_SEED} (2**63 - 1)")
+    return int(seed)
+
+
 def open_inputs(recipe: MergeRecipe) -> dict[str, Checkpoint]:
     """Every input of the recipe, opened lazily (headers only), base first."""
     opened: dict[str, Checkpoint] = {}
     try:
         for ref in recipe.inputs():
-            opened[ref] = Checkpoint.open(ref)
+            opened[ref] = open_checkpoint(ref)
     except BaseException:
         for checkpoint in opened.values():
             checkpoint.close()
@@ -97,13 +127,16 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
         out_dir: the model folder to create (written as OUT.partial, renamed at the end).
         device: "cpu", "auto" (GPUs, tensors spread over all of them), "cuda", "cuda:N", "mps".
         overwrite: replace an existing out_dir (only once the new model is complete).
-        seed: seeds the random methods (DARE, DELLA); each tensor gets its own stream.
+        seed: seeds the random methods (DARE, DELLA); each tensor gets its own stream. A whole
+            number in [0, 2**63) (a whole float is accepted); anything else is a RecipeError.
         shard_bytes: maximum size of one output safetensors file.
-        refuse_nonfinite: stop with a CheckpointError at the first input holding NaN or Inf
-            (default: merge anyway and report it in Progress.nonfinite).
+        refuse_nonfinite: stop with a CheckpointError at the first input holding NaN or Inf, or a
+            RecipeError at the first merged block that overflows the output dtype (default: merge
+            anyway and report it in Progress.nonfinite).
         cancel: set it to stop between tensors; raises MergeCancelled, nothing is left behind.
     """
     started = time.perf_counter()
+    seed = check_seed(seed)
     devices = devices_for(device)
     checkpoints = open_inputs(recipe)
     try:
@@ -121,6 +154,8 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
                     target = devices[(step - 1) % len(devices)]
                     findings = NonFinite(refuse_nonfinite)
                     for chunk in tensor_chunks(recipe, job, checkpoints, target, seed, cancel, findings):
+                        if job.merged:
+                            findings.check_output(job.name, chunk)
                         writer.write(job.name, chunk)
                     done += job.nbytes
                     yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
@@ -142,7 +177,7 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
 
 def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
                   device: torch.device, seed: int, cancel: threading.Event | None,
-                  findings: "NonFinite | None" = None) -> Iterator[torch.Tensor]:
+                  findings: NonFinite | None = None) -> Iterator[torch.Tensor]:
     """The output tensor of one job, as one tensor or as consecutive blocks of rows."""
     refs = recipe.inputs()
     if not job.merged:
@@ -155,7 +190,7 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
     generator = None
     if recipe.method.random:
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed * 1_000_003 + zlib.crc32(job.name.encode()))
+        generator.manual_seed((seed * 1_000_003 + zlib.crc32(job.name.encode())) % 2**64)
 
     if recipe.method.coefficients is not None:
         models, base_coefficient = recipe.method.coefficients(job.params)
@@ -204,7 +239,7 @@ def _sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) ->
 
 
 def _weighted_sum(job: TensorJob, inputs: list[Checkpoint], coefficients: list[float], working: torch.dtype | None,
-                  device: torch.device, cancel: threading.Event | None, findings: "NonFinite") -> Iterator[torch.Tensor]:
+                  device: torch.device, cancel: threading.Event | None, findings: NonFinite) -> Iterator[torch.Tensor]:
     """Σ c_i·x_i block by block, each input added in its stored dtype into one float32 sum.
 
     Why: it makes one pass per input where the general path copies every input into a
@@ -216,7 +251,7 @@ def _weighted_sum(job: TensorJob, inputs: list[Checkpoint], coefficients: list[f
         _stop_if_cancelled(cancel)
         merged = None
         for checkpoint, coefficient in zip(inputs, coefficients):
-            block = checkpoint.read(job.name, device=device, dtype=working, rows=piece)
+            block = _read_summable(checkpoint, job.name, device, working, piece)
             if merged is None:
                 merged = torch.empty(block.shape, dtype=torch.float32, device=device).copy_(block)
                 if coefficient != 1:
@@ -225,36 +260,16 @@ def _weighted_sum(job: TensorJob, inputs: list[Checkpoint], coefficients: list[f
                 merged.add_(block, alpha=coefficient)
         if not torch.isfinite(merged.sum()):
             for checkpoint in inputs:
-                block = checkpoint.read(job.name, device=device, dtype=working, rows=piece)
+                block = _read_summable(checkpoint, job.name, device, working, piece)
                 findings.check(job.name, block.unsqueeze(0), [checkpoint])
         yield merged.to(job.out_dtype)
 
 
-class NonFinite:
-    """NaN/Inf counts per input of one output tensor, added up over its blocks of rows."""
-
-    def __init__(self, refuse: bool):
-        self.refuse = refuse
-        self.counts: dict[str, int] = {}  # model reference → non-finite values seen
-        self.tensor = ""
-
-    def check(self, name: str, stack: torch.Tensor, models: list[Checkpoint]) -> None:
-        """Count NaN/Inf in `stack` (n, *block), row i read from models[i]; raise at once when refusing."""
-        if torch.isfinite(stack.sum()):  # one cheap pass: any NaN/Inf (or an overflow) makes the sum non-finite
-            return
-        for checkpoint, block in zip(models, stack):
-            count = int(block.numel() - torch.isfinite(block).sum())
-            if count:
-                self.tensor = name
-                self.counts[checkpoint.ref] = self.counts.get(checkpoint.ref, 0) + count
-                if self.refuse:
-                    raise CheckpointError(f"{self.messages()[-1]}: merge refused (refuse_nonfinite is on); "
-                                          "repair that model or leave it out")
-
-    def messages(self) -> tuple[str, ...]:
-        """One line per input: "MODEL: tensor NAME holds N NaN/Inf value(s)"."""
-        return tuple(f"{ref}: tensor {self.tensor!r} holds {count} NaN/Inf value(s)"
-                     for ref, count in self.counts.items())
+def _read_summable(checkpoint: Checkpoint, name: str, device: torch.device, working: torch.dtype | None,
+                   piece: slice | None) -> torch.Tensor:
+    """A block as stored (or in `working`), float8 widened to float32: torch cannot add float8."""
+    block = checkpoint.read(name, device=device, dtype=working, rows=piece)
+    return block.to(torch.float32) if block.dtype.itemsize == 1 else block
 
 
 def _stop_if_cancelled(cancel: threading.Event | None) -> None:

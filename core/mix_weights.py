@@ -23,7 +23,6 @@ loaded one at a time and unloaded afterwards unless they were loaded before.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import resolve_reference
+from core.json_input import parse_json
 from core.rerank import Reranker, detect_kind, load_reranker, loaded_rerankers, unload
 from core.rerank_batches import RerankError
 
@@ -218,7 +218,7 @@ def _check_ranking_example(example: dict, number: int) -> None:
     for key in ("pos", "neg"):
         if not isinstance(example.get(key, []), list) or not all(isinstance(d, str) for d in example.get(key, [])):
             raise RerankError(f'example {number}: "{key}" must be a list of passages')
-    if not example["pos"]:
+    if not example.get("pos"):
         raise RerankError(f"example {number} ({example['query'][:40]!r}) has no positive passage")
 
 
@@ -228,13 +228,8 @@ def read_examples(path: str | Path) -> list[dict]:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise RerankError(f"cannot read examples {path}: {error}") from None
-    examples = [_json_line(line, f"{path}:{n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    examples = [parse_json(line, where=f"{path}:{n}", error=RerankError)
+                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     example_format(examples)
     return examples
 
-
-def _json_line(line: str, where: str):
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as error:
-        raise RerankError(f"{where}: not valid JSON ({error.msg})") from None

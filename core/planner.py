@@ -74,11 +74,13 @@ def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], 
 
     `listings` must hold every reference in recipe.inputs(); the first is the base (or the
     first model) and decides tensor order and the dtype written when the recipe sets none.
+    `num_layers` (the config's count) places gradients; see _stack_depths for a deeper stack.
     """
     refs = recipe.inputs()
     first = listings[refs[0]]
     _check_same_tensors(refs, listings)
-    layers = num_layers or _count_layers(first)
+    _check_float8_scales(refs[0], first)
+    layers = _stack_depths(first, num_layers)
     rows = [e.model for e in recipe.rows()]
     order = sorted(first.values(), key=lambda info: (str(info.file), info.offset, info.name))
     jobs = [_job(recipe, info, layers, [listings[r][info.name] for r in rows]) for info in order]
@@ -122,12 +124,13 @@ def layer_position(name: str, num_layers: int) -> float:
     return int(match.group(1)) / (num_layers - 1) if num_layers > 1 else 1.0
 
 
-def _job(recipe: MergeRecipe, info: TensorInfo, layers: int, row_infos: list[TensorInfo]) -> TensorJob:
+def _job(recipe: MergeRecipe, info: TensorInfo, layers: dict[str, int], row_infos: list[TensorInfo]) -> TensorJob:
     merged = info.dtype.is_floating_point and bool(row_infos)
     if not merged:
         return TensorJob(info.name, info.shape, info.dtype, False, 0.0, {}, None)
     out_dtype = DTYPES[recipe.out_dtype or recipe.dtype] if (recipe.out_dtype or recipe.dtype) else info.dtype
-    t = layer_position(info.name, layers)
+    match = LAYER.search(info.name)
+    t = layer_position(info.name, layers[info.name[:match.start()]]) if match else 0.0
     params = resolve_params(recipe, info.name, t)
     chunk = None
     if recipe.method.in_blocks(params) and len(info.shape) >= 1 and info.numel > CHUNK_ELEMENTS:
@@ -151,9 +154,40 @@ def _check_same_tensors(refs: list[str], listings: dict[str, dict[str, TensorInf
                                       f"{ref} has {list(other[name].shape)}")
 
 
-def _count_layers(listing: dict[str, TensorInfo]) -> int:
-    found = [int(m.group(1)) for name in listing if (m := LAYER.search(name))]
-    return max(found) + 1 if found else 1
+def _check_float8_scales(ref: str, listing: dict[str, TensorInfo]) -> None:
+    """Refuse float8 weights that come with a scale tensor (FP8-quantized checkpoints).
+
+    Plain float8 values merge like any float (the engine upcasts them); but where each weight W
+    is stored as float8 q with a scale s (W = q·s, as "W_scale" or "W_scale_inv"), a weighted sum of
+    the q's and another of the s's is not the weighted sum of the W's, so such a merge would be wrong.
+    """
+    for name, info in listing.items():
+        if info.dtype.is_floating_point and info.dtype.itemsize == 1:
+            scale = next((name + end for end in ("_scale", "_scale_inv") if name + end in listing), None)
+            if scale is not None:
+                raise CheckpointError(f"{ref}: tensor {name!r} is float8 quantized with the scale {scale!r}; merging "
+                                      "quantized values and scales apart is wrong: dequantize the models to bfloat16 first")
+
+
+def _stack_depths(listing: dict[str, TensorInfo], num_layers: int | None) -> dict[str, int]:
+    """The layer count each layer stack (the name before `.layers.N.`) is placed on by gradients.
+
+    Every stack that fits in `num_layers` (the config's count; default: the deepest stack's)
+    uses it, as mergekit does. A stack with more layers than that (a vision tower deeper than
+    the text stack the config counts, or a config that understates the weights) uses its own
+    count, so each of its layers still lies in [0, 1] on the gradient.
+
+    Example:
+        >>> _stack_depths({n: None for n in ["m.layers.1.w", "v.layers.3.w"]}, 2)
+        {'m': 2, 'v': 4}
+    """
+    counted: dict[str, int] = {}
+    for name in listing:
+        if match := LAYER.search(name):
+            stack = name[:match.start()]
+            counted[stack] = max(counted.get(stack, 0), int(match.group(1)) + 1)
+    depth = num_layers or max(counted.values(), default=1)
+    return {stack: depth if count <= depth else count for stack, count in counted.items()}
 
 
 def _working_bytes(job: TensorJob, inputs: int) -> int:

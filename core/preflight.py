@@ -14,6 +14,7 @@ inputs, float32) against available RAM (CPU, MPS) or the emptiest chosen GPU's f
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,12 @@ from pathlib import Path
 import psutil
 import torch
 
-from core.errors import ResourceError
+from core.errors import OutputError, ResourceError
 from core.planner import MergePlan, size_text
 
 SIDE_FILES_BYTES = 16 * 1024 * 1024  # config, tokenizer, card: generous for any tokenizer.json
+NAME_MAX = 255  # bytes in one file or folder name (ext4, APFS, NTFS in characters)
+WRITER_SUFFIX = len(".old-12345678901234567890")  # core.writer's longest temporary suffix
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,27 @@ class Resources:
     memory_of: str  # "RAM" or the GPU measured, e.g. "cuda:0"
 
 
+def output_path(out_dir: str | Path) -> Path:
+    """The output folder as an absolute path, or an OutputError when the file system cannot hold its name.
+
+    Checked here, before any folder is created: a name over NAME_MAX (255 bytes on Linux and
+    macOS) would otherwise fail deep inside the writer, which also needs room for the
+    `.partial` and `.old-N` names it gives the folder while it works.
+    """
+    target = Path(out_dir).expanduser().resolve()
+    too_long = next((part for part in target.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if too_long is None and len(os.fsencode(target.name)) > NAME_MAX - WRITER_SUFFIX:
+        too_long = target.name
+    if too_long is not None:
+        raise OutputError(f"output folder name {too_long[:40]!r}… is too long ({len(os.fsencode(too_long))} bytes; "
+                          f"the file system allows {NAME_MAX}, the output's own name at most "
+                          f"{NAME_MAX - WRITER_SUFFIX}): choose a shorter name")
+    return target
+
+
 def measure_resources(plan: MergePlan, out_dir: str | Path, devices: list[torch.device]) -> Resources:
     """The figures check_resources compares, without judging them (for `plan`'s report)."""
-    target = Path(out_dir).expanduser().resolve()
+    target = output_path(out_dir)
     existing = next(p for p in [target, *target.parents] if p.exists())
     memory_free, memory_of = psutil.virtual_memory().available, "RAM"
     gpus = [d for d in devices if d.type == "cuda"]

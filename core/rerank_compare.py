@@ -13,13 +13,15 @@ it loads nothing itself.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.json_input import parse_json
 from core.rank_metrics import kendall_tau, labelled_metrics, ranks, top_k_overlap
 from core.rerank_batches import RerankError
+
+MAX_GRADE = 1e6  # relevance labels are small grades; anything bigger is a mistake in the file
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class QueryItem:
                                   f"{len(self.labels)} labels: give one label per passage")
             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in self.labels):
                 raise RerankError(f"query {self.query[:60]!r}: labels must be numbers (0 = not relevant)")
+            if not all(abs(x) <= MAX_GRADE for x in self.labels):  # also NaN; nDCG's label / log2 overflows on huge ints
+                raise RerankError(f"query {self.query[:60]!r}: labels must be relevance grades from "
+                                  f"-{MAX_GRADE:g} to {MAX_GRADE:g} (0 = not relevant)")
 
 
 @dataclass(frozen=True)
@@ -170,10 +175,7 @@ def parse_queries(text: str, *, source: str = "input") -> list[QueryItem]:
 
 
 def _parse_line(line: str, where: str) -> QueryItem:
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise RerankError(f"{where}: not valid JSON ({error.msg})") from None
+    data = parse_json(line, where=where, error=RerankError)
     if not isinstance(data, dict) or "query" not in data:
         raise RerankError(f'{where}: expected an object with "query" and "docs" (or "pos"/"neg")')
     lists = {key: data[key] for key in ("docs", "pos", "neg") if key in data}

@@ -115,9 +115,9 @@ def della_magprune(delta: torch.Tensor, density: float, *, epsilon: float, resca
 
     Probabilities span [density - epsilon, density + epsilon] from the smallest to the largest
     entry of a row (a 1-D tensor is one row). A row of one entry gets probability `density`
-    (mergekit divides 0/0 there and fails).
+    (mergekit divides 0/0 there and fails). A zero-size delta stays as it is (it has no rows to rank).
     """
-    if density >= 1:
+    if density >= 1 or delta.numel() == 0:
         return delta
     if density <= 0:
         return delta.zero_()

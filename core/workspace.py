@@ -116,15 +116,17 @@ def check_model_ref(text: str, ws: Workspace) -> str:
         raise CheckpointError(refuse.format("'..' is refused on a hosted app"))
     candidates = [base / ref for base in (ws.root, Path.cwd()) if os.path.lexists(base / ref)]
     if candidates:
-        real, readable = candidates[0].resolve(), _readable_dirs(ws)
+        real, readable = _resolved(candidates[0]), _readable_dirs(ws)
+        if real is None:
+            raise CheckpointError(refuse.format("it is a symbolic link that loops or leads nowhere"))
         if not _inside(real, readable):
             raise CheckpointError(refuse.format("it lies outside this workspace"))
         # A folder inside may still hold links out (model.safetensors -> /root/…): refuse those too.
-        leaving = next((f for f in sorted(real.rglob("*")) if f.is_symlink() and not _inside(f.resolve(), readable)),
-                       None)
+        leaving = next((f for f in sorted(real.rglob("*"))
+                        if f.is_symlink() and ((target := _resolved(f)) is None or not _inside(target, readable))), None)
         if leaving is not None:
             raise CheckpointError(refuse.format(f"its file {str(leaving.relative_to(real))!r} links outside "
-                                                "this workspace"))
+                                                "this workspace or in a loop"))
         return _engine_ref(real)
     if HUB_ID.match(ref):
         return ref
@@ -248,11 +250,30 @@ def _readable_dirs(ws: Workspace) -> list[Path]:
 
 
 def _model_folders(folder: Path) -> list[Path]:
-    """Folders holding config.json, one or two levels down (models/x, models/org/x); no partials."""
+    """Folders holding config.json, one or two levels down (models/x, models/org/x); no partials,
+    and none reached through a symlink loop (models/x/self -> . would list x twice)."""
     if not folder.is_dir():
         return []
     found = [p.parent for depth in ("*/config.json", "*/*/config.json") for p in folder.glob(depth)]
-    return sorted(p for p in found if not p.name.endswith(".partial") and SESSIONS not in p.relative_to(folder).parts)
+    return sorted(p for p in found if not p.name.endswith(".partial") and SESSIONS not in p.relative_to(folder).parts
+                  and not _loops_back(p, folder))
+
+
+def _loops_back(path: Path, folder: Path) -> bool:
+    """Whether a folder between `folder` and `path` (or path itself) is a symlink to itself or an ancestor."""
+    for link in (p for p in (path, *path.parents) if folder in p.parents and p.is_symlink()):
+        target = _resolved(link)
+        if target is None or any(target == _resolved(up) for up in link.parents):
+            return True
+    return False
+
+
+def _resolved(path: Path) -> Path | None:
+    """`path` with its symlinks followed, or None where they loop (Python 3.11 raises RuntimeError there)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
 
 
 def _cached_hub_models(hub_cache: Path | None) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import torch
 
-from core.errors import OutputError
+from core.errors import CheckpointError, OutputError
 from core.planner import MergePlan
 from core.safetensors_header import encode_header
 
@@ -201,6 +201,9 @@ def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, d
     for item in source.iterdir():
         if item.name.startswith(".") or item.name in NOT_COPIED:
             continue
+        if item.is_symlink() and not item.exists():
+            raise CheckpointError(f"{source}: {item.name} is a symbolic link that loops or leads nowhere: "
+                                  "repair or remove it, then merge again")
         if item.is_dir():
             shutil.copytree(item, out / item.name, dirs_exist_ok=True)
         elif not item.name.endswith(WEIGHT_SUFFIXES):

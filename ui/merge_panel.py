@@ -146,7 +146,7 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
         cancel = _RUNNING[session] = threading.Event()
         yield "Opening the models…", "", "", "", None
         with MONITOR.job(f"merge {out.name}"):
-            events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=int(seed or 0),
+            events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=seed or 0,
                                   cancel=cancel)
             shown = 0.0
             for event in events:
@@ -168,8 +168,11 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
             events.close()
         _RUNNING.pop(session, None)
     shown_path = str(out.relative_to(ws.root)) if ws.hosted else str(out)
-    caution = (f" **⚠ {len(warnings)} input tensor(s) hold NaN/Inf**, so the merge does too there: see the log."
-               if warnings else "")
+    overflows = sum(w.startswith("⚠ merged tensor") for w in warnings)  # the output check's lines (core.nonfinite)
+    caution = (f" **⚠ {len(warnings) - overflows} input tensor(s) hold NaN/Inf**, so the merge does too there: "
+               "see the log." if len(warnings) > overflows else "")
+    caution += (f" **⚠ {overflows} merged tensor(s) overflow to NaN/Inf** in the output dtype: see the log."
+                if overflows else "")
     yield (f"**✓ Merged** {len(lines) - len(warnings)} tensors into `{shown_path}`.{caution}",
            _tail(lines + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # warnings again: not scrolled away
 
