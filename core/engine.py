@@ -31,7 +31,8 @@ from core.errors import CheckpointError, MergeCancelled
 from core.planner import DEFAULT_SHARD_BYTES, MergePlan, TensorJob, plan_merge
 from core.preflight import check_resources
 from core.recipe import DTYPES, MergeRecipe, to_yaml
-from core.writer import ShardWriter, copy_side_files, staged_output
+from core.staging import staged_output
+from core.writer import ShardWriter, copy_side_files
 
 
 @dataclass(frozen=True)
