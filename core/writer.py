@@ -117,17 +117,20 @@ class ShardWriter:
 def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, dtype: torch.dtype) -> None:
     """Config, tokenizer, generation and sentence-transformers files from `source` into `out`.
 
-    Weight files and sub-folders' weights are left out except in sentence-transformers module
-    folders (1_Pooling/, 2_Normalize/, …), which are copied whole. config.json gets the new
-    dtype. With `tokenizer_source`, its tokenizer files replace the source's.
+    Files at the top of `source` are copied, weight files excepted. Of its sub-folders only the
+    sentence-transformers module folders that modules.json names (1_Pooling/, 2_Normalize/, …)
+    come along, and without weight files: anything else beside the model (onnx/, checkpoint-500/)
+    holds the unmerged source, not the merge. Known limit: a 2_Dense/ module arrives without its
+    weights, so sentence-transformers fails to load the output instead of silently using the
+    source's Dense layer. config.json gets the new dtype. With `tokenizer_source`, its tokenizer
+    files replace the source's.
     """
     for item in source.iterdir():
-        if item.name.startswith(".") or item.name in NOT_COPIED:
-            continue
-        if item.is_dir():
-            shutil.copytree(item, out / item.name, dirs_exist_ok=True)
-        elif not item.name.endswith(WEIGHT_SUFFIXES):
+        if item.is_file() and not item.name.startswith(".") and item.name not in NOT_COPIED \
+                and not item.name.endswith(WEIGHT_SUFFIXES):
             shutil.copyfile(item, out / item.name)
+    for folder in _module_folders(source):
+        shutil.copytree(source / folder, out / folder, dirs_exist_ok=True, ignore=_NOT_IN_MODULES)
     if tokenizer_source is not None:
         for name in TOKENIZER_FILES:
             (out / name).unlink(missing_ok=True)
@@ -142,3 +145,17 @@ def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, d
             config["torch_dtype"] = dtype_name
         config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
+
+_NOT_IN_MODULES = shutil.ignore_patterns(".*", *(f"*{suffix}" for suffix in WEIGHT_SUFFIXES))
+
+
+def _module_folders(source: Path) -> list[str]:
+    """The sub-folders modules.json names as sentence-transformers modules (the Transformer's "" excluded)."""
+    try:
+        modules = json.loads((source / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    paths = [m.get("path") for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    inside = source.resolve()
+    return [path for path in paths if isinstance(path, str) and path
+            and inside in (source / path).resolve().parents and (source / path).is_dir()]
