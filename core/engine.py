@@ -113,7 +113,8 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
         refs = recipe.inputs()
         first = checkpoints[refs[0]]
         tokenizer_from = _tokenizer_folder(recipe)
-        with staged_output(out_dir, overwrite=overwrite, inputs=tuple(c.folder for c in checkpoints.values())) as staging:
+        read = [c.folder for c in checkpoints.values()] + ([tokenizer_from] if tokenizer_from else [])
+        with staged_output(out_dir, overwrite=overwrite, inputs=tuple(read)) as staging:
             writer = ShardWriter(staging, plan)
             try:
                 done = 0
