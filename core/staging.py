@@ -71,12 +71,12 @@ def staged_output(out_dir: str | Path, *, overwrite: bool = False,
         try:
             yield partial
         except OSError as error:  # disk full, permissions, a vanished file: one line, nothing kept
-            with suppress(OSError):
+            with _LOCK, suppress(OSError):
                 _remove(partial)
             where = f": {error.filename}" if error.filename else ""
             raise OutputError(f"merge into {out} failed, nothing was kept: {error.strerror or error}{where}") from None
         except BaseException:
-            with suppress(OSError):
+            with _LOCK, suppress(OSError):
                 _remove(partial)
             raise
         with _LOCK:
@@ -165,15 +165,17 @@ def _marker(folder: Path, out: Path) -> dict | None:
         return None
     valid = (isinstance(record, dict) and record.get("tool") == TOOL and record.get("out") == out.name
              and type(record.get("pid")) is int and record["pid"] > 0
-             and re.fullmatch(r"\d{16}", str(record.get("token"))))
+             and re.fullmatch(r"[0-9]{16}", str(record.get("token"))))
     return record if valid else None
 
 
 def _remove(folder: Path) -> None:
     """Delete a partial MergeDesk made, its marker last: killed midway, it is still known as ours."""
     for item in folder.iterdir():
-        if item.name != MARKER:
-            shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        elif item.name != MARKER:
+            item.unlink()
     (folder / MARKER).unlink(missing_ok=True)
     folder.rmdir()
 
