@@ -10,7 +10,7 @@ Built into models_dir/demo/ (DEMO_FOLDER), in this order (the rerankers first: t
 - cooking-bi, software-bi: the MiniLM embedder fine-tuned on one domain (contrastive).
 Data: assets/demo/<domain>/train.jsonl. Each folder is a normal Hugging Face model (bi-encoders
 also sentence-transformers folders) with a README.md card saying how it was made; it is written
-to NAME.partial and renamed when complete (core.writer.staged_output), and skipped when it already
+to NAME.partial and renamed when complete (core.staging.staged_output), and skipped when it already
 exists unless force=True. Closing the event generator stops the build after the current step and
 leaves no partial folder. Training itself is core.demo_train.
 """
@@ -27,7 +27,8 @@ import yaml
 from core.demo_train import TrainConfig, Trained, read_training_set, train_bi_encoder, train_cross_encoder
 from core.errors import CheckpointError
 from core.workspace import Workspace, find_models, packaged_minilm
-from core.writer import copy_side_files, staged_output
+from core.staging import staged_output
+from core.writer import copy_side_files
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo"
 DEMO_FOLDER = "demo"  # models_dir / DEMO_FOLDER / <spec name>

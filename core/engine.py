@@ -37,7 +37,8 @@ from core.nonfinite import NonFinite
 from core.planner import DEFAULT_SHARD_BYTES, MergePlan, TensorJob, plan_merge
 from core.preflight import check_resources
 from core.recipe import DTYPES, MergeRecipe, to_yaml
-from core.writer import ShardWriter, copy_side_files, staged_output
+from core.staging import staged_output
+from core.writer import ShardWriter, copy_side_files
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
         refs = recipe.inputs()
         first = checkpoints[refs[0]]
         tokenizer_from = _tokenizer_folder(recipe)
-        with staged_output(out_dir, overwrite=overwrite, inputs=tuple(c.folder for c in checkpoints.values())) as staging:
+        read = [c.folder for c in checkpoints.values()] + ([tokenizer_from] if tokenizer_from else [])
+        with staged_output(out_dir, overwrite=overwrite, inputs=tuple(read)) as staging:
             writer = ShardWriter(staging, plan)
             try:
                 done = 0

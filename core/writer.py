@@ -1,33 +1,22 @@
-"""Write a merged model folder without ever showing a half-written one.
-
-`staged_output(out_dir, ...)` is a context manager that builds the model in OUT.partial and
-renames it to OUT only when everything is written; on any error or cancel the partial folder
-is deleted. An existing OUT is refused unless overwrite=True, and then it is replaced only
-after the new model is complete (OUT → OUT.old-PID, OUT.partial → OUT, delete OUT.old-PID).
-OUT may not be, contain or sit inside an input model folder. What a killed run leaves is
-repaired by the next one: a stale OUT.partial (its writer, named in OUT.partial/.writer-pid, is
-gone) is deleted, one still being written is reported, and an OUT.old-PID with no OUT (killed
-between the two renames) is put back as OUT.
+"""Stream a merged model into safetensors shards and bring its side files along.
 
 `ShardWriter` streams tensors into safetensors shards: each shard's header is computed from
 the planned shapes before any data, then tensor bytes are appended as they arrive (chunk by
 chunk), so a shard is never buffered in memory; every WRITEBACK_EVERY bytes the kernel is asked
 to start writing them to disk, so the fsync before the folder appears has little left to wait
 for. `copy_side_files` brings config, tokenizer and sentence-transformers files along.
+The folder they write into is staged by core.staging (OUT.partial, renamed when complete).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from core.errors import CheckpointError, OutputError
+from core.errors import CheckpointError
 from core.planner import MergePlan
 from core.safetensors_header import encode_header
 
@@ -36,72 +25,7 @@ NOT_COPIED = {"README.md", "mergekit_config.yml", "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "spiece.model",
                    "sentencepiece.bpe.model", "chat_template.jinja")
-WRITER_FILE = ".writer-pid"  # inside OUT.partial while a live process writes it
 WRITEBACK_EVERY = 128 << 20  # bytes appended to a shard between two writeback requests
-
-
-@contextmanager
-def staged_output(out_dir: str | Path, *, overwrite: bool = False,
-                  inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
-    """Yield OUT.partial to write into; on success it becomes OUT atomically, on failure it is removed."""
-    out = Path(out_dir).expanduser().resolve()
-    for folder in inputs:
-        folder = folder.resolve()
-        if out == folder or folder in out.parents or out in folder.parents:
-            raise OutputError(f"output folder {out} overlaps input model folder {folder}: choose another output")
-    partial = out.with_name(out.name + ".partial")
-    _recover_interrupted_run(out, partial)
-    if out.exists() and not overwrite:
-        raise OutputError(f"output folder {out} already exists: choose another name or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {out} exists and is not a folder")
-    try:
-        partial.mkdir(parents=True)
-        (partial / WRITER_FILE).write_text(str(os.getpid()))
-    except OSError as error:
-        raise OutputError(f"cannot create {partial}: {error.strerror or error}") from None
-    try:
-        yield partial
-        (partial / WRITER_FILE).unlink()
-    except OSError as error:  # disk full, permissions, a vanished file: one line, nothing kept
-        shutil.rmtree(partial, ignore_errors=True)
-        where = f": {error.filename}" if error.filename else ""
-        raise OutputError(f"merge into {out} failed, nothing was kept: {error.strerror or error}{where}") from None
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        retired = out.with_name(out.name + f".old-{os.getpid()}")
-        os.replace(out, retired)
-        os.replace(partial, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(partial, out)
-
-
-def _recover_interrupted_run(out: Path, partial: Path) -> None:
-    """Clean up after a run that was killed: stale partial, or an old OUT set aside and not restored."""
-    if partial.exists():
-        writer = (partial / WRITER_FILE).read_text().strip() if (partial / WRITER_FILE).exists() else ""
-        if writer.isdigit() and int(writer) != os.getpid() and _alive(int(writer)):
-            raise OutputError(f"{partial} is being written by another merge (process {writer}): wait for it "
-                              "or choose another output folder")
-        shutil.rmtree(partial)  # a crashed run's leftovers: ours by name, never a model
-    retired = sorted(p for p in out.parent.glob("*.old-*") if re.fullmatch(re.escape(out.name) + r"\.old-\d+", p.name))
-    if retired and not out.exists():  # killed between "OUT → OUT.old-PID" and "partial → OUT"
-        os.replace(retired.pop(), out)
-    for folder in retired:  # killed after the new OUT was in place: the old copy is obsolete
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class ShardWriter:
@@ -194,20 +118,22 @@ class ShardWriter:
 def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, dtype: torch.dtype) -> None:
     """Config, tokenizer, generation and sentence-transformers files from `source` into `out`.
 
-    Weight files and sub-folders' weights are left out except in sentence-transformers module
-    folders (1_Pooling/, 2_Normalize/, …), which are copied whole. config.json gets the new
-    dtype. With `tokenizer_source`, its tokenizer files replace the source's.
+    Files at the top of `source` are copied, weight files excepted. Of its sub-folders only the
+    sentence-transformers module folders that modules.json names (1_Pooling/, 2_Normalize/, …)
+    come along, whole: anything else beside the model (onnx/, checkpoint-500/) holds the unmerged
+    source, not the merge. Known limit: a module with weights of its own (2_Dense/) is not merged
+    but taken from `source`, as LM-Cocktail does, so the output still loads. config.json gets the new dtype. With `tokenizer_source`, its tokenizer
+    files replace the source's.
     """
     for item in source.iterdir():
-        if item.name.startswith(".") or item.name in NOT_COPIED:
-            continue
         if item.is_symlink() and not item.exists():
             raise CheckpointError(f"{source}: {item.name} is a symbolic link that loops or leads nowhere: "
                                   "repair or remove it, then merge again")
-        if item.is_dir():
-            shutil.copytree(item, out / item.name, dirs_exist_ok=True)
-        elif not item.name.endswith(WEIGHT_SUFFIXES):
+        if item.is_file() and not item.name.startswith(".") and item.name not in NOT_COPIED \
+                and not item.name.endswith(WEIGHT_SUFFIXES):
             shutil.copyfile(item, out / item.name)
+    for folder in _module_folders(source):
+        shutil.copytree(source / folder, out / folder, dirs_exist_ok=True, ignore=_HIDDEN)
     if tokenizer_source is not None:
         for name in TOKENIZER_FILES:
             (out / name).unlink(missing_ok=True)
@@ -221,3 +147,18 @@ def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, d
         if "torch_dtype" in config:
             config["torch_dtype"] = dtype_name
         config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+
+_HIDDEN = shutil.ignore_patterns(".*")
+
+
+def _module_folders(source: Path) -> list[str]:
+    """The sub-folders modules.json names as sentence-transformers modules (the Transformer's "" excluded)."""
+    try:
+        modules = json.loads((source / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    paths = [m.get("path") for m in modules if isinstance(m, dict)] if isinstance(modules, list) else []
+    inside = source.resolve()
+    return [path for path in paths if isinstance(path, str) and path
+            and inside in (source / path).resolve().parents and (source / path).is_dir()]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core import planner
+from core import planner, staging
 from core.checkpoint import Checkpoint
 from core.engine import merge
 from core.errors import MergeCancelled, OutputError
@@ -317,6 +317,9 @@ def test_stale_partial_from_a_crash_is_cleaned(llama_family, tmp_path):
     stale = tmp_path / "out.partial"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    marker = {"tool": "MergeDesk", "out": "out", "pid": int(gone.stdout), "token": "0" * 16}  # its writer has exited
+    (stale / staging.MARKER).write_text(json.dumps(marker))
     merge(ta_recipe(llama_family), tmp_path / "out")
     assert not stale.exists() and (tmp_path / "out" / "model.safetensors").stat().st_size > 100
 

@@ -6,6 +6,7 @@ SIGKILLed at random points of its write phase, 20 times. Afterwards the output f
 does not exist or is the complete, correct model; a leftover OUT.partial is cleaned by the next
 run (or reported while its writer lives) and is never opened as a model.
 """
+import json
 import os
 import random
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from core import writer
+from core import staging, writer
 from core.__main__ import main
 from core.checkpoint import Checkpoint
 from core.engine import merge
@@ -69,10 +70,10 @@ def test_disk_full_through_the_cli_is_one_line_and_exit_1(models, tmp_path, monk
 
 # Runs `python -m core merge …` in a process that SIGKILLs itself at an exact point: once its
 # shards hold N bytes ("bytes N"), or just before its N-th os.replace ("rename N"; in a replace,
-# rename 2 is "partial → OUT", so dying there leaves OUT set aside as OUT.old-PID and no OUT).
+# rename 2 is "partial → OUT", so dying there leaves OUT set aside as OUT.old-TOKEN and no OUT).
 DIES_AT = """
 import os, signal, sys
-from core import writer
+from core import staging, writer
 from tests.reliability.merge_helpers import ByteBudget
 kind, point = sys.argv[1], int(sys.argv[2])
 die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
@@ -155,13 +156,15 @@ def test_sigkill_at_random_points_never_leaves_a_half_model(models, tmp_path):
 
 def test_a_stale_partial_is_cleaned_and_a_live_one_reported(models, tmp_path):
     recipe = recipe_from_dict(linear_recipe(models, WEIGHTS))
+    recipe_file = write_recipe(tmp_path / "recipe.yml", linear_recipe(models, WEIGHTS))
     out, partial = tmp_path / "merged", tmp_path / "merged.partial"
-    shutil.copytree(models[0], partial)  # looks like a model, but it is a crash's leftovers
+    assert _merge_process(recipe_file, out, dies_at=("bytes", 2_000_000)) == -9  # a crash's marked leftovers
     with pytest.raises(CheckpointError, match="unfinished or replaced merge output, not a model"):
         Checkpoint.open(str(partial))
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (partial / writer.WRITER_FILE).write_text(str(sleeper.pid))  # a live process still writes it
+        marker = json.loads((partial / staging.MARKER).read_text())
+        (partial / staging.MARKER).write_text(json.dumps({**marker, "pid": sleeper.pid}))  # a live process writes it
         with pytest.raises(OutputError, match=f"being written by another merge \\(process {sleeper.pid}\\)"):
             merge(recipe, out)
         assert partial.exists() and not out.exists()
@@ -170,15 +173,18 @@ def test_a_stale_partial_is_cleaned_and_a_live_one_reported(models, tmp_path):
         sleeper.wait()
     merge(recipe, out)  # its writer is gone now: stale, cleaned
     assert not partial.exists() and matches(out, expected_linear(models, WEIGHTS))
-    assert not (out / writer.WRITER_FILE).exists()
+    assert not (out / staging.MARKER).exists()
     figures("1 stale OUT.partial", stale_partials_cleaned=1, live_partials_reported=1, opened_as_a_model=0)
 
 
 def test_a_kill_between_the_two_renames_of_a_replace_loses_nothing(models, tmp_path):
+    recipe_file = write_recipe(tmp_path / "recipe.yml", linear_recipe(models, WEIGHTS))
     out = tmp_path / "merged"
-    set_aside = tmp_path / "merged.old-999999"  # OUT → OUT.old-PID happened, partial → OUT did not
-    shutil.copytree(models[1], set_aside)
-    digest = folder_digest(set_aside)
-    with pytest.raises(OutputError, match="already exists"):  # restored first, then protected as usual
+    shutil.copytree(models[1], out)
+    digest = folder_digest(out)
+    assert _merge_process(recipe_file, out, "--overwrite", dies_at=("rename", 2)) == -9  # OUT set aside, no new OUT
+    set_aside = list(tmp_path.glob("merged.old-*"))
+    assert not out.exists() and len(set_aside) == 1 and folder_digest(set_aside[0]) == digest
+    with pytest.raises(OutputError, match="already exists"):  # put back first, then protected as usual
         merge(recipe_from_dict(linear_recipe(models, WEIGHTS)), out)
-    assert folder_digest(out) == digest and not set_aside.exists()
+    assert folder_digest(out) == digest and sorted(p.name for p in tmp_path.iterdir()) == ["merged", "recipe.yml"]
