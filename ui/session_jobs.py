@@ -15,7 +15,9 @@ X-Forwarded-For only when the peer is in FORWARDED_ALLOW_IPS (default 127.0.0.1 
 Space the peer is the Space's own proxy (a private 10.x address), so request.client.host is
 that proxy for everybody. visitor_key walks X-Forwarded-For from the right past the trusted
 proxies (SPACE_PROXIES on a Space) and takes the first address they did not add; entries a
-client wrote itself lie to the left of it and are never reached.
+client wrote itself lie to the left of it and are never reached. TODO: confirm on a live Space
+that every hop right of the visitor's is private (log X-Forwarded-For for two visitors on two
+networks); a public hop there (a CDN edge) would become the key of everyone behind it.
 
 Admission is atomic: the queue's push (the handler of /queue/join) is wrapped so that, for
 the lane's events, counting the visitor's jobs and adding the new one happen under one lock;

@@ -22,12 +22,14 @@ from starlette.requests import Request
 import ui.merge_form
 import ui.playground
 import ui.sweep_panel
+import ui.weights_panel
 from core.errors import MergeDeskError
 from core.workspace import Workspace, cleanup_stale_sessions, default_workspace, session_workspace
 from tests.app_server import launched, local_workspace
 from ui.merge_form import export_recipe
 from ui.merge_panel import STALE_SESSION_S, end_session, make_zip, merge, serve_downloads_in_place
 from ui.playground import rerank_compare
+from ui.recipe_form import new_form
 from ui.session_jobs import SPACE_PROXIES, client_address, visitor_key
 from ui.sweep_panel import run_sweep
 
@@ -149,6 +151,7 @@ def test_one_job_cannot_be_as_big_as_the_visitor_likes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ui.playground, "load_reranker", reached)
     monkeypatch.setattr(ui.sweep_panel, "sweep_points", reached)
+    monkeypatch.setattr(ui.weights_panel, "data_weights", reached)
     many = "\n".join(f"passage {n}" for n in range(6001))
     with pytest.raises(gr.Error) as caught:
         rerank_compare("a/b", "a/c", "q", many, None, "cpu", False, hosted, _visitor("v"))
@@ -159,15 +162,23 @@ def test_one_job_cannot_be_as_big_as_the_visitor_likes(tmp_path, monkeypatch):
     demo = ui.sweep_panel.demo_set_names()
     with pytest.raises(gr.Error, match=r"this sweep \(\d[\d,]* passages × 21 α's\) scores .* at most 12,000"):
         next(run_sweep("a/b", "a/c", "linear", "cpu", demo, None, alphas, hosted, _visitor("v")))
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text("".join(json.dumps({"input": f"q{n}", "output": "a"}) + "\n" for n in range(6001)))
+    form = new_form("linear", models=("a/b", "a/c"))
+    outcome, _ = ui.weights_panel.fill_weights(form, str(examples), 5.0, "cpu", hosted, _visitor("v"))
+    assert outcome.startswith("✗ these examples (6,001 texts × 2 models) scores 12,002"), outcome
     # Controls: the default sweep of the demo sets fits, and a local app takes any size.
+    local = local_workspace(tmp_path)
+    assert ui.weights_panel.fill_weights(form, str(examples), 5.0, "cpu", local, _visitor("v"))[0] == \
+        "✗ reached the models"
     for workspace in (hosted, local_workspace(tmp_path)):
         with pytest.raises(gr.Error, match="reached the models"):
             list(run_sweep("a/b", "a/c", "linear", "cpu", demo, None, "0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, "
                            "0.9, 1", workspace, _visitor("v")))
     with pytest.raises(gr.Error, match="reached the models"):
         rerank_compare("a/b", "a/c", "q", many, None, "cpu", False, local_workspace(tmp_path), _visitor("v"))
-    print("\nreliability hostile load: 6,001 passages and a 21-α demo sweep refused before a model is loaded; "
-          "the 11-α demo sweep admitted")
+    print("\nreliability hostile load: 6,001 passages, a 21-α demo sweep and 6,001 weight examples refused before a "
+          "model is loaded; the 11-α demo sweep admitted")
 
 
 def test_an_upload_bigger_than_the_cap_is_refused(tmp_path, monkeypatch):
@@ -292,13 +303,13 @@ def test_a_slow_form_edit_holds_up_only_its_own_visitor(tmp_path, monkeypatch):
             assert holding.wait(30)
             again = threading.Thread(target=lambda: results.update(second=_send(blocks, dtype, "float16", "alice")))
             again.start()
+            bob = threading.Thread(target=lambda: results.update(bob=_send(blocks, base, "models/bob", "bob")))
             started = time.monotonic()
-            try:
-                bob = _send(blocks, base, "models/bob", "bob")
-            except httpx.TimeoutException:
-                bob = None
+            bob.start()
+            bob.join(15)
             waited = time.monotonic() - started
-            assert bob is not None and "base_model: models/bob" in bob[1], "bob waited behind alice's edit"
+            assert "bob" in results, f"bob's edit waited {waited:.0f} s behind alice's held one"
+            assert "base_model: models/bob" in results["bob"][1]
             assert "float16" not in entered  # alice's second edit waits for her first
         finally:
             gate.set()
