@@ -8,11 +8,11 @@ by gr.render with stable keys and redrawn only when the rows, the method or the 
 change, so a slider is never redrawn under the pointer. Editing the YAML box (then leaving
 it) makes the form follow; editing the form rewrites the YAML.
 
-Every event here is private (absent from the API). Edits skip the queue (they take
-milliseconds, and must neither wait behind other visitors' edits or heavy jobs nor be refused
-when the queue is full) and carry the tag concurrency_id FORM: one_edit_at_a_time runs a
-session's tagged events one after another, so two quick edits (a text box's blur and a click)
-never both start from the same old form, while other sessions' edits run beside them.
+Every event here is private (absent from the API). Edits take milliseconds and share the
+lane FORM, which has no concurrency limit, so no visitor's edit waits behind another's; within
+one session one_edit_at_a_time runs them one after another, so two quick edits (a text box's
+blur and a click) never both start from the same old form. (They stay queued: with
+queue=False the rows were not redrawn after "+ Add a model" in tests/test_browser.py.)
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ HELP = ("Pick a method and the models to mix — or paste a mergekit recipe on t
         "**Check** to see what it needs and **Merge** to write the new model.")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "recipes"
 FORM = "form"  # tag of the edits that one_edit_at_a_time serialises per session
-EDIT = {"api_visibility": "private", "concurrency_id": FORM, "queue": False}
+EDIT = {"api_visibility": "private", "concurrency_id": FORM, "concurrency_limit": None}
 METHOD_CHOICES = [(method.label, method.name) for method in METHODS.values()]
 DTYPE_CHOICES = [("each tensor's own", "")] + [(name, name) for name in DTYPES]
 
