@@ -129,7 +129,8 @@ def sweep(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], **option
 def sweep_points(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], *,
                  alphas=DEFAULT_ALPHAS, method: str = DEFAULT_METHOD, device: str = "cpu", mode: str = "auto",
                  dtype: str | None = None, batch_size: int = 32, max_length: int | None = None,
-                 cancel: threading.Event | None = None, scratch: Path | None = None) -> Iterator[tuple[SweepPoint, str]]:
+                 cancel: threading.Event | None = None,
+                 scratch: Path | None = None) -> Iterator[tuple[SweepPoint, str]]:
     """Yield (SweepPoint, mode used) for every α and set, as each is measured.
 
     Args:

@@ -115,7 +115,8 @@ def test_simultaneous_joins_from_one_address_admit_exactly_its_quota(held_lane, 
         gate.set()
         _wait_for_quiet(blocks)
         gate.clear()
-    print(f"\nreliability hostile load: 3 bursts of 8 simultaneous joins ({'8 session hashes' if minted else '1 session hash'}"
+    hashes = "8 session hashes" if minted else "1 session hash"
+    print(f"\nreliability hostile load: 3 bursts of 8 simultaneous joins ({hashes}"
           f", one address), quota 2: admitted {admitted}; another address admitted each time")
 
 
@@ -187,7 +188,8 @@ def test_an_upload_bigger_than_the_cap_is_refused(tmp_path, monkeypatch):
         url = f"{blocks.local_url}gradio_api/upload"
         big = httpx.post(url, files={"files": ("q.jsonl", b"x" * (10 * 1000**2 + 1))}, timeout=60)
         small = httpx.post(url, files={"files": ("q.jsonl", b'{"query": "q", "docs": ["d"]}\n')}, timeout=60)
-    print(f"\nreliability hostile load: 10 MB + 1 byte upload answered {big.status_code}; a small one {small.status_code}")
+    print(f"\nreliability hostile load: 10 MB + 1 byte upload answered {big.status_code}; "
+          f"a small one {small.status_code}")
     assert big.status_code == 413 and small.status_code == 200
 
 
