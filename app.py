@@ -17,8 +17,8 @@ import gradio as gr
 
 from core.workspace import Workspace, default_workspace
 from ui.layout import build_app
-from ui.merge_panel import QUEUE
-from ui.session_jobs import limit_session_jobs
+from ui.merge_panel import QUEUE, serve_downloads_in_place
+from ui.session_jobs import SPACE_PROXIES, limit_visitor_jobs
 
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
                        font=["ui-sans-serif", "system-ui", "sans-serif"])  # system fonts: nothing fetched
@@ -28,12 +28,15 @@ CSS = (Path(__file__).resolve().parent / "assets" / "style.css").read_text(encod
 def serve(workspace: Workspace, *, host: str | None = None, port: int | None = None,
           prevent_thread_lock: bool = False) -> gr.Blocks:
     """Build, queue and launch the app; host/port None fall back to GRADIO_SERVER_NAME/PORT, then gradio's.
-    The queue holds at most workspace.max_jobs events, and one session at most max_session_jobs heavy ones."""
-    app = build_app(workspace)
+    The queue holds at most workspace.max_jobs events, and one visitor at most max_session_jobs heavy ones.
+    Downloads are written where gradio serves them without a copy (serve_downloads_in_place)."""
+    app = build_app(serve_downloads_in_place(workspace))
     app.queue(max_size=workspace.max_jobs, default_concurrency_limit=4)
     if workspace.max_session_jobs is not None:
-        limit_session_jobs(app, lane=QUEUE, limit=workspace.max_session_jobs)
-    app.launch(server_name=host, server_port=port, theme=THEME, css=CSS, prevent_thread_lock=prevent_thread_lock)
+        limit_visitor_jobs(app, lane=QUEUE, limit=workspace.max_session_jobs,
+                           proxies=SPACE_PROXIES if os.environ.get("SPACE_ID") else ())
+    app.launch(server_name=host, server_port=port, theme=THEME, css=CSS, prevent_thread_lock=prevent_thread_lock,
+               max_file_size=workspace.max_upload_bytes)
     return app
 
 

@@ -15,7 +15,8 @@ Two ways to get each merge (`merged_in_memory`, `merged_on_disk`), same numbers 
 - "memory": A is loaded once as a private copy (not the playground's cached one); for each α the
   engine computes every merged tensor from the memory-mapped inputs and copies it into that
   model's weights. Nothing is written to disk.
-- "disk": each merge is streamed by the engine into a temporary folder, loaded, scored, deleted.
+- "disk": each merge is streamed by the engine into a temporary folder (in `scratch`, e.g. a hosted
+  visitor's own folder, so their size cap counts it and closing the page removes it), loaded, scored, deleted.
   Used when the model's names do not line up with its checkpoint's, or when "auto" finds that
   a loaded model would take more than half of the free memory of the device.
 Scores and metrics come from core.rerank / core.rerank_compare (nDCG@10, MRR@10, recall@k).
@@ -128,7 +129,8 @@ def sweep(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], **option
 def sweep_points(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], *,
                  alphas=DEFAULT_ALPHAS, method: str = DEFAULT_METHOD, device: str = "cpu", mode: str = "auto",
                  dtype: str | None = None, batch_size: int = 32, max_length: int | None = None,
-                 cancel: threading.Event | None = None) -> Iterator[tuple[SweepPoint, str]]:
+                 cancel: threading.Event | None = None,
+                 scratch: Path | None = None) -> Iterator[tuple[SweepPoint, str]]:
     """Yield (SweepPoint, mode used) for every α and set, as each is measured.
 
     Args:
@@ -139,6 +141,7 @@ def sweep_points(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], *
         device, dtype: where and in which precision the merges are scored (core.rerank defaults).
         mode: "memory", "disk" or "auto" (see the module docstring).
         cancel: set it to stop between two α's (raises MergeCancelled).
+        scratch: the folder that holds the "disk" mode's temporary merge; None = the system's temp dir.
     """
     alphas = check_sweep(alphas, sets, method, mode)
     recipes = [sweep_recipe(method, model_a, model_b, alpha) for alpha in alphas]
@@ -146,7 +149,7 @@ def sweep_points(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], *
         mode = "memory" if fits_in_memory(model_a, device, dtype) else "disk"
     merges = merged_in_memory if mode == "memory" else merged_on_disk
     scoring = Scoring(device, dtype, batch_size, max_length)
-    for alpha, (reranker, used) in zip(alphas, merges(recipes, scoring, cancel)):
+    for alpha, (reranker, used) in zip(alphas, merges(recipes, scoring, cancel, scratch=scratch)):
         for name, items in sets.items():
             metrics = compare([reranker], items, batch_size=batch_size, max_length=max_length).metrics
             yield SweepPoint(alpha, name, {k: v[0] for k, v in metrics.items()}), used
@@ -203,8 +206,8 @@ def fits_in_memory(model: str, device: str, dtype: str | None) -> bool:
     return loaded <= free / 2
 
 
-def merged_in_memory(recipes: list[MergeRecipe], scoring: Scoring,
-                     cancel: threading.Event | None) -> Iterator[tuple[Reranker, str]]:
+def merged_in_memory(recipes: list[MergeRecipe], scoring: Scoring, cancel: threading.Event | None, *,
+                     scratch: Path | None = None) -> Iterator[tuple[Reranker, str]]:
     """(the merged model, "memory") per recipe: the first input loaded once, each merge copied into its weights.
 
     The model yielded is the same object each time: score it before asking for the next one.
@@ -221,7 +224,7 @@ def merged_in_memory(recipes: list[MergeRecipe], scoring: Scoring,
         plans = [plan_for(recipe, checkpoints) for recipe in recipes]
         if not weights_line_up(plans[0], weights):  # e.g. renamed on load: let the engine write real folders
             del reranker, model, weights
-            yield from merged_on_disk(recipes, scoring, cancel)
+            yield from merged_on_disk(recipes, scoring, cancel, scratch=scratch)
             return
         for recipe, plan in zip(recipes, plans):
             _stop_if_cancelled(cancel)
@@ -247,11 +250,14 @@ def weights_line_up(plan: MergePlan, weights: dict[str, torch.Tensor]) -> bool:
     return True
 
 
-def merged_on_disk(recipes: list[MergeRecipe], scoring: Scoring,
-                   cancel: threading.Event | None) -> Iterator[tuple[Reranker, str]]:
-    """(the merged model, "disk") per recipe: merged by the engine into a temporary folder, loaded;
-    the folder is deleted once the caller asks for the next one (or stops)."""
-    scratch = Path(tempfile.mkdtemp(prefix="mergedesk-sweep-"))
+def merged_on_disk(recipes: list[MergeRecipe], scoring: Scoring, cancel: threading.Event | None, *,
+                   scratch: Path | None = None) -> Iterator[tuple[Reranker, str]]:
+    """(the merged model, "disk") per recipe: merged by the engine into a temporary folder made in `scratch`
+    (a dot-folder, which model lists skip), loaded; the folder is deleted once the caller asks for the next
+    one (or stops)."""
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".mergedesk-sweep-", dir=scratch))
     try:
         for step, recipe in enumerate(recipes):
             _stop_if_cancelled(cancel)

@@ -8,7 +8,9 @@
 Locally (`python app.py`) the person at the keyboard owns the machine: any path or Hub id is
 accepted. Hosted (a public Space, or `--hosted`) a visitor may name only Hub ids, folders
 under models/ or their own session's outputs, and the packaged model; each session writes
-into its own folder with a size cap, removed when the tab closes or it goes stale.
+into folders of its own — outputs (merges, and the scratch merges of a sweep) and downloads
+(zips, the exported recipe) — that share one size cap (visitor_bytes) and are removed when the
+tab closes or they go stale. The hosted bounds on one job's size live here too.
 
 The Hugging Face cache is listed in both modes: it holds Hub models, whose ids anyone may
 type anyway. This file must not import gradio; every refusal is a MergeDeskError.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, replace
@@ -26,9 +29,15 @@ from pathlib import Path
 from core.checkpoint import HUB_ID
 from core.cli_commands import human
 from core.errors import CheckpointError, MergeDeskError, OutputError
+from core.rerank_batches import RerankError
 from core.recipe import MergeRecipe
 
-HOSTED_OUTPUT_CAP = 5 * 1000**3  # bytes a hosted session may keep in its outputs
+HOSTED_OUTPUT_CAP = 5 * 1000**3  # bytes a hosted session may keep in its outputs and downloads together
+# Hosted bounds on one job, so one visitor cannot hold the shared lane for long (the demo sweep,
+# 3 sets × about 320 passages at 11 α's, scores 10,450 pairs).
+HOSTED_MAX_PAIRS = 12_000  # (query, passage) pairs one comparison (both models) or one sweep (all α's) scores
+HOSTED_UPLOAD_BYTES = 10 * 1000**2  # largest file a visitor may upload (gradio's max_file_size)
+RECIPE_EXPORT_BYTES = 256_000  # largest recipe the Export button writes (a real one is a few KB)
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SESSIONS = "sessions"  # hosted: outputs_dir / SESSIONS / <session id>
 
@@ -41,9 +50,13 @@ class Workspace:
     models_dir: Path  # folders of models offered in the pickers (read only)
     outputs_dir: Path  # merges are written here, one folder per output name
     hosted: bool = False  # True on a public Space: path policy, quota, per-session folders
-    max_output_bytes: int | None = None  # cap on outputs_dir's size; None = no cap
+    max_output_bytes: int | None = None  # cap on visitor_bytes (outputs + downloads); None = no cap
     max_jobs: int | None = None  # events allowed to wait in the queue (all visitors); None = no limit
-    max_session_jobs: int | None = None  # heavy jobs one visitor may have queued or running; None = no limit
+    max_session_jobs: int | None = None  # heavy jobs one visitor (account, else address) may have queued
+    #                                      or running; None = no limit
+    downloads_dir: Path | None = None  # zips and exported recipes, a folder per session; None = the temp dir's
+    max_pairs: int | None = None  # (query, passage) pairs one comparison or sweep may score; None = no limit
+    max_upload_bytes: int | None = None  # largest upload; None = no limit
 
 
 @dataclass(frozen=True)
@@ -58,9 +71,11 @@ class ModelChoice:
 def default_workspace(*, hosted: bool) -> Workspace:
     """The app's workspace: MERGEDESK_HOME or the current folder; hosted gets a size cap and job limits."""
     root = Path(os.environ.get("MERGEDESK_HOME") or Path.cwd()).expanduser().resolve()
-    return Workspace(root, root / "models", root / "outputs", hosted=hosted,
-                     max_output_bytes=HOSTED_OUTPUT_CAP if hosted else None, max_jobs=8 if hosted else None,
-                     max_session_jobs=2 if hosted else None)
+    if not hosted:
+        return Workspace(root, root / "models", root / "outputs")
+    return Workspace(root, root / "models", root / "outputs", hosted=True, max_output_bytes=HOSTED_OUTPUT_CAP,
+                     max_jobs=8, max_session_jobs=2, max_pairs=HOSTED_MAX_PAIRS,
+                     max_upload_bytes=HOSTED_UPLOAD_BYTES)
 
 
 def packaged_minilm() -> Path | None:
@@ -170,36 +185,63 @@ def session_name(session_id: str) -> str:
 
 
 def session_workspace(base: Workspace, session_id: str) -> Workspace:
-    """The workspace of one hosted visitor: shared models_dir, outputs in a folder of their own."""
-    return replace(base, outputs_dir=base.outputs_dir / SESSIONS / session_name(session_id))
+    """The workspace of one hosted visitor: shared models_dir, outputs and downloads in folders of their own."""
+    name = session_name(session_id)
+    return replace(base, outputs_dir=base.outputs_dir / SESSIONS / name, downloads_dir=downloads_root(base) / name)
+
+
+def downloads_root(base: Workspace) -> Path:
+    """The folder holding every session's downloads folder (the app puts it in gradio's upload folder,
+    which gradio serves from without copying)."""
+    return base.downloads_dir or Path(tempfile.gettempdir()) / "mergedesk-downloads"
 
 
 def cleanup_stale_sessions(base: Workspace, max_age_s: float) -> list[Path]:
-    """Remove session folders in which nothing changed for max_age_s seconds; return them."""
-    sessions = base.outputs_dir / SESSIONS
+    """Remove session folders (outputs and downloads) in which nothing changed for max_age_s seconds; return them."""
     now = time.time()
     removed = []
-    for folder in sorted(sessions.iterdir()) if sessions.is_dir() else []:
-        if folder.is_dir() and now - _newest_mtime(folder) > max_age_s:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
+    for sessions in (base.outputs_dir / SESSIONS, downloads_root(base)):
+        for folder in sorted(sessions.iterdir()) if sessions.is_dir() else []:
+            if folder.is_dir() and now - _newest_mtime(folder) > max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
     return removed
 
 
 def remove_session(ws: Workspace) -> None:
-    """Delete a hosted session's outputs (its visitor closed the tab)."""
+    """Delete everything a hosted session wrote: outputs, sweep scratch, downloads (its visitor closed the tab)."""
     if ws.hosted and ws.outputs_dir.parent.name == SESSIONS:
         shutil.rmtree(ws.outputs_dir, ignore_errors=True)
+        if ws.downloads_dir is not None:
+            shutil.rmtree(ws.downloads_dir, ignore_errors=True)
 
 
-def check_quota(ws: Workspace, incoming_bytes: int, *, replacing: Path | None = None) -> None:
-    """Refuse a merge that would push outputs_dir over the cap (a replaced folder's bytes are freed)."""
+def visitor_bytes(ws: Workspace) -> int:
+    """What a visitor's folders hold now: outputs (merges, sweep scratch) and downloads (zips, recipes)."""
+    return folder_bytes(ws.outputs_dir) + (folder_bytes(ws.downloads_dir) if ws.downloads_dir else 0)
+
+
+def check_quota(ws: Workspace, incoming_bytes: int, *, replacing: Path | None = None, job: str = "the merge") -> None:
+    """Refuse a job that would push visitor_bytes over the cap (a replaced folder's bytes are freed)."""
     if ws.max_output_bytes is None:
         return
-    used = folder_bytes(ws.outputs_dir) - (folder_bytes(replacing) if replacing else 0)
+    used = visitor_bytes(ws) - (folder_bytes(replacing) if replacing else 0)
     if used + incoming_bytes > ws.max_output_bytes:
         raise OutputError(f"not enough room in this workspace: {human(used)} used of its {human(ws.max_output_bytes)} "
-                          f"cap and the merge needs {human(incoming_bytes)}; replace an earlier output or merge a smaller model")
+                          f"cap and {job} needs {human(incoming_bytes)}; replace or remove an earlier output "
+                          "(closing the page clears them all) or make a smaller one")
+
+
+def check_pairs(pairs: int, ws: Workspace, *, job: str) -> None:
+    """Refuse a comparison or sweep that would score more than ws.max_pairs (query, passage) pairs.
+
+    Example:
+        >>> check_pairs(20_900, hosted_ws, job="this sweep (1900 passages × 11 α's)")
+        RerankError: this sweep (1900 passages × 11 α's) scores 20,900 (query, passage) pairs; ...
+    """
+    if ws.max_pairs is not None and pairs > ws.max_pairs:
+        raise RerankError(f"{job} scores {pairs:,} (query, passage) pairs; a job on this app may score at most "
+                          f"{ws.max_pairs:,}: use fewer passages, queries or α's, or run MergeDesk on your machine")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -256,6 +298,7 @@ def _model_folders(folder: Path) -> list[Path]:
         return []
     found = [p.parent for depth in ("*/config.json", "*/*/config.json") for p in folder.glob(depth)]
     return sorted(p for p in found if not p.name.endswith(".partial") and SESSIONS not in p.relative_to(folder).parts
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts)  # e.g. sweep scratch
                   and not _loops_back(p, folder))
 
 

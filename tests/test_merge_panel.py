@@ -130,10 +130,10 @@ def test_hosted_merges_stay_in_the_session_and_obey_the_cap(tmp_path, llama_fami
 
 
 def test_zip_and_push_use_the_latest_output(tmp_path, llama_family, monkeypatch):
-    archive = make_zip(str(llama_family[0]))
+    archive = make_zip(str(llama_family[0]), _workspace(tmp_path))
     names = zipfile.ZipFile(archive.value["path"]).namelist()
     assert archive.visible and f"{llama_family[0].name}/model.safetensors" in names
-    assert make_zip(None).visible is False
+    assert make_zip(None, _workspace(tmp_path)).visible is False
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert push("me/x", True, "hf_fake", str(llama_family[0]), _workspace(tmp_path)).startswith(
         "**✗** cannot push to the Hugging Face Hub")

@@ -15,7 +15,8 @@ from core.workspace import (Workspace, check_model_ref, check_quota, check_recip
 
 def _workspace(root: Path, *, hosted: bool, cap: int | None = None) -> Workspace:
     root = root.resolve()
-    return Workspace(root, root / "models", root / "outputs", hosted=hosted, max_output_bytes=cap)
+    return Workspace(root, root / "models", root / "outputs", hosted=hosted, max_output_bytes=cap,
+                     downloads_dir=root / "downloads")
 
 
 @pytest.fixture

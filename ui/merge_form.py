@@ -8,13 +8,17 @@ by gr.render with stable keys and redrawn only when the rows, the method or the 
 change, so a slider is never redrawn under the pointer. Editing the YAML box (then leaving
 it) makes the form follow; editing the form rewrites the YAML.
 
-Every event here is private (absent from the API), and edits run one at a time
-(concurrency_id "form") so two quick edits never both start from the same old form.
+Every event here is private (absent from the API). Edits take milliseconds and share the
+lane FORM, which has no concurrency limit, so no visitor's edit waits behind another's; within
+one session one_edit_at_a_time runs them one after another, so two quick edits (a text box's
+blur and a click) never both start from the same old form. (They stay queued: with
+queue=False the rows were not redrawn after "+ Add a model" in tests/test_browser.py.)
 """
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass
+import asyncio
+import weakref
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import gradio as gr
@@ -23,7 +27,8 @@ from core.demo import demo_pair
 from core.errors import RecipeError
 from core.methods import METHODS
 from core.recipe import DTYPES
-from core.workspace import Workspace, find_models, packaged_minilm, session_name, session_workspace
+from core.workspace import (RECIPE_EXPORT_BYTES, Workspace, downloads_root, find_models, packaged_minilm, session_name,
+                            session_workspace)
 from ui.recipe_form import (FormState, add_row, base_help, change_method, check_form, form_to_yaml, global_params,
                             is_number, needs_text, new_form, remove_row, row_params, set_field, set_param,
                             set_row_model, setting_text, shown_value, shows_base, slider_range, yaml_to_form)
@@ -31,7 +36,8 @@ from ui.recipe_form import (FormState, add_row, base_help, change_method, check_
 HELP = ("Pick a method and the models to mix — or paste a mergekit recipe on the right — then "
         "**Check** to see what it needs and **Merge** to write the new model.")
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "recipes"
-EDIT = {"api_visibility": "private", "concurrency_id": "form", "concurrency_limit": 1}
+FORM = "form"  # tag of the edits that one_edit_at_a_time serialises per session
+EDIT = {"api_visibility": "private", "concurrency_id": FORM, "concurrency_limit": None}
 METHOD_CHOICES = [(method.label, method.name) for method in METHODS.values()]
 DTYPE_CHOICES = [("each tensor's own", "")] + [(name, name) for name in DTYPES]
 
@@ -108,9 +114,31 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
     dtype.change(_edit(set_field, "dtype"), [state, dtype], synced, **EDIT)
     out_dtype.change(_edit(set_field, "out_dtype"), [state, out_dtype], synced, **EDIT)
     tokenizer.blur(_edit(set_field, "tokenizer_source"), [state, tokenizer], synced, **EDIT)
-    export.click(export_recipe, recipe_yaml, export_file, api_visibility="private")
+    export.click(export_recipe, [recipe_yaml, ws], export_file, api_visibility="private")
     app.load(refresh_models, [ws, layout], [choices, layout, base], api_visibility="private")
+    one_edit_at_a_time(app)
     return FormControls(state, layout, choices, base, recipe_yaml, [recipe_yaml, layout, state, recipe_status, *fields])
+
+
+def one_edit_at_a_time(app: gr.Blocks) -> None:
+    """Run each session's FORM events one after another; other sessions' run beside them.
+
+    A lock inside the handler would come too late: gradio's process_api reads the form's
+    gr.State before calling the handler and stores the new one after it returns, so the lock
+    (one per session, dropped when no event holds or awaits it) is taken around process_api.
+    """
+    run, locks = app.process_api, weakref.WeakValueDictionary()
+
+    async def process_api(*args, **kwargs):
+        fn, session = kwargs.get("block_fn", args[0] if args else None), kwargs.get("session_hash")
+        fn = app.fns.get(fn) if isinstance(fn, int) else fn
+        if getattr(fn, "concurrency_id", None) != FORM or session is None:
+            return await run(*args, **kwargs)
+        lock = locks.get(session) or locks.setdefault(session, asyncio.Lock())
+        async with lock:
+            return await run(*args, **kwargs)
+
+    app.process_api = process_api
 
 
 def start_form(workspace: Workspace | None = None) -> FormState:
@@ -164,9 +192,16 @@ def show_form(new: FormState, layout: int) -> tuple:
     return form_to_yaml(new), layout + 1, new, form_status(new), *_fields(new)
 
 
-def export_recipe(text: str):
-    path = Path(tempfile.mkdtemp(prefix="mergedesk-recipe-")) / "recipe.yml"
-    path.write_text(text or "", encoding="utf-8")
+def export_recipe(text: str, workspace: Workspace, request: gr.Request | None = None):
+    """The YAML box as recipe.yml in the visitor's downloads folder: one file, overwritten, bounded."""
+    data = (text or "").encode("utf-8")
+    if len(data) > RECIPE_EXPORT_BYTES:
+        gr.Warning(f"the recipe is {len(data):,} bytes, more than the {RECIPE_EXPORT_BYTES:,} an export may be: "
+                   "shorten it")
+        return gr.File(visible=False)
+    path = request_workspace(workspace, request).downloads_dir / "recipe.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
     return gr.File(str(path), visible=True)
 
 
@@ -198,8 +233,10 @@ def session_id(request: gr.Request | None) -> str:
 
 
 def request_workspace(workspace: Workspace, request: gr.Request | None) -> Workspace:
-    """Hosted: the visitor's own session workspace; local: the workspace itself."""
-    return session_workspace(workspace, session_id(request)) if workspace.hosted else workspace
+    """Hosted: the visitor's own session workspace; local: the workspace, downloads in the session's own folder."""
+    if workspace.hosted:
+        return session_workspace(workspace, session_id(request))
+    return replace(workspace, downloads_dir=downloads_root(workspace) / session_id(request))
 
 
 def _param_control(form: FormState, key: int | None, param, synced: list, *, first: bool) -> None:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
 import psutil
+from gradio.utils import get_upload_folder
 
 from core.cli_commands import human
 from core.devices import devices_for, list_devices
@@ -32,8 +33,8 @@ from core.errors import MergeCancelled, MergeDeskError
 from core.monitor import MONITOR
 from core.planner import MergePlan
 from core.recipe import MergeRecipe, parse_recipe
-from core.workspace import (Workspace, check_quota, check_recipe_refs, cleanup_stale_sessions, output_folder,
-                            push_folder, remove_session, session_workspace, zip_folder)
+from core.workspace import (Workspace, check_quota, check_recipe_refs, cleanup_stale_sessions, folder_bytes,
+                            output_folder, push_folder, remove_session, session_workspace, zip_folder)
 from ui.merge_form import FormControls, build_merge_form, refresh_models, request_workspace, session_id
 from ui.weights_panel import build_weights_from_data
 
@@ -98,7 +99,7 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
         refresh_models, [ws, form.layout], [form.choices, form.layout, form.base], **PRIVATE)
     stop_button.click(stop, None, status, concurrency_limit=None, **PRIVATE)
     log.change(None, js=SCROLL_LOG_TO_END)  # browser only: autoscroll skips a read-only box
-    zip_button.click(make_zip, last_output, zip_file, **PRIVATE)
+    zip_button.click(make_zip, [last_output, ws], zip_file, **PRIVATE)
     push_button.click(push, [repo, private, token, last_output, ws], push_status, **PRIVATE)
     app.load(device_update, None, device, **PRIVATE)
     if workspace.hosted:
@@ -186,15 +187,18 @@ def stop(request: gr.Request | None = None) -> str:
     return "Stopping after the current tensor…"
 
 
-def make_zip(folder: str | None, request: gr.Request | None = None):
-    """A .zip of the latest output for download (only below ZIP_LIMIT)."""
+def make_zip(folder: str | None, workspace: Workspace, request: gr.Request | None = None):
+    """A .zip of the latest output in the visitor's downloads folder (below ZIP_LIMIT, and counted in the
+    hosted size cap: the archive is as big as the folder)."""
     if not folder:
         gr.Warning("Merge a model first.")
         return gr.File(visible=False)
-    downloads = Path(tempfile.gettempdir()) / "mergedesk-downloads" / session_id(request)
-    shutil.rmtree(downloads, ignore_errors=True)  # one archive per session at a time
+    ws = request_workspace(workspace, request)
+    for old in ws.downloads_dir.glob("*.zip") if ws.downloads_dir.is_dir() else []:
+        old.unlink()  # one archive per session at a time
     try:
-        archive = zip_folder(Path(folder), downloads / f"{Path(folder).name}.zip", max_bytes=ZIP_LIMIT)
+        check_quota(ws, folder_bytes(Path(folder)), job="the .zip")
+        archive = zip_folder(Path(folder), ws.downloads_dir / f"{Path(folder).name}.zip", max_bytes=ZIP_LIMIT)
     except MergeDeskError as error:
         gr.Warning(str(error))
         return gr.File(visible=False)
@@ -216,13 +220,23 @@ def push(repo: str, private: bool, token: str, folder: str | None, workspace: Wo
     return f"**✓ Pushed** to [{url}]({url})" + (" (private)" if private else "")
 
 
+def serve_downloads_in_place(workspace: Workspace) -> Workspace:
+    """The workspace with its downloads (zips, recipes) in gradio's upload folder, unless it names a folder.
+
+    gradio serves a returned file from that folder as it is; from anywhere else it first copies
+    the file there (a second 2 GB for a big zip), where no size cap or page close would see it.
+    """
+    if workspace.downloads_dir is not None:
+        return workspace
+    return replace(workspace, downloads_dir=Path(get_upload_folder()) / "mergedesk-downloads")
+
+
 def end_session(workspace: Workspace, request: gr.Request) -> None:
     """Hosted: a visitor closed the page: stop their merge and delete their outputs and downloads."""
     session = session_id(request)
     if session in _RUNNING:
         _RUNNING[session].set()
     remove_session(session_workspace(workspace, session))
-    shutil.rmtree(Path(tempfile.gettempdir()) / "mergedesk-downloads" / session, ignore_errors=True)
 
 
 def plan_markdown(recipe: MergeRecipe, merge_plan: MergePlan, out: Path, devices: list[str], ws: Workspace) -> str:

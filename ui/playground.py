@@ -23,7 +23,7 @@ from core.monitor import MONITOR
 from core.rerank import load_reranker, loaded_rerankers, unload
 from core.rerank_compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
 from core.safe_yaml import load_yaml
-from core.workspace import Workspace, check_model_ref, find_models, packaged_minilm
+from core.workspace import Workspace, check_model_ref, check_pairs, find_models, packaged_minilm
 from ui.merge_form import request_workspace
 from ui.merge_panel import PRIVATE, QUEUE, device_choices
 
@@ -86,6 +86,8 @@ def rerank_compare(model_a: str, model_b: str, query: str, passages: str, querie
     ws = request_workspace(workspace, request)
     try:
         items = read_queries(queries_file) if queries_file else parse_passages(query, passages)
+        passages_in_all = sum(len(item.docs) for item in items)
+        check_pairs(2 * passages_in_all, ws, job=f"this comparison ({passages_in_all:,} passages × 2 models)")
         refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
         with MONITOR.job(f"compare {Path(refs[0]).name} / {Path(refs[1]).name}"):
             models = [load_reranker(ref, device=device) for ref in refs]

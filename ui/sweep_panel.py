@@ -29,7 +29,7 @@ from core.monitor import MONITOR
 from core.recipe import to_yaml
 from core.rerank_batches import RerankError
 from core.sweep import DEFAULT_ALPHAS, SHOWN_METRICS, SweepResult, read_sets, sweep_points, sweep_recipe
-from core.workspace import Workspace, check_model_ref
+from core.workspace import Workspace, check_model_ref, check_pairs
 from ui.merge_form import FormControls, request_workspace, session_id, show_form
 from ui.merge_panel import PRIVATE, QUEUE, device_choices
 from ui.playground import default_pair, model_choices
@@ -116,6 +116,8 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
         refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
         sets = read_sets(set_files(demo, uploads, ws))
         alphas = parse_alphas(alphas_text)
+        passages = sum(len(item.docs) for items in sets.values() for item in items)
+        check_pairs(passages * len(alphas), ws, job=f"this sweep ({passages:,} passages × {len(alphas)} α's)")
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
     cancel = _RUNNING[session] = threading.Event()
@@ -123,7 +125,8 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
     yield f"Merging A and B at α = {alphas[0]:g}…", None, None, gr.Dropdown(choices=[], value=None), None
     try:
         with MONITOR.job(f"sweep {Path(refs[0]).name} → {Path(refs[1]).name}"):
-            for point, mode in sweep_points(*refs, sets, alphas=alphas, method=method, device=device, cancel=cancel):
+            for point, mode in sweep_points(*refs, sets, alphas=alphas, method=method, device=device, cancel=cancel,
+                                            scratch=ws.outputs_dir if ws.hosted else None):
                 points.append(point)
                 if len(points) % len(sets) == 0:
                     done = alphas[:len(points) // len(sets)]

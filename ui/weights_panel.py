@@ -15,7 +15,7 @@ import gradio as gr
 from core.errors import MergeDeskError
 from core.methods import METHODS
 from core.mix_weights import DEFAULT_TAU, DataWeights, data_weights, read_examples
-from core.workspace import Workspace, check_model_ref
+from core.workspace import Workspace, check_model_ref, check_pairs
 from ui.merge_form import FormControls, request_workspace, show_form
 from ui.recipe_form import FormState, ModelRow, set_param
 
@@ -53,7 +53,10 @@ def fill_weights(state: FormState, examples_file: str | None, tau: float, device
         rows = weighted_rows(state)
         ws = request_workspace(workspace, request)
         refs = [check_model_ref(row.model, ws) for row in rows]
-        result = data_weights(refs, read_examples(examples_file), tau=float(tau or DEFAULT_TAU), device=device)
+        examples = read_examples(examples_file)
+        scored = sum(len(e.get("pos") or []) + len(e.get("neg") or []) or 1 for e in examples)  # LLM examples: 1
+        check_pairs(scored * len(refs), ws, job=f"these examples ({scored:,} texts × {len(refs)} models)")
+        result = data_weights(refs, examples, tau=float(tau or DEFAULT_TAU), device=device)
     except MergeDeskError as error:
         return f"✗ {error}", None
     new = state

@@ -28,7 +28,7 @@ from core.workspace import Workspace, check_model_ref, find_models, session_work
 from tests.app_server import browser_event, fn_index, free_port, launched
 from ui.merge_panel import end_session, make_zip, merge, plan
 from ui.playground import rerank_compare
-from ui.session_jobs import limit_session_jobs, session_jobs
+from ui.session_jobs import limit_visitor_jobs, visitor_jobs
 
 DOCS = "the model said hello\nworld"
 PAIR = "merge_method: linear\nmodels:\n" + "".join(f"  - model: models/{name}\n    parameters: {{weight: 1}}\n"
@@ -156,7 +156,7 @@ def test_a_forged_session_hash_cannot_reach_outside_its_folders(site, tmp_path, 
     for folder in (tmp_path / "tmp" / "inner" / "mergedesk-downloads", ws.models_dir):
         folder.mkdir(parents=True, exist_ok=True)
     try:
-        make_zip(str(ws.models_dir / "llama"), _visitor(session))
+        make_zip(str(ws.models_dir / "llama"), ws, _visitor(session))
         end_session(ws, _visitor(session))
     except MergeDeskError as error:  # a hash with no usable characters is refused outright
         assert "session id" in str(error)
@@ -298,8 +298,6 @@ def test_the_launched_app_serves_no_server_file_to_a_visitor(hosted_app):
 
 def test_one_session_may_hold_only_its_quota_of_heavy_jobs(hosted_app, monkeypatch):
     ws, blocks, _ = hosted_app
-    gpu_lane = sorted(fn.fn.__name__ for fn in blocks.fns.values() if fn.concurrency_id == "gpu")
-    assert gpu_lane and all(fn.validator for fn in blocks.fns.values() if fn.concurrency_id == "gpu"), gpu_lane
     gate, started = threading.Event(), threading.Event()
     real_compare = ui.playground.compare
 
@@ -312,15 +310,16 @@ def test_one_session_may_hold_only_its_quota_of_heavy_jobs(hosted_app, monkeypat
     api, index = f"{blocks.local_url}gradio_api", fn_index(blocks, "rerank_compare")
     data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False, None]
 
-    def join(session):
+    def join(session, address="127.0.0.1"):  # uvicorn takes X-Forwarded-For from a loopback peer
         return httpx.post(f"{api}/queue/join", json={"data": data, "fn_index": index, "session_hash": session,
-                                                     "event_data": None, "trigger_id": None}, timeout=30)
+                                                     "event_data": None, "trigger_id": None},
+                          headers={"X-Forwarded-For": address}, timeout=30)
     try:
         answers = [join("greedy").status_code]
         assert started.wait(60)
         answers += [join("greedy").status_code, join("greedy").status_code, join("greedy").status_code]
-        assert session_jobs(blocks, "greedy", "gpu") == 2
-        other = join("patient").status_code
+        assert visitor_jobs(blocks, "address:127.0.0.1", "gpu") == 2
+        other = join("patient", "198.51.100.7").status_code
     finally:
         gate.set()
     print(f"\nreliability sandbox: session quota 2: joins answered {answers}; another session {other}")
@@ -343,7 +342,7 @@ def test_the_job_quota_counts_handlers_with_or_without_a_request_parameter():
         gr.Button().click(plain, box, out, api_name="plain", concurrency_id="gpu", concurrency_limit=1)
         gr.Button().click(with_request, box, out, api_name="with_request", concurrency_id="gpu", concurrency_limit=1)
     app.queue()
-    limit_session_jobs(app, lane="gpu", limit=1)
+    limit_visitor_jobs(app, lane="gpu", limit=1)
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -351,7 +350,7 @@ def test_the_job_quota_counts_handlers_with_or_without_a_request_parameter():
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
             first = client.submit("a", api_name=endpoint)
             deadline = time.monotonic() + 60
-            while session_jobs(app, client.session_hash, "gpu") < 1:
+            while visitor_jobs(app, "address:127.0.0.1", "gpu") < 1:
                 assert time.monotonic() < deadline, "the first job never joined the queue"
                 time.sleep(0.01)
             with pytest.raises(Exception, match="400"):
