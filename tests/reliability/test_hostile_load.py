@@ -244,7 +244,8 @@ def test_a_sweep_merges_inside_the_visitors_folder(tmp_path, bert_cls_family, mo
     ws = _hosted(tmp_path / "site")
     for n in (0, 1):
         shutil.copytree(bert_cls_family[n], ws.models_dir / f"ce{n}")
-    labelled = tmp_path / "tmp" / "mine.jsonl"
+    labelled = tmp_path / "tmp" / "gradio" / "mine.jsonl"  # where gradio keeps uploads
+    labelled.parent.mkdir()
     labelled.write_text(json.dumps({"query": "q", "docs": ["a", "b"], "labels": [1, 0]}) + "\n")
     monkeypatch.setattr("core.sweep.fits_in_memory", lambda *args: False)  # the streamed ("disk") way
     import core.sweep
