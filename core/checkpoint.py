@@ -8,8 +8,10 @@
 safetensors files are memory-mapped and read through `torch.frombuffer`, so only the bytes a
 merge touches are paged in and they stay page cache (file-backed), not process memory.
 `.bin` pickles are opened only with `torch.load(weights_only=True, mmap=True)`; arbitrary
-code in a pickle is refused, never executed. Hub ids are fetched with huggingface_hub; when
-the Hub cannot be reached the error says so in one line.
+code in a pickle is refused, never executed. Every file a checkpoint's own index names must
+lie inside its folder (`own_file`): a downloaded repo whose weight_map says `../../secret`
+or `/etc/x` is refused, in every mode. Hub ids are fetched with huggingface_hub; when the
+Hub cannot be reached the error says so in one line.
 """
 from __future__ import annotations
 
@@ -101,8 +103,7 @@ class Checkpoint:
         files = sorted(self.folder.glob("*.safetensors"))
         index = self.folder / "model.safetensors.index.json"
         if index.exists():
-            weight_map = _read_json(index).get("weight_map", {})
-            files = sorted({self.folder / f for f in weight_map.values()})
+            files = index_files(self.folder, index, self.ref)
         for file in files:
             if not file.exists():
                 raise CheckpointError(f"{self.ref}: index lists {file.name}, which is missing")
@@ -117,7 +118,7 @@ class Checkpoint:
     def _list_pickles(self) -> None:
         index = self.folder / "pytorch_model.bin.index.json"
         if index.exists():
-            files = sorted({self.folder / f for f in _read_json(index).get("weight_map", {}).values()})
+            files = index_files(self.folder, index, self.ref)
         else:
             files = sorted(self.folder.glob("*.bin"))
         for file in files:
@@ -132,6 +133,55 @@ class Checkpoint:
                 raise CheckpointError(f"{self.ref}: tensor {name!r} appears in both "
                                       f"{self.tensors[name].file.name} and {info.file.name}")
             self.tensors[name] = info
+
+
+def check_own_files(folder: Path, ref: str) -> None:
+    """Refuse a folder whose own files name files outside it, before transformers opens any of them:
+    the weight indexes' shards and tokenizer_config.json's `fast_tokenizer_files` (transformers joins
+    those names to the folder as they are)."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).exists():
+            index_files(folder, folder / index, ref)
+    if (folder / "tokenizer_config.json").exists():
+        names = _read_json(folder / "tokenizer_config.json").get("fast_tokenizer_files") or []
+        for name in names if isinstance(names, list) else [names]:
+            own_file(folder, name, ref, named_by="tokenizer_config.json")
+
+
+def index_files(folder: Path, index: Path, ref: str) -> list[Path]:
+    """The shard files a weight index (safetensors or .bin) names, each checked with own_file."""
+    weight_map = _read_json(index).get("weight_map", {})
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{ref}: {index.name} has no weight_map object")
+    return sorted({own_file(folder, name, ref, named_by=index.name) for name in weight_map.values()})
+
+
+def own_file(folder: Path, name: object, ref: str, *, named_by: str) -> Path:
+    """folder / name, when that stays inside folder; else a CheckpointError naming the model and the file.
+
+    Refused: absolute names, '..', backslashes, a folder on the way that links out, and a
+    file that links out, except a link into the Hugging Face cache's own blob store (that
+    cache keeps every snapshot file as such a link).
+
+    Example:
+        >>> own_file(Path("m"), "../../outside.safetensors", "org/evil", named_by="model.safetensors.index.json")
+        CheckpointError: org/evil: model.safetensors.index.json names '../../outside.safetensors', which lies outside ...
+    """
+    refuse = CheckpointError(f"{ref}: {named_by} names {name!r}, which lies outside the model's folder: "
+                             "a model may only use its own files, so this one is refused")
+    text = name if isinstance(name, str) else ""
+    parts = Path(text).parts
+    if not text or "\\" in text or Path(text).is_absolute() or ".." in parts:
+        raise refuse
+    home, path = folder.resolve(), folder / text
+    allowed = [home] + ([home.parent.parent / "blobs"] if home.parent.name == "snapshots" else [])
+    if not _within(path.parent.resolve(), [home]) or (path.is_symlink() and not _within(path.resolve(), allowed)):
+        raise refuse
+    return path
+
+
+def _within(path: Path, folders: list[Path]) -> bool:
+    return any(path == folder or folder in path.parents for folder in folders)
 
 
 def resolve_reference(ref: str) -> Path:

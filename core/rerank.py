@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import resolve_reference
+from core.checkpoint import check_own_files, resolve_reference
 from core.devices import parse_device
 from core.rerank_batches import (RerankError, encode_cross_pairs, encode_llm_pairs, encode_texts,
                                  run_batches)
@@ -204,6 +204,7 @@ def _load(ref, folder, kind, device, dtype, *, spread, max_length) -> Reranker:
                "llm": transformers.AutoModelForCausalLM, "bi-encoder": transformers.AutoModel}
     encoder = read_pooling(folder) if kind == "bi-encoder" else None
     weights = folder / encoder.module_path if encoder else folder
+    check_own_files(weights, ref)
     placement = {"device_map": "auto"} if spread and needs_spreading(device, weights) else {"device_map": device}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(weights, trust_remote_code=False)

@@ -132,11 +132,18 @@ def check_model_ref(text: str, ws: Workspace) -> str:
 
 
 def check_recipe_refs(recipe: MergeRecipe, ws: Workspace) -> MergeRecipe:
-    """The recipe with every model reference passed through check_model_ref."""
-    def check(ref: str | None) -> str | None:
-        return ref if ref in (None, "base") else check_model_ref(ref, ws)
+    """The recipe with every model reference passed through check_model_ref.
 
-    return replace(recipe, base_model=check(recipe.base_model), tokenizer_source=check(recipe.tokenizer_source),
+    Only `tokenizer_source: base` is left as it is: there it means mergekit's "the base
+    model". As a model or base_model, `base` is a folder name like any other (and hosted,
+    a folder `base` beside the app is the operator's, so it is refused).
+    """
+    def check(ref: str | None) -> str | None:
+        return None if ref is None else check_model_ref(ref, ws)
+
+    tokenizer = recipe.tokenizer_source
+    return replace(recipe, base_model=check(recipe.base_model),
+                   tokenizer_source=tokenizer if tokenizer in (None, "base") else check(tokenizer),
                    models=[replace(entry, model=check(entry.model)) for entry in recipe.models])
 
 
