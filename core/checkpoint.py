@@ -42,9 +42,9 @@ class Checkpoint:
         self._list_tensors()
 
     @classmethod
-    def open(cls, ref: str) -> "Checkpoint":
-        """Open a local folder or a Hugging Face Hub id."""
-        return cls(ref, resolve_reference(ref))
+    def open(cls, ref: str, *, token: str | bool | None = None) -> "Checkpoint":
+        """Open a local folder or a Hugging Face Hub id (token: as for resolve_reference)."""
+        return cls(ref, resolve_reference(ref, token=token))
 
     @property
     def total_bytes(self) -> int:
@@ -184,8 +184,14 @@ def _within(path: Path, folders: list[Path]) -> bool:
     return any(path == folder or folder in path.parents for folder in folders)
 
 
-def resolve_reference(ref: str) -> Path:
-    """A local folder for `ref`: the folder itself, or a Hub snapshot downloaded on demand."""
+def resolve_reference(ref: str, *, token: str | bool | None = None) -> Path:
+    """A local folder for `ref`: the folder itself, or a Hub snapshot downloaded on demand.
+
+    token: None = whoever runs this process (huggingface_hub's HF_TOKEN or saved login, and
+    its cache when offline). A string (a visitor's token) or False (anonymous) is someone
+    else's access: it is the only token sent, and the Hub must confirm that it can read the
+    repo before any file, cached or not, is used; offline, such a request is refused.
+    """
     path = Path(ref).expanduser()
     if path.is_dir() and re.search(r"\.(partial|old-\d+)$", path.name):
         raise CheckpointError(f"model {ref!r} is an unfinished or replaced merge output, not a model: "
@@ -196,21 +202,31 @@ def resolve_reference(ref: str) -> Path:
         raise CheckpointError(f"model {ref!r} is a file: give the folder that holds config.json and the weights")
     if not HUB_ID.match(ref):
         raise CheckpointError(f"model {ref!r} not found: no such folder, and it is not a Hub id like 'org/name'")
-    return _download(ref)
+    return _download(ref, token)
 
 
-def _download(repo_id: str) -> Path:
-    """Fetch the weights (safetensors preferred over .bin) and side files of a Hub model."""
+def _download(repo_id: str, token: str | bool | None) -> Path:
+    """Fetch the weights (safetensors preferred over .bin) and side files of a Hub model.
+
+    The file listing doubles as the access check: snapshot_download alone would fall back to
+    the local cache when the Hub refuses a token, and so serve a private repo that the
+    server's own token once fetched.
+    """
     from huggingface_hub import list_repo_files, snapshot_download
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     try:
         try:
-            names = list_repo_files(repo_id)
+            names = list_repo_files(repo_id, token=token)
             weights = ["*.safetensors"] if any(n.endswith(".safetensors") for n in names) else ["*.bin"]
         except OfflineModeIsEnabled:  # HF_HUB_OFFLINE=1: use whatever the local cache holds
+            if token is not None:
+                raise CheckpointError(f"cannot get {repo_id!r}: this app is offline, so it cannot check that you "
+                                      "may read it; use a model under models/ or one of your merges") from None
             weights = ["*.safetensors", "*.bin"]
-        return Path(snapshot_download(repo_id, allow_patterns=weights + SIDE_FILES))
+        return Path(snapshot_download(repo_id, allow_patterns=weights + SIDE_FILES, token=token))
+    except CheckpointError:
+        raise
     except Exception as error:  # noqa: BLE001 - network, auth, missing repo: all end the same way
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(f"cannot get {repo_id!r} from the Hugging Face Hub ({reason}); check the id "

@@ -54,12 +54,13 @@ class Progress:
         return (self.bytes_total - self.bytes_done) / rate if rate else float("inf")
 
 
-def open_inputs(recipe: MergeRecipe) -> dict[str, Checkpoint]:
-    """Every input of the recipe, opened lazily (headers only), base first."""
+def open_inputs(recipe: MergeRecipe, *, token: str | bool | None = None) -> dict[str, Checkpoint]:
+    """Every input of the recipe, opened lazily (headers only), base first; token: for Hub ids,
+    as in checkpoint.resolve_reference (a hosted visitor's own, or False)."""
     opened: dict[str, Checkpoint] = {}
     try:
         for ref in recipe.inputs():
-            opened[ref] = Checkpoint.open(ref)
+            opened[ref] = Checkpoint.open(ref, token=token)
     except BaseException:
         for checkpoint in opened.values():
             checkpoint.close()
@@ -78,10 +79,11 @@ def plan_for(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
 def merge(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
           seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, refuse_nonfinite: bool = False,
           on_progress: Callable[[Progress], None] | None = None,
-          cancel: threading.Event | None = None) -> Path:
+          cancel: threading.Event | None = None, token: str | bool | None = None) -> Path:
     """Merge into `out_dir` and return its path; see merge_events for the arguments."""
     for event in merge_events(recipe, out_dir, device=device, overwrite=overwrite, seed=seed,
-                              shard_bytes=shard_bytes, refuse_nonfinite=refuse_nonfinite, cancel=cancel):
+                              shard_bytes=shard_bytes, refuse_nonfinite=refuse_nonfinite, cancel=cancel,
+                              token=token):
         if on_progress:
             on_progress(event)
     return Path(out_dir).expanduser().resolve()
@@ -89,7 +91,7 @@ def merge(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", over
 
 def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
                  seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, refuse_nonfinite: bool = False,
-                 cancel: threading.Event | None = None) -> Iterator[Progress]:
+                 cancel: threading.Event | None = None, token: str | bool | None = None) -> Iterator[Progress]:
     """Merge, yielding a Progress after each tensor. Closing the iterator early cancels.
 
     Args:
@@ -102,16 +104,18 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
         refuse_nonfinite: stop with a CheckpointError at the first input holding NaN or Inf
             (default: merge anyway and report it in Progress.nonfinite).
         cancel: set it to stop between tensors; raises MergeCancelled, nothing is left behind.
+        token: Hugging Face access for Hub ids (see checkpoint.resolve_reference); None = this
+            machine's own login, a hosted visitor's token or False = only theirs.
     """
     started = time.perf_counter()
     devices = devices_for(device)
-    checkpoints = open_inputs(recipe)
+    checkpoints = open_inputs(recipe, token=token)
     try:
         plan = plan_for(recipe, checkpoints, shard_bytes=shard_bytes)
         check_resources(plan, out_dir, devices)
         refs = recipe.inputs()
         first = checkpoints[refs[0]]
-        tokenizer_from = _tokenizer_folder(recipe)
+        tokenizer_from = _tokenizer_folder(recipe, token)
         with staged_output(out_dir, overwrite=overwrite, inputs=tuple(c.folder for c in checkpoints.values())) as staging:
             writer = ShardWriter(staging, plan)
             try:
@@ -262,11 +266,11 @@ def _stop_if_cancelled(cancel: threading.Event | None) -> None:
         raise MergeCancelled("merge stopped: no output was written")
 
 
-def _tokenizer_folder(recipe: MergeRecipe) -> Path | None:
+def _tokenizer_folder(recipe: MergeRecipe, token: str | bool | None) -> Path | None:
     source = recipe.tokenizer_source
     if source in (None, "base"):
         return None
-    return resolve_reference(source)
+    return resolve_reference(source, token=token)
 
 
 def _main_dtype(plan: MergePlan) -> torch.dtype:

@@ -1,17 +1,22 @@
 """Where the app's models come from and where its merges go, and what a visitor may touch.
 
     ws = default_workspace(hosted=False)      # ./models and ./outputs (MERGEDESK_HOME moves them)
-    find_models(ws)                           # the packaged MiniLM, local folders, the HF cache
+    find_models(ws)                           # the packaged MiniLM, local folders, the HF cache (local only)
     check_model_ref("org/name", ws)           # a ref the engine may open, or a one-line error
     output_folder("my-merge", ws)             # ws.outputs_dir / "my-merge", name checked
 
 Locally (`python app.py`) the person at the keyboard owns the machine: any path or Hub id is
 accepted. Hosted (a public Space, or `--hosted`) a visitor may name only Hub ids, folders
 under models/ or their own session's outputs, and the packaged model; each session writes
-into its own folder with a size cap, removed when the tab closes or it goes stale.
+into its own folder with a size cap, removed when the tab closes or it goes stale. What a
+reference is follows from what it resolves to, not how it is spelled: `base` or `app.py`
+beside the app is a path (and hosted, refused), never a pass.
 
-The Hugging Face cache is listed in both modes: it holds Hub models, whose ids anyone may
-type anyway. This file must not import gradio; every refusal is a MergeDeskError.
+The Hugging Face cache is listed only locally: hosted, it also holds what the server's own
+token fetched (private or gated repos), and offline nothing proves a repo public, so a
+visitor is offered none of it (Hub ids they type are fetched with their own access, see
+core.checkpoint.resolve_reference). This file must not import gradio; every refusal is a
+MergeDeskError.
 """
 from __future__ import annotations
 
@@ -74,10 +79,10 @@ def packaged_minilm() -> Path | None:
 
 
 def find_models(ws: Workspace, *, hub_cache: Path | None = None) -> list[ModelChoice]:
-    """Models to offer: packaged, models_dir, earlier outputs, then the Hugging Face cache.
+    """Models to offer: packaged, models_dir, earlier outputs, then (local only) the Hugging Face cache.
 
     hub_cache: the cache folder to list; None = huggingface_hub's (HF_HUB_CACHE). A missing
-    or unreadable cache lists nothing.
+    or unreadable cache lists nothing; hosted, it is never listed.
     """
     found = []
     packaged = packaged_minilm()
@@ -86,16 +91,19 @@ def find_models(ws: Workspace, *, hub_cache: Path | None = None) -> list[ModelCh
     for source, folder, note in (("models", ws.models_dir, ""), ("outputs", ws.outputs_dir, " (earlier merge)")):
         for model in _model_folders(folder):
             found.append(ModelChoice(f"{source}/{model.relative_to(folder)}{note}", _ref_for(model, ws), source))
-    found += [ModelChoice(f"{repo} (Hugging Face cache)", repo, "hf-cache") for repo in _cached_hub_models(hub_cache)]
+    if not ws.hosted:
+        found += [ModelChoice(f"{repo} (Hugging Face cache)", repo, "hf-cache") for repo in _cached_hub_models(hub_cache)]
     return found
 
 
 def check_model_ref(text: str, ws: Workspace) -> str:
     """The reference the engine should open for what a person typed, or a MergeDeskError.
 
-    Local: the text, stripped. Hosted: a Hub id ('org/name'), the packaged model, or a
-    relative path whose real location (symlinks followed) lies in models_dir or outputs_dir,
-    with no file inside it linking out of them.
+    Local: the text, stripped. Hosted: the packaged model, or a relative path whose real
+    location (symlinks followed) lies in models_dir or outputs_dir, with no file inside it
+    linking out of them. Whatever exists as a path (from root or the engine's current folder)
+    is judged as that path, so `base` beside the app is refused; only a text that is no path
+    there and looks like 'org/name' is a Hub id. The returned path is the one checked.
 
     Example:
         >>> check_model_ref("/etc", hosted_ws)
