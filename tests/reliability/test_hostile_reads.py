@@ -278,3 +278,46 @@ def test_the_model_cache_is_bounded_by_bytes(site, empty_cache, monkeypatch):
     kept = [r.folder.name for r in core.rerank.loaded_rerankers()]
     print(f"\nreliability hostile reads: cache cap 2.5 models ({2.5 * one / 1e6:.2f} MB), 4 loaded: kept {kept}")
     assert kept == ["ce-2", "ce-3"]  # the least recently used went first
+
+
+def _evil_repos(ws: Workspace, snapshots: Path, bert_st_family) -> dict[str, Path]:
+    """Public Hub repos (as downloaded) whose own files name the operator's files beside the app."""
+    operator_st = shutil.copytree(bert_st_family[2], ws.root / "embedder")  # the operator's, outside models/
+    shutil.copy(operator_st / "tokenizer.json", operator_st / "tokenizer.1.0.json")
+    repos = {}
+    index = shutil.copytree(ws.models_dir / "tuned", snapshots / "index")  # its index names base's weights
+    names = load_file(index / "model.safetensors").keys()
+    (index / "model.safetensors").unlink()
+    (index / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {name: str(ws.root / "base" / "model.safetensors") for name in names}}))
+    repos["evil/index"] = index
+    modules = shutil.copytree(bert_st_family[1], snapshots / "modules")  # its Transformer module is the operator's
+    listed = json.loads((modules / "modules.json").read_text())
+    listed[0]["path"] = os.path.relpath(operator_st, modules)
+    (modules / "modules.json").write_text(json.dumps(listed))
+    repos["evil/modules"] = modules
+    tokenizer = shutil.copytree(bert_st_family[1], snapshots / "tokenizer")  # its tokenizer file is the operator's
+    config = json.loads((tokenizer / "tokenizer_config.json").read_text())
+    config["fast_tokenizer_files"] = [os.path.relpath(operator_st / "tokenizer.1.0.json", tokenizer)]
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps(config))
+    repos["evil/tokenizer"] = tokenizer
+    return repos
+
+
+def test_a_hub_repo_whose_files_name_the_operators_files_is_refused(site, hub, tmp_path, bert_st_family):
+    ws = site
+    repos = _evil_repos(ws, tmp_path / "evil-snapshots", bert_st_family)
+    hub.repos.update({repo: (folder, None) for repo, folder in repos.items()})
+    refused = []
+    report = plan(_linear("models/llama", "evil/index"), "x", "cpu", ws, _visitor("v"))
+    assert report.startswith("**✗ Not ready:**") and "lies outside the model's folder" in report, report
+    for repo in repos:
+        with pytest.raises(gr.Error, match="lies outside the model's folder") as caught:
+            rerank_compare("models/ce", repo, "the model", DOCS, None, "cpu", False, ws, _visitor("v"))
+        assert "\n" not in caught.value.message
+        refused.append(repo)
+    print(f"\nreliability hostile reads: {len(repos)} public Hub repos naming the operator's files (weight index, "
+          f"modules.json, tokenizer_config.json) × playground, + the index × Check: {len(refused)} + 1 refused")
+    # Control: the same repos with their own files intact load for the visitor.
+    hub.repos["good/st"] = (bert_st_family[1], None)
+    rerank_compare("models/ce", "good/st", "the model", DOCS, None, "cpu", False, ws, _visitor("v"))
