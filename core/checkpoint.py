@@ -165,7 +165,7 @@ def own_file(folder: Path, name: object, ref: str, *, named_by: str) -> Path:
 
     Example:
         >>> own_file(Path("m"), "../../outside.safetensors", "org/evil", named_by="model.safetensors.index.json")
-        CheckpointError: org/evil: model.safetensors.index.json names '../../outside.safetensors', which lies outside ...
+        CheckpointError: org/evil: model.safetensors.index.json names '../../outside.safetensors', which lies …
     """
     refuse = CheckpointError(f"{ref}: {named_by} names {name!r}, which lies outside the model's folder: "
                              "a model may only use its own files, so this one is refused")
@@ -175,12 +175,14 @@ def own_file(folder: Path, name: object, ref: str, *, named_by: str) -> Path:
         raise refuse
     home, path = folder.resolve(), folder / text
     allowed = [home] + ([home.parent.parent / "blobs"] if home.parent.name == "snapshots" else [])
-    if not _within(path.parent.resolve(), [home]) or (path.is_symlink() and not _within(path.resolve(), allowed)):
+    links_out = path.is_symlink() and not lies_within(path.resolve(), allowed)
+    if links_out or not lies_within(path.parent.resolve(), [home]):
         raise refuse
     return path
 
 
-def _within(path: Path, folders: list[Path]) -> bool:
+def lies_within(path: Path, folders: list[Path]) -> bool:
+    """Whether path is one of folders or inside one (compare resolved paths)."""
     return any(path == folder or folder in path.parents for folder in folders)
 
 

@@ -180,12 +180,15 @@ def load_reranker(ref: str, *, device: str = "cpu", dtype: str | None = None, ki
             reranker = _load(ref, folder, kind, target, torch_dtype, spread=key[-1], max_length=max_length)
             with _LOCK:
                 _CACHE[key], _HOLDERS[key] = reranker, {owner}
-                total = sum(r.nbytes for r in _CACHE.values())
+                total, evicted = sum(r.nbytes for r in _CACHE.values()), False
                 for old in [k for k in _CACHE if k != key]:  # least recently used first
                     if total <= CACHE_BYTES:
                         break
                     total -= _CACHE.pop(old).nbytes
                     del _HOLDERS[old]
+                    evicted = True
+            if evicted:
+                _free_memory()
             return reranker
         finally:
             with _LOCK:
@@ -209,6 +212,11 @@ def unload(reranker: Reranker | None = None, *, owner: str | None = None) -> Non
             _HOLDERS[key] = set() if owner is None else _HOLDERS[key] - {owner}
             if not _HOLDERS[key]:
                 del _CACHE[key], _HOLDERS[key]
+    _free_memory()
+
+
+def _free_memory() -> None:
+    """Give back the memory of models no longer referenced (VRAM too); a model still in use stays."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

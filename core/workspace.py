@@ -28,7 +28,7 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.checkpoint import HUB_ID
+from core.checkpoint import HUB_ID, lies_within
 from core.cli_commands import human
 from core.errors import CheckpointError, MergeDeskError, OutputError
 from core.recipe import MergeRecipe
@@ -92,7 +92,8 @@ def find_models(ws: Workspace, *, hub_cache: Path | None = None) -> list[ModelCh
         for model in _model_folders(folder):
             found.append(ModelChoice(f"{source}/{model.relative_to(folder)}{note}", _ref_for(model, ws), source))
     if not ws.hosted:
-        found += [ModelChoice(f"{repo} (Hugging Face cache)", repo, "hf-cache") for repo in _cached_hub_models(hub_cache)]
+        found += [ModelChoice(f"{repo} (Hugging Face cache)", repo, "hf-cache")
+                  for repo in _cached_hub_models(hub_cache)]
     return found
 
 
@@ -125,11 +126,11 @@ def check_model_ref(text: str, ws: Workspace) -> str:
     candidates = [base / ref for base in (ws.root, Path.cwd()) if os.path.lexists(base / ref)]
     if candidates:
         real, readable = candidates[0].resolve(), _readable_dirs(ws)
-        if not _inside(real, readable):
+        if not lies_within(real, readable):
             raise CheckpointError(refuse.format("it lies outside this workspace"))
         # A folder inside may still hold links out (model.safetensors -> /root/…): refuse those too.
-        leaving = next((f for f in sorted(real.rglob("*")) if f.is_symlink() and not _inside(f.resolve(), readable)),
-                       None)
+        leaving = next((f for f in sorted(real.rglob("*"))
+                        if f.is_symlink() and not lies_within(f.resolve(), readable)), None)
         if leaving is not None:
             raise CheckpointError(refuse.format(f"its file {str(leaving.relative_to(real))!r} links outside "
                                                 "this workspace"))
@@ -251,10 +252,6 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, token: str | bool 
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise OutputError(f"cannot push to the Hugging Face Hub ({reason}); check the token and the network") from None
     return f"https://huggingface.co/{repo.repo_id}"
-
-
-def _inside(path: Path, folders: list[Path]) -> bool:
-    return any(path == folder or folder in path.parents for folder in folders)
 
 
 def _readable_dirs(ws: Workspace) -> list[Path]:

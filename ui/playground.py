@@ -69,7 +69,7 @@ def build_playground(workspace: Workspace) -> None:
         chart = gr.Plot(label="Rank of each passage under A and B")
         metrics = gr.Dataframe(label="Metrics (needs relevant passages)", interactive=False, headers=METRIC_COLUMNS)
     with gr.Row():
-        loaded = gr.Markdown(NOTHING_LOADED if workspace.hosted else loaded_markdown(None))  # hosted: a new page has none
+        loaded = gr.Markdown(NOTHING_LOADED if workspace.hosted else loaded_markdown(None))  # a new visitor has none
         unload_button = gr.Button("Unload models", size="sm", scale=0)
     _examples(query, passages)
 
