@@ -115,7 +115,7 @@ def test_a_weight_index_naming_a_file_outside_the_model_is_refused(tmp_path, lla
         (snapshot / file.name).symlink_to(Path("../../blobs") / file.name)
     cached = Checkpoint.open(str(snapshot))
     assert len(cached.tensors) == len(Checkpoint.open(str(llama_sharded_family[1])).tensors)
-    print(f"\nreliability hostile reads: a {mode} shard path out of the model × 2 loaders (engine, reranker): refused")
+    print(f"\nreliability hostile reads: a shard path out of the model ({mode}) × 2 loaders (engine, reranker): refused")
 
 
 def test_a_pickle_index_naming_a_file_outside_the_model_is_refused(tmp_path, bert_cls_family):
