@@ -8,8 +8,10 @@
 safetensors files are memory-mapped and read through `torch.frombuffer`, so only the bytes a
 merge touches are paged in and they stay page cache (file-backed), not process memory.
 `.bin` pickles are opened only with `torch.load(weights_only=True, mmap=True)`; arbitrary
-code in a pickle is refused, never executed. Hub ids are fetched with huggingface_hub; when
-the Hub cannot be reached the error says so in one line.
+code in a pickle is refused, never executed. Every file a checkpoint's own index names must
+lie inside its folder (`own_file`): a downloaded repo whose weight_map says `../../secret`
+or `/etc/x` is refused, in every mode. Hub ids are fetched with huggingface_hub; when the
+Hub cannot be reached the error says so in one line.
 """
 from __future__ import annotations
 
@@ -40,9 +42,9 @@ class Checkpoint:
         self._list_tensors()
 
     @classmethod
-    def open(cls, ref: str) -> "Checkpoint":
-        """Open a local folder or a Hugging Face Hub id."""
-        return cls(ref, resolve_reference(ref))
+    def open(cls, ref: str, *, token: str | bool | None = None) -> "Checkpoint":
+        """Open a local folder or a Hugging Face Hub id (token: as for resolve_reference)."""
+        return cls(ref, resolve_reference(ref, token=token))
 
     @property
     def total_bytes(self) -> int:
@@ -101,8 +103,7 @@ class Checkpoint:
         files = sorted(self.folder.glob("*.safetensors"))
         index = self.folder / "model.safetensors.index.json"
         if index.exists():
-            weight_map = _read_json(index).get("weight_map", {})
-            files = sorted({self.folder / f for f in weight_map.values()})
+            files = index_files(self.folder, index, self.ref)
         for file in files:
             if not file.exists():
                 raise CheckpointError(f"{self.ref}: index lists {file.name}, which is missing")
@@ -117,7 +118,7 @@ class Checkpoint:
     def _list_pickles(self) -> None:
         index = self.folder / "pytorch_model.bin.index.json"
         if index.exists():
-            files = sorted({self.folder / f for f in _read_json(index).get("weight_map", {}).values()})
+            files = index_files(self.folder, index, self.ref)
         else:
             files = sorted(self.folder.glob("*.bin"))
         for file in files:
@@ -134,8 +135,65 @@ class Checkpoint:
             self.tensors[name] = info
 
 
-def resolve_reference(ref: str) -> Path:
-    """A local folder for `ref`: the folder itself, or a Hub snapshot downloaded on demand."""
+def check_own_files(folder: Path, ref: str) -> None:
+    """Refuse a folder whose own files name files outside it, before transformers opens any of them:
+    the weight indexes' shards and tokenizer_config.json's `fast_tokenizer_files` (transformers joins
+    those names to the folder as they are)."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).exists():
+            index_files(folder, folder / index, ref)
+    if (folder / "tokenizer_config.json").exists():
+        names = _read_json(folder / "tokenizer_config.json").get("fast_tokenizer_files") or []
+        for name in names if isinstance(names, list) else [names]:
+            own_file(folder, name, ref, named_by="tokenizer_config.json")
+
+
+def index_files(folder: Path, index: Path, ref: str) -> list[Path]:
+    """The shard files a weight index (safetensors or .bin) names, each checked with own_file."""
+    weight_map = _read_json(index).get("weight_map", {})
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{ref}: {index.name} has no weight_map object")
+    return sorted({own_file(folder, name, ref, named_by=index.name) for name in weight_map.values()})
+
+
+def own_file(folder: Path, name: object, ref: str, *, named_by: str) -> Path:
+    """folder / name, when that stays inside folder; else a CheckpointError naming the model and the file.
+
+    Refused: absolute names, '..', backslashes, a folder on the way that links out, and a
+    file that links out, except a link into the Hugging Face cache's own blob store (that
+    cache keeps every snapshot file as such a link).
+
+    Example:
+        >>> own_file(Path("m"), "../../outside.safetensors", "org/evil", named_by="model.safetensors.index.json")
+        CheckpointError: org/evil: model.safetensors.index.json names '../../outside.safetensors', which lies …
+    """
+    refuse = CheckpointError(f"{ref}: {named_by} names {name!r}, which lies outside the model's folder: "
+                             "a model may only use its own files, so this one is refused")
+    text = name if isinstance(name, str) else ""
+    parts = Path(text).parts
+    if not text or "\\" in text or Path(text).is_absolute() or ".." in parts:
+        raise refuse
+    home, path = folder.resolve(), folder / text
+    allowed = [home] + ([home.parent.parent / "blobs"] if home.parent.name == "snapshots" else [])
+    links_out = path.is_symlink() and not lies_within(path.resolve(), allowed)
+    if links_out or not lies_within(path.parent.resolve(), [home]):
+        raise refuse
+    return path
+
+
+def lies_within(path: Path, folders: list[Path]) -> bool:
+    """Whether path is one of folders or inside one (compare resolved paths)."""
+    return any(path == folder or folder in path.parents for folder in folders)
+
+
+def resolve_reference(ref: str, *, token: str | bool | None = None) -> Path:
+    """A local folder for `ref`: the folder itself, or a Hub snapshot downloaded on demand.
+
+    token: None = whoever runs this process (huggingface_hub's HF_TOKEN or saved login, and
+    its cache when offline). A string (a visitor's token) or False (anonymous) is someone
+    else's access: it is the only token sent, and the Hub must confirm that it can read the
+    repo before any file, cached or not, is used; offline, such a request is refused.
+    """
     path = Path(ref).expanduser()
     if path.is_dir() and re.search(r"\.(partial|old-\d+)$", path.name):
         raise CheckpointError(f"model {ref!r} is an unfinished or replaced merge output, not a model: "
@@ -146,21 +204,31 @@ def resolve_reference(ref: str) -> Path:
         raise CheckpointError(f"model {ref!r} is a file: give the folder that holds config.json and the weights")
     if not HUB_ID.match(ref):
         raise CheckpointError(f"model {ref!r} not found: no such folder, and it is not a Hub id like 'org/name'")
-    return _download(ref)
+    return _download(ref, token)
 
 
-def _download(repo_id: str) -> Path:
-    """Fetch the weights (safetensors preferred over .bin) and side files of a Hub model."""
+def _download(repo_id: str, token: str | bool | None) -> Path:
+    """Fetch the weights (safetensors preferred over .bin) and side files of a Hub model.
+
+    The file listing doubles as the access check: snapshot_download alone would fall back to
+    the local cache when the Hub refuses a token, and so serve a private repo that the
+    server's own token once fetched.
+    """
     from huggingface_hub import list_repo_files, snapshot_download
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     try:
         try:
-            names = list_repo_files(repo_id)
+            names = list_repo_files(repo_id, token=token)
             weights = ["*.safetensors"] if any(n.endswith(".safetensors") for n in names) else ["*.bin"]
         except OfflineModeIsEnabled:  # HF_HUB_OFFLINE=1: use whatever the local cache holds
+            if token is not None:
+                raise CheckpointError(f"cannot get {repo_id!r}: this app is offline, so it cannot check that you "
+                                      "may read it; use a model under models/ or one of your merges") from None
             weights = ["*.safetensors", "*.bin"]
-        return Path(snapshot_download(repo_id, allow_patterns=weights + SIDE_FILES))
+        return Path(snapshot_download(repo_id, allow_patterns=weights + SIDE_FILES, token=token))
+    except CheckpointError:
+        raise
     except Exception as error:  # noqa: BLE001 - network, auth, missing repo: all end the same way
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(f"cannot get {repo_id!r} from the Hugging Face Hub ({reason}); check the id "

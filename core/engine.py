@@ -64,12 +64,12 @@ class Progress:
 MAX_SEED = 2**63 - 1  # torch.Generator's range is 64 bits; mergekit's numpy seeding allows far less
 
 
-def open_checkpoint(ref: str) -> Checkpoint:
+def open_checkpoint(ref: str, *, token: str | bool | None = None) -> Checkpoint:
     """Checkpoint.open, with the file system's own refusals (name too long, a symlink loop) as one line."""
     if os.path.islink(ref) and not os.path.exists(ref):  # else a looping link reads as a Hub id to download
         raise CheckpointError(f"model {ref!r} is a symbolic link that loops or leads nowhere: point it at a model folder")
     try:
-        return Checkpoint.open(ref)
+        return Checkpoint.open(ref, token=token)
     except OSError as error:
         raise CheckpointError(f"model {ref!r} cannot be opened: {error.strerror or error}; "
                               "check the path (each folder name at most 255 bytes)") from None
@@ -85,12 +85,13 @@ def check_seed(seed: int | float) -> int:
     return int(seed)
 
 
-def open_inputs(recipe: MergeRecipe) -> dict[str, Checkpoint]:
-    """Every input of the recipe, opened lazily (headers only), base first."""
+def open_inputs(recipe: MergeRecipe, *, token: str | bool | None = None) -> dict[str, Checkpoint]:
+    """Every input of the recipe, opened lazily (headers only), base first; token: for Hub ids,
+    as in checkpoint.resolve_reference (a hosted visitor's own, or False)."""
     opened: dict[str, Checkpoint] = {}
     try:
         for ref in recipe.inputs():
-            opened[ref] = open_checkpoint(ref)
+            opened[ref] = open_checkpoint(ref, token=token)
     except BaseException:
         for checkpoint in opened.values():
             checkpoint.close()
@@ -109,10 +110,11 @@ def plan_for(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
 def merge(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
           seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, refuse_nonfinite: bool = False,
           on_progress: Callable[[Progress], None] | None = None,
-          cancel: threading.Event | None = None) -> Path:
+          cancel: threading.Event | None = None, token: str | bool | None = None) -> Path:
     """Merge into `out_dir` and return its path; see merge_events for the arguments."""
     for event in merge_events(recipe, out_dir, device=device, overwrite=overwrite, seed=seed,
-                              shard_bytes=shard_bytes, refuse_nonfinite=refuse_nonfinite, cancel=cancel):
+                              shard_bytes=shard_bytes, refuse_nonfinite=refuse_nonfinite, cancel=cancel,
+                              token=token):
         if on_progress:
             on_progress(event)
     return Path(out_dir).expanduser().resolve()
@@ -120,7 +122,7 @@ def merge(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", over
 
 def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
                  seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, refuse_nonfinite: bool = False,
-                 cancel: threading.Event | None = None) -> Iterator[Progress]:
+                 cancel: threading.Event | None = None, token: str | bool | None = None) -> Iterator[Progress]:
     """Merge, yielding a Progress after each tensor. Closing the iterator early cancels.
 
     Args:
@@ -135,17 +137,19 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
             RecipeError at the first merged block that overflows the output dtype (default: merge
             anyway and report it in Progress.nonfinite).
         cancel: set it to stop between tensors; raises MergeCancelled, nothing is left behind.
+        token: Hugging Face access for Hub ids (see checkpoint.resolve_reference); None = this
+            machine's own login, a hosted visitor's token or False = only theirs.
     """
     started = time.perf_counter()
     seed = check_seed(seed)
     devices = devices_for(device)
-    checkpoints = open_inputs(recipe)
+    checkpoints = open_inputs(recipe, token=token)
     try:
         plan = plan_for(recipe, checkpoints, shard_bytes=shard_bytes)
         check_resources(plan, out_dir, devices)
         refs = recipe.inputs()
         first = checkpoints[refs[0]]
-        tokenizer_from = _tokenizer_folder(recipe)
+        tokenizer_from = _tokenizer_folder(recipe, token)
         read = [c.folder for c in checkpoints.values()] + ([tokenizer_from] if tokenizer_from else [])
         with staged_output(out_dir, overwrite=overwrite, inputs=tuple(read)) as staging:
             writer = ShardWriter(staging, plan)
@@ -279,11 +283,11 @@ def _stop_if_cancelled(cancel: threading.Event | None) -> None:
         raise MergeCancelled("merge stopped: no output was written")
 
 
-def _tokenizer_folder(recipe: MergeRecipe) -> Path | None:
+def _tokenizer_folder(recipe: MergeRecipe, token: str | bool | None) -> Path | None:
     source = recipe.tokenizer_source
     if source in (None, "base"):
         return None
-    return resolve_reference(source)
+    return resolve_reference(source, token=token)
 
 
 def _main_dtype(plan: MergePlan) -> torch.dtype:

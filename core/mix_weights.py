@@ -81,7 +81,8 @@ def check_tau(tau: float) -> None:
 
 
 def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAULT_TAU, device: str = "cpu",
-                 batch_size: int = 16, max_length: int | None = None) -> DataWeights:
+                 batch_size: int = 16, max_length: int | None = None,
+                 token: str | bool | None = None) -> DataWeights:
     """Loss of every model on `examples` and the LM-Cocktail weights softmax(−loss/τ).
 
     Args:
@@ -89,19 +90,21 @@ def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAUL
         examples: 5–50 typically; `{"input", "output"}` (decoders) or `{"query", "pos", "neg"}`.
         tau: temperature of the weight softmax (LM-Cocktail: 5).
         device: where the models run ("cpu", "auto", "cuda:N", …).
+        token: Hugging Face access for Hub ids (None = this machine's login; see
+            checkpoint.resolve_reference).
     """
     if not models:
         raise RerankError("give at least one model to weigh")
     check_tau(tau)  # before loading anything
     fmt = example_format(examples)
-    model_kinds = {ref: detect_kind(resolve_reference(ref)) for ref in models}
+    model_kinds = {ref: detect_kind(resolve_reference(ref, token=token)) for ref in models}
     if len(set(model_kinds.values())) > 1:
         found = ", ".join(f"{ref} is a {kind}" for ref, kind in model_kinds.items())
         raise RerankError(f"weigh models of one kind: {found}")
     losses, loss_kind = [], ""
     for ref in models:
         already = {id(r) for r in loaded_rerankers()}
-        reranker = load_reranker(ref, device=device, max_length=max_length)
+        reranker = load_reranker(ref, device=device, max_length=max_length, token=token)
         try:
             loss_kind, loss = model_loss(reranker, examples, fmt, batch_size=batch_size,
                                          max_length=max_length or DECODER_MAX_TOKENS)

@@ -4,6 +4,7 @@
     reranker.score("what is TIES?", ["TIES trims small changes …", "Paris is …"])   # → [5.1, -8.3]
     reranker.score(query, docs, normalize=True)         # sigmoid of the logits, in (0, 1)
     unload(reranker)                                     # frees its memory (VRAM too)
+    load_reranker(ref, owner="session-1")                # hosted: each session sees and unloads its own
 
 Three kinds, detected from config.json and overridable with `kind=`:
 - "cross-encoder": *ForSequenceClassification with one label; score = the raw logit,
@@ -12,7 +13,12 @@ Three kinds, detected from config.json and overridable with `kind=`:
   from modules.json / 1_Pooling); score = cosine(query, passage), as encode + cos_sim.
 - "llm": a causal LM (bge-reranker-v2-gemma style); score = logit of "Yes" at the last token.
 The model sits on its device from load time (the memory gauge shows its real cost). Loaded
-models are cached by (folder, device, dtype, kind). trust_remote_code is never enabled.
+models are cached by (folder, device, dtype, kind), at most CACHE_BYTES of them (least
+recently used dropped first). Each cached model remembers which owners (hosted sessions)
+loaded it: an owner lists and unloads only its own, and a model two owners loaded is freed
+when neither holds it. Sharing a folder is safe because the reference is resolved, and a
+Hub repo's access checked with the caller's token, before the cache is looked at.
+trust_remote_code is never enabled, and a folder whose files name files outside it is refused.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import resolve_reference
+from core.checkpoint import check_own_files, resolve_reference
 from core.devices import parse_device
 from core.rerank_batches import (RerankError, encode_cross_pairs, encode_llm_pairs, encode_texts,
                                  run_batches)
@@ -36,6 +42,7 @@ from core.rerank_pooling import SentenceEncoder, read_pooling
 KINDS = ("cross-encoder", "bi-encoder", "llm")
 SCORE_LABELS = {"cross-encoder": "logit", "bi-encoder": "cosine", "llm": "logit of 'Yes'"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+CACHE_BYTES = 8 * 1000**3  # weights the cache keeps loaded, all owners together; one bigger model stays alone
 
 __all__ = ["KINDS", "Reranker", "RerankError", "detect_kind", "load_reranker", "loaded_rerankers", "needs_spreading",
            "pick_dtype", "unload"]
@@ -138,16 +145,19 @@ def detect_kind(folder: Path) -> str:
 
 
 def load_reranker(ref: str, *, device: str = "cpu", dtype: str | None = None, kind: str | None = None,
-                  max_length: int | None = None, cached: bool = True) -> Reranker:
+                  max_length: int | None = None, cached: bool = True, token: str | bool | None = None,
+                  owner: str | None = None) -> Reranker:
     """A reranker for `ref` (folder or Hub id) on `device`, from the cache when already loaded.
 
     dtype: "float32" | "float16" | "bfloat16"; default float32 on CPU, float16 on CUDA/MPS
     (bfloat16 for LLMs on GPUs that support it). kind: one of KINDS; default detected.
     cached=False loads a private copy, kept out of the cache, whose weights the caller may
-    overwrite (the α-sweep does).
+    overwrite (the α-sweep does). token: Hugging Face access for a Hub id, as in
+    checkpoint.resolve_reference. owner: who holds the cached model (a hosted session id);
+    see loaded_rerankers and unload.
     """
     target = parse_device(device)
-    folder = resolve_reference(ref)
+    folder = resolve_reference(ref, token=token)
     kind = kind or detect_kind(folder)
     if kind not in KINDS:
         raise RerankError(f"unknown reranker kind {kind!r}: use one of {', '.join(KINDS)}")
@@ -164,35 +174,57 @@ def load_reranker(ref: str, *, device: str = "cpu", dtype: str | None = None, ki
         with _LOCK:
             if key in _CACHE:
                 _CACHE.move_to_end(key)
+                _HOLDERS[key].add(owner)
                 return _CACHE[key]
         try:
             reranker = _load(ref, folder, kind, target, torch_dtype, spread=key[-1], max_length=max_length)
             with _LOCK:
-                _CACHE[key] = reranker
+                _CACHE[key], _HOLDERS[key] = reranker, {owner}
+                total, evicted = sum(r.nbytes for r in _CACHE.values()), False
+                for old in [k for k in _CACHE if k != key]:  # least recently used first
+                    if total <= CACHE_BYTES:
+                        break
+                    total -= _CACHE.pop(old).nbytes
+                    del _HOLDERS[old]
+                    evicted = True
+            if evicted:
+                _free_memory()
             return reranker
         finally:
             with _LOCK:
                 _LOADING.pop(key, None)
 
 
-def loaded_rerankers() -> list[Reranker]:
-    """Models in the cache, least recently used first."""
+def loaded_rerankers(owner: str | None = None) -> list[Reranker]:
+    """Models in the cache, least recently used first: those `owner` loaded, or all when None."""
     with _LOCK:
-        return list(_CACHE.values())
+        return [r for k, r in _CACHE.items() if owner is None or owner in _HOLDERS[k]]
 
 
-def unload(reranker: Reranker | None = None) -> None:
-    """Drop one model from the cache (all of them when None) and give its memory back."""
+def unload(reranker: Reranker | None = None, *, owner: str | None = None) -> None:
+    """Release one model (all when None) and give back the memory of those nobody holds any more.
+
+    owner=None drops them for every owner; an owner lets go only of its own hold, so a model
+    another owner still holds stays loaded.
+    """
     with _LOCK:
         for key in [k for k, v in _CACHE.items() if reranker is None or v is reranker]:
-            del _CACHE[key]
+            _HOLDERS[key] = set() if owner is None else _HOLDERS[key] - {owner}
+            if not _HOLDERS[key]:
+                del _CACHE[key], _HOLDERS[key]
+    _free_memory()
+
+
+def _free_memory() -> None:
+    """Give back the memory of models no longer referenced (VRAM too); a model still in use stays."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
 _CACHE: OrderedDict[tuple, Reranker] = OrderedDict()
-_LOCK = threading.Lock()  # guards _CACHE and _LOADING; never held while a model loads
+_HOLDERS: dict[tuple, set[str | None]] = {}  # cache key → owners that loaded it and have not unloaded it
+_LOCK = threading.Lock()  # guards _CACHE, _HOLDERS and _LOADING; never held while a model loads
 _LOADING: dict[tuple, threading.Lock] = {}  # key → lock held while that model loads
 
 
@@ -204,6 +236,7 @@ def _load(ref, folder, kind, device, dtype, *, spread, max_length) -> Reranker:
                "llm": transformers.AutoModelForCausalLM, "bi-encoder": transformers.AutoModel}
     encoder = read_pooling(folder) if kind == "bi-encoder" else None
     weights = folder / encoder.module_path if encoder else folder
+    check_own_files(weights, ref)
     placement = {"device_map": "auto"} if spread and needs_spreading(device, weights) else {"device_map": device}
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(weights, trust_remote_code=False)

@@ -9,7 +9,9 @@ A sentence-transformers folder says it in modules.json (Transformer → Pooling 
 sentence-transformers ≥ 5's `pooling_mode: "mean"`; sentence_bert_config.json the max length
 and lower-casing. A plain transformers folder gets sentence-transformers' own default, mean
 pooling. Modules that change the vector beyond pooling (Dense, …) are refused rather than
-silently skipped, since scores would differ from sentence-transformers'.
+silently skipped, since scores would differ from sentence-transformers'. A module's `path`
+must name a folder inside the model's own (checkpoint.own_file): a downloaded modules.json
+saying `../../elsewhere` is refused.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from core.checkpoint import own_file
 from core.rerank_batches import RerankError
 
 LEGACY_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
@@ -67,13 +70,16 @@ def read_pooling(folder: Path) -> SentenceEncoder:
         return SentenceEncoder()
     encoder = SentenceEncoder()
     for module in _json(modules_file, list):
+        if not isinstance(module, dict):
+            raise RerankError(f"{modules_file}: each module must be a JSON object")
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
-        path = folder / module.get("path", "")
+        name = module.get("path", "")
+        path = own_file(folder, name, str(folder), named_by="modules.json") if name != "" else folder
         if kind not in KNOWN_MODULES:
             raise RerankError(f"{folder}: sentence-transformers module {kind!r} is not supported "
                               f"(only {', '.join(KNOWN_MODULES)})")
         if kind == "Transformer":
-            encoder.module_path = module.get("path", "")
+            encoder.module_path = name
             settings = path / "sentence_bert_config.json"
             if settings.exists():
                 config = _json(settings, dict)

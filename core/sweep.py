@@ -58,6 +58,7 @@ class Scoring:
     dtype: str | None = None  # None: float32 on CPU, float16 on GPUs (core.rerank.pick_dtype)
     batch_size: int = 32  # pairs per forward pass
     max_length: int | None = None  # tokens per pair; None: 512, bi-encoders their own
+    token: str | bool | None = None  # Hugging Face access for Hub ids (checkpoint.resolve_reference)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def sweep_points(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], *
                  alphas=DEFAULT_ALPHAS, method: str = DEFAULT_METHOD, device: str = "cpu", mode: str = "auto",
                  dtype: str | None = None, batch_size: int = 32, max_length: int | None = None,
                  cancel: threading.Event | None = None,
-                 scratch: Path | None = None) -> Iterator[tuple[SweepPoint, str]]:
+                 scratch: Path | None = None, token: str | bool | None = None) -> Iterator[tuple[SweepPoint, str]]:
     """Yield (SweepPoint, mode used) for every α and set, as each is measured.
 
     Args:
@@ -142,13 +143,15 @@ def sweep_points(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], *
         mode: "memory", "disk" or "auto" (see the module docstring).
         cancel: set it to stop between two α's (raises MergeCancelled).
         scratch: the folder that holds the "disk" mode's temporary merge; None = the system's temp dir.
+        token: Hugging Face access for Hub ids: None = this machine's login; a hosted visitor's
+            token or False = only theirs (see checkpoint.resolve_reference).
     """
     alphas = check_sweep(alphas, sets, method, mode)
     recipes = [sweep_recipe(method, model_a, model_b, alpha) for alpha in alphas]
     if mode == "auto":
-        mode = "memory" if fits_in_memory(model_a, device, dtype) else "disk"
+        mode = "memory" if fits_in_memory(model_a, device, dtype, token=token) else "disk"
     merges = merged_in_memory if mode == "memory" else merged_on_disk
-    scoring = Scoring(device, dtype, batch_size, max_length)
+    scoring = Scoring(device, dtype, batch_size, max_length, token)
     for alpha, (reranker, used) in zip(alphas, merges(recipes, scoring, cancel, scratch=scratch)):
         for name, items in sets.items():
             metrics = compare([reranker], items, batch_size=batch_size, max_length=max_length).metrics
@@ -192,10 +195,10 @@ def check_sweep(alphas, sets: dict, method: str, mode: str) -> list[float]:
     return alphas
 
 
-def fits_in_memory(model: str, device: str, dtype: str | None) -> bool:
+def fits_in_memory(model: str, device: str, dtype: str | None, *, token: str | bool | None = None) -> bool:
     """Whether model A, loaded, would take at most half of the device's free memory."""
     target = parse_device(device)
-    checkpoint = Checkpoint.open(model)
+    checkpoint = Checkpoint.open(model, token=token)
     try:
         folder = checkpoint.folder
         elements = sum(info.numel for info in checkpoint.tensors.values())
@@ -215,11 +218,11 @@ def merged_in_memory(recipes: list[MergeRecipe], scoring: Scoring, cancel: threa
     the checkpoint's.
     """
     reranker = load_reranker(recipes[0].inputs()[0], device=scoring.device, dtype=scoring.dtype,
-                             max_length=scoring.max_length, cached=False)
+                             max_length=scoring.max_length, cached=False, token=scoring.token)
     model = reranker.model  # tied weights appear under each of their names
     weights = {**dict(model.named_parameters(remove_duplicate=False)),
                **dict(model.named_buffers(remove_duplicate=False))}
-    checkpoints = open_inputs(recipes[0])
+    checkpoints = open_inputs(recipes[0], token=scoring.token)
     try:
         plans = [plan_for(recipe, checkpoints) for recipe in recipes]
         if not weights_line_up(plans[0], weights):  # e.g. renamed on load: let the engine write real folders
@@ -261,7 +264,8 @@ def merged_on_disk(recipes: list[MergeRecipe], scoring: Scoring, cancel: threadi
     try:
         for step, recipe in enumerate(recipes):
             _stop_if_cancelled(cancel)
-            folder = merge(recipe, scratch / f"merge-{step}", device=scoring.device, cancel=cancel)
+            folder = merge(recipe, scratch / f"merge-{step}", device=scoring.device, cancel=cancel,
+                           token=scoring.token)
             reranker = load_reranker(str(folder), device=scoring.device, dtype=scoring.dtype,
                                      max_length=scoring.max_length, cached=False)
             yield reranker, "disk"

@@ -1,7 +1,7 @@
 """Where the app's models come from and where its merges go, and what a visitor may touch.
 
     ws = default_workspace(hosted=False)      # ./models and ./outputs (MERGEDESK_HOME moves them)
-    find_models(ws)                           # the packaged MiniLM, local folders, the HF cache
+    find_models(ws)                           # the packaged MiniLM, local folders, the HF cache (local only)
     check_model_ref("org/name", ws)           # a ref the engine may open, or a one-line error
     output_folder("my-merge", ws)             # ws.outputs_dir / "my-merge", name checked
 
@@ -10,10 +10,15 @@ accepted. Hosted (a public Space, or `--hosted`) a visitor may name only Hub ids
 under models/ or their own session's outputs, and the packaged model; each session writes
 into folders of its own — outputs (merges, and the scratch merges of a sweep) and downloads
 (zips, the exported recipe) — that share one size cap (visitor_bytes) and are removed when the
-tab closes or they go stale. The hosted bounds on one job's size live here too.
+tab closes or they go stale. The hosted bounds on one job's size live here too. What a
+reference is follows from what it resolves to, not how it is spelled: `base` or `app.py`
+beside the app is a path (and hosted, refused), never a pass.
 
-The Hugging Face cache is listed in both modes: it holds Hub models, whose ids anyone may
-type anyway. This file must not import gradio; every refusal is a MergeDeskError.
+The Hugging Face cache is listed only locally: hosted, it also holds what the server's own
+token fetched (private or gated repos), and offline nothing proves a repo public, so a
+visitor is offered none of it (Hub ids they type are fetched with their own access, see
+core.checkpoint.resolve_reference). This file must not import gradio; every refusal is a
+MergeDeskError.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.checkpoint import HUB_ID
+from core.checkpoint import HUB_ID, lies_within
 from core.cli_commands import human
 from core.errors import CheckpointError, MergeDeskError, OutputError
 from core.rerank_batches import RerankError
@@ -89,10 +94,10 @@ def packaged_minilm() -> Path | None:
 
 
 def find_models(ws: Workspace, *, hub_cache: Path | None = None) -> list[ModelChoice]:
-    """Models to offer: packaged, models_dir, earlier outputs, then the Hugging Face cache.
+    """Models to offer: packaged, models_dir, earlier outputs, then (local only) the Hugging Face cache.
 
     hub_cache: the cache folder to list; None = huggingface_hub's (HF_HUB_CACHE). A missing
-    or unreadable cache lists nothing.
+    or unreadable cache lists nothing; hosted, it is never listed.
     """
     found = []
     packaged = packaged_minilm()
@@ -101,16 +106,20 @@ def find_models(ws: Workspace, *, hub_cache: Path | None = None) -> list[ModelCh
     for source, folder, note in (("models", ws.models_dir, ""), ("outputs", ws.outputs_dir, " (earlier merge)")):
         for model in _model_folders(folder):
             found.append(ModelChoice(f"{source}/{model.relative_to(folder)}{note}", _ref_for(model, ws), source))
-    found += [ModelChoice(f"{repo} (Hugging Face cache)", repo, "hf-cache") for repo in _cached_hub_models(hub_cache)]
+    if not ws.hosted:
+        found += [ModelChoice(f"{repo} (Hugging Face cache)", repo, "hf-cache")
+                  for repo in _cached_hub_models(hub_cache)]
     return found
 
 
 def check_model_ref(text: str, ws: Workspace) -> str:
     """The reference the engine should open for what a person typed, or a MergeDeskError.
 
-    Local: the text, stripped. Hosted: a Hub id ('org/name'), the packaged model, or a
-    relative path whose real location (symlinks followed) lies in models_dir or outputs_dir,
-    with no file inside it linking out of them.
+    Local: the text, stripped. Hosted: the packaged model, or a relative path whose real
+    location (symlinks followed) lies in models_dir or outputs_dir, with no file inside it
+    linking out of them. Whatever exists as a path (from root or the engine's current folder)
+    is judged as that path, so `base` beside the app is refused; only a text that is no path
+    there and looks like 'org/name' is a Hub id. The returned path is the one checked.
 
     Example:
         >>> check_model_ref("/etc", hosted_ws)
@@ -134,11 +143,11 @@ def check_model_ref(text: str, ws: Workspace) -> str:
         real, readable = _resolved(candidates[0]), _readable_dirs(ws)
         if real is None:
             raise CheckpointError(refuse.format("it is a symbolic link that loops or leads nowhere"))
-        if not _inside(real, readable):
+        if not lies_within(real, readable):
             raise CheckpointError(refuse.format("it lies outside this workspace"))
         # A folder inside may still hold links out (model.safetensors -> /root/…): refuse those too.
         leaving = next((f for f in sorted(real.rglob("*"))
-                        if f.is_symlink() and ((target := _resolved(f)) is None or not _inside(target, readable))), None)
+                        if f.is_symlink() and ((target := _resolved(f)) is None or not lies_within(target, readable))), None)
         if leaving is not None:
             raise CheckpointError(refuse.format(f"its file {str(leaving.relative_to(real))!r} links outside "
                                                 "this workspace or in a loop"))
@@ -149,11 +158,18 @@ def check_model_ref(text: str, ws: Workspace) -> str:
 
 
 def check_recipe_refs(recipe: MergeRecipe, ws: Workspace) -> MergeRecipe:
-    """The recipe with every model reference passed through check_model_ref."""
-    def check(ref: str | None) -> str | None:
-        return ref if ref in (None, "base") else check_model_ref(ref, ws)
+    """The recipe with every model reference passed through check_model_ref.
 
-    return replace(recipe, base_model=check(recipe.base_model), tokenizer_source=check(recipe.tokenizer_source),
+    Only `tokenizer_source: base` is left as it is: there it means mergekit's "the base
+    model". As a model or base_model, `base` is a folder name like any other (and hosted,
+    a folder `base` beside the app is the operator's, so it is refused).
+    """
+    def check(ref: str | None) -> str | None:
+        return None if ref is None else check_model_ref(ref, ws)
+
+    tokenizer = recipe.tokenizer_source
+    return replace(recipe, base_model=check(recipe.base_model),
+                   tokenizer_source=tokenizer if tokenizer in (None, "base") else check(tokenizer),
                    models=[replace(entry, model=check(entry.model)) for entry in recipe.models])
 
 
@@ -280,10 +296,6 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, token: str | bool 
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise OutputError(f"cannot push to the Hugging Face Hub ({reason}); check the token and the network") from None
     return f"https://huggingface.co/{repo.repo_id}"
-
-
-def _inside(path: Path, folders: list[Path]) -> bool:
-    return any(path == folder or folder in path.parents for folder in folders)
 
 
 def _readable_dirs(ws: Workspace) -> list[Path]:

@@ -89,7 +89,7 @@ def test_default_pair_is_the_latest_merge_and_its_base(workspace):
     assert default_pair(workspace) == ("org/new-base", str(newer))
 
 
-def test_unload_all_empties_the_cache(bert_cls_family):
+def test_unload_all_empties_the_cache(bert_cls_family, workspace):
     load_reranker(str(bert_cls_family[0]))
-    assert "No models loaded." == unload_all()
+    assert "No models loaded." == unload_all(workspace)
     assert loaded_rerankers() == []

@@ -239,6 +239,20 @@ def request_workspace(workspace: Workspace, request: gr.Request | None) -> Works
     return replace(workspace, downloads_dir=downloads_root(workspace) / session_id(request))
 
 
+def hub_token(workspace: Workspace, oauth_token: gr.OAuthToken | None) -> str | bool | None:
+    """The Hugging Face access for this visitor's Hub downloads. Hosted: their OAuth token when they
+    signed in, else False (anonymous) — never None, which would send the server's own HF_TOKEN.
+    Local: None, the saved login of whoever runs the app."""
+    if not workspace.hosted:
+        return None
+    return oauth_token.token if oauth_token else False
+
+
+def cache_owner(workspace: Workspace, request: gr.Request | None) -> str | None:
+    """Whose loaded models a handler sees and unloads: hosted, this session's; local, all of them."""
+    return session_id(request) if workspace.hosted else None
+
+
 def _param_control(form: FormState, key: int | None, param, synced: list, *, first: bool) -> None:
     """A checkbox, a slider, or — for a gradient or filter list — a text box, keyed for redraws."""
     value = shown_value(form, key, param)

@@ -35,7 +35,7 @@ from core.planner import MergePlan
 from core.recipe import MergeRecipe, parse_recipe
 from core.workspace import (Workspace, check_quota, check_recipe_refs, cleanup_stale_sessions, folder_bytes,
                             output_folder, push_folder, remove_session, session_workspace, zip_folder)
-from ui.merge_form import FormControls, build_merge_form, refresh_models, request_workspace, session_id
+from ui.merge_form import FormControls, build_merge_form, hub_token, refresh_models, request_workspace, session_id
 from ui.weights_panel import build_weights_from_data
 
 QUEUE = "gpu"  # concurrency_id shared with the playground: one heavy job on the machine at a time
@@ -111,7 +111,7 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
 
 
 def plan(recipe_yaml: str, output_name: str, device: str, workspace: Workspace,
-         request: gr.Request | None = None) -> str:
+         request: gr.Request | None = None, oauth_token: gr.OAuthToken | None = None) -> str:
     """Check a recipe without running it: can these models merge, and what will it take?
 
     Returns Markdown: "✓ Ready" with tensors, bytes, memory and disk, or "✗ Not ready: …"
@@ -121,20 +121,22 @@ def plan(recipe_yaml: str, output_name: str, device: str, workspace: Workspace,
     try:
         recipe, out = _prepare(recipe_yaml, output_name, ws)
         devices = devices_for(device)
-        merge_plan = _plan(recipe)
+        merge_plan = _plan(recipe, hub_token(workspace, oauth_token))
     except MergeDeskError as error:
         return f"**✗ Not ready:** {error}"
     return plan_markdown(recipe, merge_plan, out, [str(d) for d in devices], ws)
 
 
 def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed: float, workspace: Workspace,
-          request: gr.Request | None = None):
+          request: gr.Request | None = None, oauth_token: gr.OAuthToken | None = None):
     """Run the merge, yielding (status, log, output folder, model card, folder path) as it goes.
 
     Stop (or closing the page) ends it after the current tensor and removes the partial
-    output; any problem ends it with a one-line gr.Error and no folder left behind.
+    output; any problem ends it with a one-line gr.Error and no folder left behind. Hub ids
+    are fetched with the visitor's own access (hub_token), never the server's.
     """
     ws = request_workspace(workspace, request)
+    token = hub_token(workspace, oauth_token)
     session = session_id(request)
     lines: list[str] = []
     warnings: list[str] = []  # NaN/Inf found in the inputs (the engine merges anyway and says so)
@@ -143,12 +145,12 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
         recipe, out = _prepare(recipe_yaml, output_name, ws)
         if ws.hosted:
             cleanup_stale_sessions(workspace, STALE_SESSION_S)
-            check_quota(ws, _plan(recipe).bytes_written, replacing=out if overwrite else None)
+            check_quota(ws, _plan(recipe, token).bytes_written, replacing=out if overwrite else None)
         cancel = _RUNNING[session] = threading.Event()
         yield "Opening the models…", "", "", "", None
         with MONITOR.job(f"merge {out.name}"):
             events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=seed or 0,
-                                  cancel=cancel)
+                                  cancel=cancel, token=token)
             shown = 0.0
             for event in events:
                 lines.append(f"{event.step}/{event.total}  {event.tensor}  ({event.device})")
@@ -296,8 +298,8 @@ def _prepare(recipe_yaml: str, output_name: str, ws: Workspace) -> tuple[MergeRe
     return recipe, output_folder(output_name, ws)
 
 
-def _plan(recipe: MergeRecipe) -> MergePlan:
-    checkpoints = open_inputs(recipe)
+def _plan(recipe: MergeRecipe, token: str | bool | None) -> MergePlan:
+    checkpoints = open_inputs(recipe, token=token)
     try:
         return plan_for(recipe, checkpoints)
     finally:

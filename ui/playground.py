@@ -7,7 +7,9 @@ answers "what did my merge do?" right after merging. Passages are typed one per 
 leading "+" marks a relevant one, which turns on MRR / nDCG) or uploaded as JSONL with
 several queries. The scoring runs in core.rerank (models stay loaded between runs); this
 file only turns its Comparison into a table, a chart and a metrics table. The public API
-name is `rerank_compare`; unloading and refreshing are UI-only (private) events.
+name is `rerank_compare`; unloading and refreshing are UI-only (private) events. Hosted, the
+"Loaded:" line and "Unload models" are the session's own (ui.merge_form.cache_owner): a
+visitor never sees or frees another's models, and Hub ids are fetched with their own access.
 """
 from __future__ import annotations
 
@@ -24,13 +26,14 @@ from core.rerank import load_reranker, loaded_rerankers, unload
 from core.rerank_compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
 from core.safe_yaml import load_yaml
 from core.workspace import Workspace, check_model_ref, check_pairs, find_models, packaged_minilm
-from ui.merge_form import request_workspace
+from ui.merge_form import cache_owner, hub_token, request_workspace
 from ui.merge_panel import PRIVATE, QUEUE, device_choices
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "playground"
 UP, DOWN = "#2e7d4f", "#b3412e"  # rank change colours: moved up / moved down
 # Shown before the first run too (an empty gr.Dataframe would head its columns 1, 2, 3).
 TABLE_COLUMNS = ["passage", "A score", "A rank", "B score", "B rank", "Δ score", "rank change"]
+NOTHING_LOADED = "No models loaded."
 METRIC_COLUMNS = ["metric", "A", "B", "B − A"]
 HELP = """Compare how two models rank the same passages. **A** is the reference (by default the base of
 your latest merge), **B** the model under test (by default that merge). One passage per line; start a line
@@ -66,7 +69,7 @@ def build_playground(workspace: Workspace) -> None:
         chart = gr.Plot(label="Rank of each passage under A and B")
         metrics = gr.Dataframe(label="Metrics (needs relevant passages)", interactive=False, headers=METRIC_COLUMNS)
     with gr.Row():
-        loaded = gr.Markdown(loaded_markdown())
+        loaded = gr.Markdown(NOTHING_LOADED if workspace.hosted else loaded_markdown(None))  # a new visitor has none
         unload_button = gr.Button("Unload models", size="sm", scale=0)
     _examples(query, passages)
 
@@ -74,28 +77,31 @@ def build_playground(workspace: Workspace) -> None:
               [status, table, chart, metrics, loaded], api_name="rerank_compare", concurrency_id=QUEUE,
               concurrency_limit=1, show_progress_on=status)  # one spinner (or "Error") on the page, not five
     refresh.click(refresh_pair, ws, [model_a, model_b], **PRIVATE)
-    unload_button.click(unload_all, None, loaded, **PRIVATE)
+    unload_button.click(unload_all, ws, loaded, **PRIVATE)
 
 
 def rerank_compare(model_a: str, model_b: str, query: str, passages: str, queries_file: str | None,
-                   device: str, normalize: bool, workspace: Workspace, request: gr.Request | None = None):
+                   device: str, normalize: bool, workspace: Workspace, request: gr.Request | None = None,
+                   oauth_token: gr.OAuthToken | None = None):
     """Score with A and B; return (status, table, rank chart, metrics table, loaded-models line).
 
     Any problem (unknown model, empty query, bad JSONL, missing device) is one gr.Error line.
     """
     ws = request_workspace(workspace, request)
+    owner = cache_owner(workspace, request)
     try:
         items = read_queries(queries_file) if queries_file else parse_passages(query, passages)
         passages_in_all = sum(len(item.docs) for item in items)
         check_pairs(2 * passages_in_all, ws, job=f"this comparison ({passages_in_all:,} passages × 2 models)")
         refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
         with MONITOR.job(f"compare {Path(refs[0]).name} / {Path(refs[1]).name}"):
-            models = [load_reranker(ref, device=device) for ref in refs]
+            models = [load_reranker(ref, device=device, token=hub_token(workspace, oauth_token), owner=owner)
+                      for ref in refs]
             result = compare(models, items, normalize=bool(normalize))
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
     return (status_markdown(result, models), comparison_table(result), rank_chart(result),
-            metrics_table(result), loaded_markdown())
+            metrics_table(result), loaded_markdown(owner))
 
 
 def parse_passages(query: str, passages: str) -> list[QueryItem]:
@@ -161,16 +167,19 @@ def metrics_table(result: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def loaded_markdown() -> str:
-    models = loaded_rerankers()
+def loaded_markdown(owner: str | None) -> str:
+    """The models `owner` has loaded (None: every loaded model), in one line."""
+    models = loaded_rerankers(owner)
     if not models:
-        return "No models loaded."
+        return NOTHING_LOADED
     return "Loaded: " + " · ".join(f"`{Path(m.ref).name}` {m.describe()}" for m in models)
 
 
-def unload_all() -> str:
-    unload()
-    return loaded_markdown()
+def unload_all(workspace: Workspace, request: gr.Request | None = None) -> str:
+    """Unload this session's models (hosted) or all of them (local); a model another session holds stays."""
+    owner = cache_owner(workspace, request)
+    unload(owner=owner)
+    return loaded_markdown(owner)
 
 
 def model_choices(ws: Workspace) -> list[tuple[str, str]]:

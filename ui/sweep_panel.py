@@ -30,7 +30,7 @@ from core.recipe import to_yaml
 from core.rerank_batches import RerankError
 from core.sweep import DEFAULT_ALPHAS, SHOWN_METRICS, SweepResult, read_sets, sweep_points, sweep_recipe
 from core.workspace import Workspace, check_model_ref, check_pairs
-from ui.merge_form import FormControls, request_workspace, session_id, show_form
+from ui.merge_form import FormControls, hub_token, request_workspace, session_id, show_form
 from ui.merge_panel import PRIVATE, QUEUE, device_choices
 from ui.playground import default_pair, model_choices
 from ui.recipe_form import FormState, yaml_to_form
@@ -108,7 +108,8 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
 
 
 def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[str], uploads: list[str] | None,
-              alphas_text: str, workspace: Workspace, request: gr.Request | None = None):
+              alphas_text: str, workspace: Workspace, request: gr.Request | None = None,
+              oauth_token: gr.OAuthToken | None = None):
     """Yield (status, figure, table, α picker, result dict) after each α; one gr.Error line on bad input."""
     ws = request_workspace(workspace, request)
     session = session_id(request)
@@ -126,7 +127,8 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
     try:
         with MONITOR.job(f"sweep {Path(refs[0]).name} → {Path(refs[1]).name}"):
             for point, mode in sweep_points(*refs, sets, alphas=alphas, method=method, device=device, cancel=cancel,
-                                            scratch=ws.outputs_dir if ws.hosted else None):
+                                            scratch=ws.outputs_dir if ws.hosted else None,
+                                            token=hub_token(workspace, oauth_token)):
                 points.append(point)
                 if len(points) % len(sets) == 0:
                     done = alphas[:len(points) // len(sets)]

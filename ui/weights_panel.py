@@ -16,7 +16,7 @@ from core.errors import MergeDeskError
 from core.methods import METHODS
 from core.mix_weights import DEFAULT_TAU, DataWeights, data_weights, read_examples
 from core.workspace import Workspace, check_model_ref, check_pairs
-from ui.merge_form import FormControls, request_workspace, show_form
+from ui.merge_form import FormControls, hub_token, request_workspace, show_form
 from ui.recipe_form import FormState, ModelRow, set_param
 
 HELP = ("Give a few examples of the task you merge for; each model's loss on them sets its weight, "
@@ -37,15 +37,16 @@ def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.Stat
         outcome = gr.Markdown()
 
     def on_fill(state: FormState, examples_file: str | None, tau_value: float, device_spec: str, layout: int,
-                workspace: Workspace, request: gr.Request):
-        message, new = fill_weights(state, examples_file, tau_value, device_spec, workspace, request)
+                workspace: Workspace, request: gr.Request, oauth_token: gr.OAuthToken | None):
+        message, new = fill_weights(state, examples_file, tau_value, device_spec, workspace, request, oauth_token)
         return message, *(show_form(new, layout) if new is not None else (gr.skip(),) * len(form.shown))
 
     fill.click(on_fill, [form.state, examples, tau, device, form.layout, ws], [outcome, *form.shown], **PRIVATE_GPU)
 
 
 def fill_weights(state: FormState, examples_file: str | None, tau: float, device: str, workspace: Workspace,
-                 request: gr.Request | None = None) -> tuple[str, FormState | None]:
+                 request: gr.Request | None = None,
+                 oauth_token: gr.OAuthToken | None = None) -> tuple[str, FormState | None]:
     """(Markdown outcome, the form with the new weights — None when nothing could be computed)."""
     if not examples_file:
         return "✗ Upload a JSONL file of examples first.", None
@@ -56,7 +57,8 @@ def fill_weights(state: FormState, examples_file: str | None, tau: float, device
         examples = read_examples(examples_file)
         scored = sum(len(e.get("pos") or []) + len(e.get("neg") or []) or 1 for e in examples)  # LLM examples: 1
         check_pairs(scored * len(refs), ws, job=f"these examples ({scored:,} texts × {len(refs)} models)")
-        result = data_weights(refs, examples, tau=float(tau or DEFAULT_TAU), device=device)
+        result = data_weights(refs, examples, tau=float(tau or DEFAULT_TAU), device=device,
+                              token=hub_token(workspace, oauth_token))
     except MergeDeskError as error:
         return f"✗ {error}", None
     new = state

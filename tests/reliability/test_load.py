@@ -136,13 +136,13 @@ def test_fifty_comparisons_leave_no_memory_behind(served, monkeypatch, minilm_cr
 
     for i in range(3):  # warm up: tokenizers, torch kernels, gradio's caches
         compare(i)
-    assert browser_event(blocks, unload, [], "load-test")["success"]
+    assert browser_event(blocks, unload, [None], "load-test")["success"]
     baseline = _settled_anon()
     for i in range(50):
         compare(i)
         if i % 5 == 4:
             alive = sum(ref() is not None for ref in models)
-            assert browser_event(blocks, unload, [], "load-test")["output"]["data"] == ["No models loaded."]
+            assert browser_event(blocks, unload, [None], "load-test")["output"]["data"] == ["No models loaded."]
     after = _settled_anon()
     leaked = sum(ref() is not None for ref in models)
     print(f"\nreliability load: 50 comparisons (MiniLM cross-encoder + tiny BERT), "

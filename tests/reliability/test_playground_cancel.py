@@ -56,7 +56,7 @@ def test_the_page_answers_while_a_model_loads(served, slow_load, bert_cls_family
     recipe = "merge_method: linear\nmodels:\n" + "".join(
         f"  - model: {folder}\n    parameters: {{weight: 1}}\n" for folder in llama_family[:2])
     assert client.predict(recipe, "out", "cpu", api_name="/plan").startswith("**✓ Ready to merge.**")
-    unloaded = browser_event(blocks, fn_index(blocks, "unload_all"), [], "watcher", timeout=BOUND_S)
+    unloaded = browser_event(blocks, fn_index(blocks, "unload_all"), [None], "watcher", timeout=BOUND_S)
     assert unloaded["success"] and unloaded["output"]["data"] == ["No models loaded."]
     assert not job.done() and not gate.is_set()  # all three answered while the load was still held
     print("\nreliability playground: gauge tick, /plan and unload answered while a model load was held (3/3)")
