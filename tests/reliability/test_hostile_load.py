@@ -247,7 +247,7 @@ def test_a_sweep_merges_inside_the_visitors_folder(tmp_path, bert_cls_family, mo
     labelled = tmp_path / "tmp" / "gradio" / "mine.jsonl"  # where gradio keeps uploads
     labelled.parent.mkdir()
     labelled.write_text(json.dumps({"query": "q", "docs": ["a", "b"], "labels": [1, 0]}) + "\n")
-    monkeypatch.setattr("core.sweep.fits_in_memory", lambda *args: False)  # the streamed ("disk") way
+    monkeypatch.setattr("core.sweep.fits_in_memory", lambda *args, **kwargs: False)  # the streamed ("disk") way
     import core.sweep
     real_merge, written = core.sweep.merge, []
 

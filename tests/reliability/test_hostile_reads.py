@@ -75,7 +75,7 @@ def test_a_bare_name_beside_the_app_is_a_path_and_is_refused(site):
     ok = PAIR.replace("merge_method: linear", "merge_method: task_arithmetic\nbase_model: models/llama")
     assert _run_merge(ok + "tokenizer_source: base\n", "mine", ws, "visitor").startswith("**✓ Merged**")
     mine = ws.outputs_dir / "sessions" / "visitor" / "mine"
-    names = _zip_names(make_zip(str(mine), _visitor("visitor")).value["path"])
+    names = _zip_names(make_zip(str(mine), ws, _visitor("visitor")).value["path"])
     assert "mine/model.safetensors" in names and not any("app.py" in n for n in names)
     print(f"\nreliability hostile reads: {len(recipes)} recipes naming files beside the app × 2 entry points "
           f"(Check, Merge): {refused} refused at both; tokenizer_source: base still merges")
