@@ -24,10 +24,10 @@ What it measures
 How to run (from the repo root)
     python3 bench/merge_bench.py                                  # sizes 0.1,0.4,1.5 GB, both methods
     python3 bench/merge_bench.py --sizes 0.1 --methods ties --skip-mergekit
-    python3 bench/merge_bench.py --mergekit /work/mkvenv/bin/mergekit-yaml --out bench/results.md
+    python3 bench/merge_bench.py --mergekit "$(bash .ci/mergekit_venv)" --out bench/results.md
 
     mergekit is optional: --mergekit PATH, else `mergekit-yaml` on PATH, else
-    /work/mkvenv/bin/mergekit-yaml; without one its rows are skipped with a note.
+    $MERGEKIT_YAML (`bash .ci/mergekit_venv` builds one); without one its rows are skipped with a note.
 """
 from __future__ import annotations
 
@@ -56,7 +56,6 @@ HEAD_DIM = 64
 SHARD_BYTES = 500 * 10**6
 FAMILY = ("base", "ft1", "ft2")
 GENERATOR_VERSION = 1  # bump when generation changes, so cached families are rebuilt
-DEFAULT_MERGEKIT_VENV = Path("/work/mkvenv/bin/mergekit-yaml")
 OURS_CMD = "{python} -m core merge {recipe} {out} --overwrite"
 # (minimum mergekit time / ours, maximum ours peak anon MB); set for 3 x 1.5 GB bf16, 2-core CPU
 # Memory sampling: every 0.1 s, children looked up every 1 s. On 2 cores a sampler that wakes
@@ -203,9 +202,8 @@ def run_measured(cmd: list[str], cwd: Path, log: Path) -> tuple[int, float, floa
 
 
 def find_mergekit(option: str | None) -> str | None:
-    """The mergekit-yaml to use: --mergekit, else on PATH, else the /work/mkvenv one, else None."""
-    fallback = str(DEFAULT_MERGEKIT_VENV) if DEFAULT_MERGEKIT_VENV.exists() else None
-    return option or shutil.which("mergekit-yaml") or fallback
+    """The mergekit-yaml to use: --mergekit, else on PATH, else $MERGEKIT_YAML, else None."""
+    return option or shutil.which("mergekit-yaml") or os.environ.get("MERGEKIT_YAML") or None
 
 
 def mergekit_version(script: str) -> str:
@@ -240,7 +238,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="0.1,0.4,1.5", help="GB per model, comma separated")
     ap.add_argument("--methods", default="task_arithmetic,ties", help="merge methods, comma separated")
-    ap.add_argument("--mergekit", help="path to mergekit-yaml (default: PATH, then /work/mkvenv/bin)")
+    ap.add_argument("--mergekit", help="path to mergekit-yaml (default: PATH, then $MERGEKIT_YAML)")
     ap.add_argument("--skip-mergekit", action="store_true", help="run MergeDesk only")
     ap.add_argument("--skip-ours", action="store_true", help="run mergekit only")
     ap.add_argument("--ours-cmd", default=OURS_CMD,
@@ -260,7 +258,7 @@ def main() -> int:
         tools.append(("mergekit", [mergekit, "{recipe}", "{out}", "--lazy-unpickle", "--no-copy-tokenizer"]))
         notes.append(f"mergekit {mergekit_version(mergekit)}: {mergekit} --lazy-unpickle --no-copy-tokenizer (CPU)")
     elif not args.skip_mergekit:
-        notes.append("mergekit not found (no --mergekit, none on PATH or in /work/mkvenv): its rows are skipped.")
+        notes.append("mergekit not found (no --mergekit, none on PATH, no $MERGEKIT_YAML): its rows are skipped.")
     notes.append(f"{platform.machine()}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
                  f"Python {platform.python_version()}, torch {torch.__version__}")
     notes.append("other CPU %: CPU time other processes used during the run, as % of all cores; "

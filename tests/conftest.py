@@ -1,5 +1,7 @@
 """Shared pytest setup: offline Hugging Face, the "slow" marker, and tiny model families.
 
+Under CI=true a test skipped for a missing reference tool fails (tests/reference_skips.py).
+
 Each family fixture builds its checkpoints once per session (see tests/model_factory.py)
 and returns their folders, base model first.
 """
@@ -11,6 +13,8 @@ import pytest
 import torch
 
 from tests.model_factory import build_family, build_minilm_cross_encoder
+
+pytest_plugins = ["tests.reference_skips"]
 
 
 def pytest_configure(config):

@@ -38,9 +38,9 @@ _SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, interm
               max_position_embeddings=MAX_POSITIONS, vocab_size=VOCAB_SIZE)
 
 
-def _decoder_config(config_class, tie: bool):
+def _decoder_config(config_class, tie: bool, sizes: dict):
     """Llama-style configs with grouped-query attention, token ids matching `_word_level_tokenizer`."""
-    return config_class(**_SIZES, num_key_value_heads=2, tie_word_embeddings=tie,
+    return config_class(**sizes, num_key_value_heads=2, tie_word_embeddings=tie,
                         unk_token_id=0, bos_token_id=1, eos_token_id=2, pad_token_id=3)
 
 
@@ -70,20 +70,21 @@ def _xlmr_tokenizer():
     return transformers.XLMRobertaTokenizer(vocab=pieces, model_max_length=MAX_TOKENS)
 
 
-def _model_and_tokenizer(kind: str):
+def _model_and_tokenizer(kind: str, layers: int):
     """A freshly initialised float32 model of `kind` (uses the global RNG) and its tokenizer."""
+    sizes = {**_SIZES, "num_hidden_layers": layers}
     if kind == "llama":
-        config = _decoder_config(transformers.LlamaConfig, tie=False)
+        config = _decoder_config(transformers.LlamaConfig, tie=False, sizes=sizes)
         return transformers.LlamaForCausalLM(config), _word_level_tokenizer()
     if kind == "qwen2":
-        config = _decoder_config(transformers.Qwen2Config, tie=True)
+        config = _decoder_config(transformers.Qwen2Config, tie=True, sizes=sizes)
         return transformers.Qwen2ForCausalLM(config), _word_level_tokenizer()
     if kind == "bert-st":
-        return transformers.BertModel(transformers.BertConfig(**_SIZES)), _bert_tokenizer()
+        return transformers.BertModel(transformers.BertConfig(**sizes)), _bert_tokenizer()
     if kind == "bert-cls":
-        config = transformers.BertConfig(**_SIZES, num_labels=1)
+        config = transformers.BertConfig(**sizes, num_labels=1)
         return transformers.BertForSequenceClassification(config), _bert_tokenizer()
-    config = transformers.XLMRobertaConfig(**_SIZES, num_labels=1)
+    config = transformers.XLMRobertaConfig(**sizes, num_labels=1)
     return transformers.XLMRobertaForSequenceClassification(config), _xlmr_tokenizer()
 
 
@@ -141,8 +142,10 @@ def _add_sentence_transformers_files(folders: list[Path]) -> None:
 
 def build_family(root: Path, kind: str, *, n_models: int = 3, seed: int = 0,
                  dtype: torch.dtype = torch.float32, max_shard_size: str | None = None,
-                 weights_format: str = "safetensors", noise: float = 0.01) -> list[Path]:
+                 weights_format: str = "safetensors", noise: float = 0.01, layers: int = 2) -> list[Path]:
     """Build a base model and n_models-1 'fine-tunes' under root/kind-{i}; return their folders (base first).
+
+    `layers` hidden layers (2 by default; more where a test needs gradients across a stack).
 
     Fine-tune i is the float32 base plus noise * N(0, 1) from a generator seeded with
     seed*1000+i, cast to `dtype` like the base. The global RNG is left as it was.
@@ -155,7 +158,7 @@ def build_family(root: Path, kind: str, *, n_models: int = 3, seed: int = 0,
         raise ValueError("sharding is only supported for safetensors")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        base, tokenizer = _model_and_tokenizer(kind)
+        base, tokenizer = _model_and_tokenizer(kind, layers)
     base.eval()
     folders = []
     for i in range(n_models):

@@ -7,7 +7,9 @@ import httpx
 import plotly.graph_objects as go
 import pytest
 
+import core.monitor as monitor
 from core.monitor import GpuMemory, JobState, MemoryMonitor, MemorySample
+from tests.scripted_memory import ScriptedMemory
 from ui.gauge import build_gauge, gauge_figure, gauge_text, refresh_gauge
 
 GB, MB = 10**9, 10**6
@@ -76,12 +78,14 @@ def test_summary_line():
     assert " · " not in gauge_text(sample(), None).split("RAM")[1]
 
 
-def test_refresh_samples_and_draws():
-    watcher = MemoryMonitor()
+def test_refresh_samples_and_draws(monkeypatch):
+    memory = ScriptedMemory([400 * MB, 500 * MB, 450 * MB])
+    monkeypatch.setattr(monitor, "sample_memory", memory)
+    watcher = MemoryMonitor(interval=0.001)
     text, figure = refresh_gauge(watcher)
     assert len(watcher.samples()) == 1 and text.startswith("Process **")
     with watcher.job("rerank"):
-        time.sleep(0.3)
+        memory.wait_for(4)  # the refresh, the job's first sample, two of the thread's
     text, figure = refresh_gauge(watcher)
     assert 'last job "rerank"' in text
     assert len(trace(figure, "real (anon) over time").x) >= 2

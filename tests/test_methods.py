@@ -157,6 +157,42 @@ def test_della_keeps_large_magnitudes_more_often():
     assert abs(kept.mean() - 0.5) < 0.05
 
 
+def ref_della_probabilities(row, density, epsilon):
+    """DELLA MagPrune keep-probabilities: from density − ε (smallest |x|) to density + ε (largest), by rank."""
+    ranks = np.argsort(np.argsort(np.abs(row), kind="stable"), kind="stable")
+    return density - epsilon + 2 * epsilon * ranks / (row.size - 1)
+
+
+def test_della_keeps_each_rank_with_the_papers_probability():
+    """4000 rows with the same 11 magnitudes (shuffled, signed): keep rate per rank = formula; values untouched."""
+    width, n = 11, 4000
+    magnitudes = RNG.permutation(np.arange(1, width + 1, dtype=np.float32)) * RNG.choice([-1, 1], width)
+    delta = np.tile(magnitudes, (n, 1)).astype(np.float32)
+    base = RNG.normal(size=delta.shape).astype(np.float32)
+    params = dict(weight=[0.7], density=[0.5], epsilon=[0.3], rescale=False, int8_mask=False, normalize=False)
+    got = run("della_linear", [base + delta], base, seed=4, **params, **{"lambda": 1.5})
+    change = (got.astype(np.float64) - base) / (0.7 * 1.5)  # λ·w·mask·δ → mask·δ
+    kept = np.abs(change) > 0.5
+    np.testing.assert_allclose(change[kept], np.broadcast_to(delta, delta.shape)[kept], rtol=1e-5)
+    expected = ref_della_probabilities(magnitudes, 0.5, 0.3)  # 0.2 … 0.8
+    tolerance = 5 * np.sqrt(expected * (1 - expected) / n)  # 5 standard errors of a keep rate
+    assert np.all(np.abs(kept.mean(axis=0) - expected) <= tolerance), (kept.mean(axis=0), expected)
+
+
+def test_della_rescale_restores_the_l1_norm_of_the_change():
+    """rescale: kept entries scaled by ‖δ‖₁ / ‖mask·δ‖₁ over the whole tensor (mergekit's l1 rescale)."""
+    base, (row,) = family(1)
+    row = np.tile(row, (40, 1))
+    base = np.tile(base, (40, 1))
+    params = dict(weight=[1.0], density=[0.4], epsilon=[0.2], int8_mask=False, normalize=False, **{"lambda": 1.0})
+    plain = run("della_linear", [row], base, seed=9, rescale=False, **params) - base
+    rescaled = run("della_linear", [row], base, seed=9, rescale=True, **params) - base
+    delta = (row - base).astype(np.float64)
+    mask = plain != 0
+    expected = np.where(mask, delta, 0) * np.abs(delta).sum() / np.abs(delta[mask]).sum()
+    np.testing.assert_allclose(rescaled, expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["ties", "dare_ties", "della", "breadcrumbs"])
 def test_one_element_classifier_bias_does_not_crash(name):
     base, rows = np.zeros(1, np.float32), [np.array([0.5], np.float32), np.array([-0.1], np.float32)]

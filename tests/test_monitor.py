@@ -11,6 +11,7 @@ import torch
 import core.monitor as monitor
 from core.monitor import (MemoryMonitor, find_memory_cgroup, parse_cgroup_limit, parse_proc_cgroup,
                           parse_status, sample_memory)
+from tests.scripted_memory import ScriptedMemory
 
 MB = 1e6
 STATUS = """Name:\tpython
@@ -161,24 +162,22 @@ def samplers():
     return [t for t in threading.enumerate() if t.name.startswith("memory sampler")]
 
 
-def test_a_job_catches_a_peak_freed_before_it_ends():
-    watcher = MemoryMonitor(interval=0.05)
+def test_a_job_catches_a_peak_freed_before_it_ends(monkeypatch):
+    memory = ScriptedMemory([100 * MB, 100 * MB, 250 * MB, 100 * MB])  # the peak lasts one sample
+    monkeypatch.setattr(monitor, "sample_memory", memory)
+    watcher = MemoryMonitor(interval=0.001)
     assert watcher.job_state() is None
-    baseline = sample_memory().anon
     with watcher.job("merge tiny"):
         assert len(samplers()) == 1
-        tensor = torch.ones(37_500_000)  # 150 MB
-        time.sleep(0.4)
-        del tensor
-        time.sleep(0.1)
+        memory.wait_for(6)  # the job's first sample, then the thread's: past the peak
         running = watcher.job_state()
     job = watcher.job_state()
     assert samplers() == []
     assert running.finished is None and job.label == "merge tiny"
     assert job.finished >= job.started and job.peak_gpu_allocated == ()
-    assert job.peak_anon - baseline > 120 * MB
-    assert watcher.samples()[-1].anon < job.peak_anon - 100 * MB  # only the thread saw the peak
-    assert len(watcher.samples(since=job.started)) >= 5
+    assert (job.start_anon, job.peak_anon) == (100 * MB, 250 * MB)
+    assert watcher.samples()[-1].anon == 100 * MB  # only the thread saw the peak
+    assert len(watcher.samples(since=job.started)) >= 6
 
 
 def test_a_job_that_raises_still_stops_its_thread():
