@@ -31,12 +31,15 @@ def serve(workspace: Workspace, *, host: str | None = None, port: int | None = N
     The queue holds at most workspace.max_jobs events, and one visitor at most max_session_jobs heavy ones.
     Downloads are written where gradio serves them without a copy (serve_downloads_in_place)."""
     app = build_app(serve_downloads_in_place(workspace))
-    app.queue(max_size=workspace.max_jobs, default_concurrency_limit=4)
+    # Hosted: every call goes through the queue (gradio's /run route would skip its size, the
+    # per-visitor cap and the lanes), and gradio's run history, which lends loopback requests the
+    # machine's Hugging Face token, is off.
+    app.queue(max_size=workspace.max_jobs, default_concurrency_limit=4, api_open=not workspace.hosted)
     if workspace.max_session_jobs is not None:
-        limit_visitor_jobs(app, lane=QUEUE, limit=workspace.max_session_jobs,
+        limit_visitor_jobs(app, lane=QUEUE, limit=workspace.max_session_jobs, apis=("plan",),
                            proxies=SPACE_PROXIES if os.environ.get("SPACE_ID") else ())
     app.launch(server_name=host, server_port=port, theme=THEME, css=CSS, prevent_thread_lock=prevent_thread_lock,
-               max_file_size=workspace.max_upload_bytes)
+               max_file_size=workspace.max_upload_bytes, run_history=False if workspace.hosted else None)
     return app
 
 

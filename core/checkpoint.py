@@ -210,15 +210,19 @@ def resolve_reference(ref: str, *, token: str | bool | None = None) -> Path:
 def _download(repo_id: str, token: str | bool | None) -> Path:
     """Fetch the weights (safetensors preferred over .bin) and side files of a Hub model.
 
-    The file listing doubles as the access check: snapshot_download alone would fall back to
-    the local cache when the Hub refuses a token, and so serve a private repo that the
-    server's own token once fetched.
+    With a caller's own access (a token, or False for none), the Hub must confirm it first:
+    snapshot_download alone falls back to the local cache when the Hub refuses a token, and so
+    would serve a private repo that the server's own token once fetched. A gated repo lists its
+    files to anyone, so the check is auth_check, which refuses a visitor who has not accepted
+    the repo's terms (GatedRepoError).
     """
-    from huggingface_hub import list_repo_files, snapshot_download
+    from huggingface_hub import auth_check, list_repo_files, snapshot_download
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     try:
         try:
+            if token is not None:
+                auth_check(repo_id, token=token)
             names = list_repo_files(repo_id, token=token)
             weights = ["*.safetensors"] if any(n.endswith(".safetensors") for n in names) else ["*.bin"]
         except OfflineModeIsEnabled:  # HF_HUB_OFFLINE=1: use whatever the local cache holds

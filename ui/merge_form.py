@@ -253,6 +253,12 @@ def cache_owner(workspace: Workspace, request: gr.Request | None) -> str | None:
     return session_id(request) if workspace.hosted else None
 
 
+def job_label(ws: Workspace, kind: str, detail: str) -> str:
+    """The memory gauge's name for a job ("merge my-model"). Every page polls the one gauge, so a
+    hosted job is named by its kind alone: its models and output are the visitor's own business."""
+    return kind if ws.hosted else f"{kind} {detail}"
+
+
 def _param_control(form: FormState, key: int | None, param, synced: list, *, first: bool) -> None:
     """A checkbox, a slider, or — for a gradient or filter list — a text box, keyed for redraws."""
     value = shown_value(form, key, param)

@@ -35,7 +35,8 @@ from core.planner import MergePlan
 from core.recipe import MergeRecipe, parse_recipe
 from core.workspace import (Workspace, check_quota, check_recipe_refs, cleanup_stale_sessions, folder_bytes,
                             output_folder, push_folder, remove_session, session_workspace, zip_folder)
-from ui.merge_form import FormControls, build_merge_form, hub_token, refresh_models, request_workspace, session_id
+from ui.merge_form import (FormControls, build_merge_form, hub_token, job_label, refresh_models, request_workspace,
+                           session_id)
 from ui.weights_panel import build_weights_from_data
 
 QUEUE = "gpu"  # concurrency_id shared with the playground: one heavy job on the machine at a time
@@ -121,7 +122,7 @@ def plan(recipe_yaml: str, output_name: str, device: str, workspace: Workspace,
     try:
         recipe, out = _prepare(recipe_yaml, output_name, ws)
         devices = devices_for(device)
-        merge_plan = _plan(recipe, hub_token(workspace, oauth_token))
+        merge_plan = plan_merge(recipe, hub_token(workspace, oauth_token))
     except MergeDeskError as error:
         return f"**✗ Not ready:** {error}"
     return plan_markdown(recipe, merge_plan, out, [str(d) for d in devices], ws)
@@ -145,10 +146,10 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
         recipe, out = _prepare(recipe_yaml, output_name, ws)
         if ws.hosted:
             cleanup_stale_sessions(workspace, STALE_SESSION_S)
-            check_quota(ws, _plan(recipe, token).bytes_written, replacing=out if overwrite else None)
+            check_quota(ws, plan_merge(recipe, token).bytes_written, replacing=out if overwrite else None)
         cancel = _RUNNING[session] = threading.Event()
         yield "Opening the models…", "", "", "", None
-        with MONITOR.job(f"merge {out.name}"):
+        with MONITOR.job(job_label(ws, "merge", out.name)):
             events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=seed or 0,
                                   cancel=cancel, token=token)
             shown = 0.0
@@ -298,7 +299,8 @@ def _prepare(recipe_yaml: str, output_name: str, ws: Workspace) -> tuple[MergeRe
     return recipe, output_folder(output_name, ws)
 
 
-def _plan(recipe: MergeRecipe, token: str | bool | None) -> MergePlan:
+def plan_merge(recipe: MergeRecipe, token: str | bool | None) -> MergePlan:
+    """The engine's plan for `recipe` (headers only; Hub ids fetched with `token`), inputs closed after."""
     checkpoints = open_inputs(recipe, token=token)
     try:
         return plan_for(recipe, checkpoints)

@@ -26,7 +26,7 @@ from core.rerank import load_reranker, loaded_rerankers, unload
 from core.rerank_compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
 from core.safe_yaml import load_yaml
 from core.workspace import Workspace, check_model_ref, check_pairs, find_models, packaged_minilm
-from ui.merge_form import cache_owner, hub_token, request_workspace
+from ui.merge_form import cache_owner, hub_token, job_label, request_workspace
 from ui.merge_panel import PRIVATE, QUEUE, device_choices
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "playground"
@@ -94,7 +94,7 @@ def rerank_compare(model_a: str, model_b: str, query: str, passages: str, querie
         passages_in_all = sum(len(item.docs) for item in items)
         check_pairs(2 * passages_in_all, ws, job=f"this comparison ({passages_in_all:,} passages × 2 models)")
         refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
-        with MONITOR.job(f"compare {Path(refs[0]).name} / {Path(refs[1]).name}"):
+        with MONITOR.job(job_label(ws, "compare", f"{Path(refs[0]).name} / {Path(refs[1]).name}")):
             models = [load_reranker(ref, device=device, token=hub_token(workspace, oauth_token), owner=owner)
                       for ref in refs]
             result = compare(models, items, normalize=bool(normalize))

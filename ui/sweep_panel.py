@@ -29,9 +29,9 @@ from core.monitor import MONITOR
 from core.recipe import to_yaml
 from core.rerank_batches import RerankError
 from core.sweep import DEFAULT_ALPHAS, SHOWN_METRICS, SweepResult, read_sets, sweep_points, sweep_recipe
-from core.workspace import Workspace, check_model_ref, check_pairs
-from ui.merge_form import FormControls, hub_token, request_workspace, session_id, show_form
-from ui.merge_panel import PRIVATE, QUEUE, device_choices
+from core.workspace import Workspace, check_model_ref, check_pairs, check_quota
+from ui.merge_form import FormControls, hub_token, job_label, request_workspace, session_id, show_form
+from ui.merge_panel import PRIVATE, QUEUE, device_choices, plan_merge
 from ui.playground import default_pair, model_choices
 from ui.recipe_form import FormState, yaml_to_form
 from ui.sweep_plot import sweep_figure
@@ -119,13 +119,16 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
         alphas = parse_alphas(alphas_text)
         passages = sum(len(item.docs) for items in sets.values() for item in items)
         check_pairs(passages * len(alphas), ws, job=f"this sweep ({passages:,} passages × {len(alphas)} α's)")
+        if ws.hosted:  # a streamed sweep writes one merge at a time into the visitor's folder
+            scratch = plan_merge(sweep_recipe(method, *refs, alphas[0]), hub_token(workspace, oauth_token))
+            check_quota(ws, scratch.bytes_written, job="the sweep's scratch merge")
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
     cancel = _RUNNING[session] = threading.Event()
     points, mode, result = [], "", None
     yield f"Merging A and B at α = {alphas[0]:g}…", None, None, gr.Dropdown(choices=[], value=None), None
     try:
-        with MONITOR.job(f"sweep {Path(refs[0]).name} → {Path(refs[1]).name}"):
+        with MONITOR.job(job_label(ws, "sweep", f"{Path(refs[0]).name} → {Path(refs[1]).name}")):
             for point, mode in sweep_points(*refs, sets, alphas=alphas, method=method, device=device, cancel=cancel,
                                             scratch=ws.outputs_dir if ws.hosted else None,
                                             token=hub_token(workspace, oauth_token)):

@@ -129,7 +129,7 @@ def test_a_pickle_index_naming_a_file_outside_the_model_is_refused(tmp_path, ber
 
 
 class FakeHub:
-    """huggingface_hub's list_repo_files / snapshot_download for repos already in this machine's cache.
+    """huggingface_hub's auth_check / list_repo_files / snapshot_download for repos already in this machine's cache.
 
     Like the real ones: token=None means the ambient login (HF_TOKEN), False means none; the
     listing refuses a private repo to any other reader and raises OfflineModeIsEnabled when
@@ -141,15 +141,22 @@ class FakeHub:
         self.repos = repos  # repo id → (its cached snapshot folder, the only token that may read it; None: public)
         self.sent: list[tuple[str, str, object]] = []  # (function, repo id, token argument)
 
+    def auth_check(self, repo_id, *, token=None, **_):
+        self.sent.append(("auth_check", repo_id, token))
+        self._refuse_unless_readable(repo_id, token)
+
     def list_repo_files(self, repo_id, *, token=None, **_):
         self.sent.append(("list_repo_files", repo_id, token))
+        return sorted(p.name for p in self._refuse_unless_readable(repo_id, token).iterdir())
+
+    def _refuse_unless_readable(self, repo_id, token) -> Path:
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise OfflineModeIsEnabled("Cannot reach the Hub: offline mode is enabled")
         reader = os.environ.get("HF_TOKEN") if token is None else (token or None)
         folder, owner = self.repos.get(repo_id, (None, "nobody"))
         if owner is not None and reader != owner:
             raise RuntimeError(f"401 Client Error: Repository Not Found for url: .../{repo_id}")
-        return sorted(p.name for p in folder.iterdir())
+        return folder
 
     def snapshot_download(self, repo_id, *, token=None, **_):
         self.sent.append(("snapshot_download", repo_id, token))
@@ -171,6 +178,7 @@ def hub(site, tmp_path, monkeypatch, bert_cls_family):
     fake = FakeHub(repos)
     monkeypatch.setenv("HF_TOKEN", SERVER_TOKEN)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub, "auth_check", fake.auth_check)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", fake.list_repo_files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
     return fake

@@ -318,7 +318,7 @@ def test_one_session_may_hold_only_its_quota_of_heavy_jobs(hosted_app, monkeypat
         answers = [join("greedy").status_code]
         assert started.wait(60)
         answers += [join("greedy").status_code, join("greedy").status_code, join("greedy").status_code]
-        assert visitor_jobs(blocks, "address:127.0.0.1", "gpu") == 2
+        assert visitor_jobs(blocks, "address:127.0.0.1") == 2
         other = join("patient", "198.51.100.7").status_code
     finally:
         gate.set()
@@ -350,7 +350,7 @@ def test_the_job_quota_counts_handlers_with_or_without_a_request_parameter():
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
             first = client.submit("a", api_name=endpoint)
             deadline = time.monotonic() + 60
-            while visitor_jobs(app, "address:127.0.0.1", "gpu") < 1:
+            while visitor_jobs(app, "address:127.0.0.1") < 1:
                 assert time.monotonic() < deadline, "the first job never joined the queue"
                 time.sleep(0.01)
             with pytest.raises(Exception, match="400"):
