@@ -64,6 +64,7 @@ def test_cli_errors_are_one_line(bert_cls_family, tmp_path, capsys, args, messag
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_module(bert_cls_family):
     done = subprocess.run([sys.executable, "-m", "core", "rerank", "--model", str(bert_cls_family[0]),
                            "--query", "hello", "--doc", "world", "--json"], capture_output=True, text=True,

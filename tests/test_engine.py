@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core import planner, staging
+from core.__main__ import main
 from core.checkpoint import Checkpoint
 from core.engine import merge
 from core.errors import MergeCancelled, OutputError
@@ -348,11 +349,12 @@ def test_stale_partial_from_a_crash_is_cleaned(llama_family, tmp_path):
     assert not stale.exists() and (tmp_path / "out" / "model.safetensors").stat().st_size > 100
 
 
-def cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+def test_cli_merge_plan_inspect_and_errors(llama_family, tmp_path, capsys):
+    def cli(*args):
+        """`python -m core ARGS` run in this process (tests/test_cli_rerank.py runs the module itself)."""
+        code = main(list(args))
+        return subprocess.CompletedProcess(args, code, *capsys.readouterr())
 
-
-def test_cli_merge_plan_inspect_and_errors(llama_family, tmp_path):
     base, a, b = llama_family
     recipe_file = tmp_path / "recipe.yml"
     recipe_file.write_text(f"merge_method: ties\nbase_model: {base}\nmodels:\n"

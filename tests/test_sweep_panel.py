@@ -149,7 +149,14 @@ def test_clicking_a_point_in_the_browser_puts_its_alpha_into_the_merge_form(bert
         page.get_by_label("α values").fill("0, 0.5, 1")
         for name in demo_set_names():
             page.get_by_label(name, exact=True).uncheck()
-        upload_until_shown(page, mine, "mine.jsonl")
+        with page.expect_response(lambda r: "/gradio_api/upload?" in r.url and r.request.method == "POST") as upload:
+            page.locator("input[type=file][multiple]").first.set_input_files(mine)
+        assert upload.value.ok, upload.value.status
+        # The uploader lists the file as "mine" + ".jsonl" in two spans, named by the cell's aria-label; the
+        # text "mine.jsonl" itself is only on the "Uploading…" line, which a quick upload shows too briefly to see.
+        listed = page.get_by_role("cell", name="mine.jsonl", exact=True)
+        listed.wait_for()
+        assert listed.count() == 1
         page.get_by_role("button", name="Run the sweep").click()
         page.get_by_text("✓ Swept").wait_for()
         point = page.locator("#sweep-plot .scatterlayer .points path.point").nth(2).bounding_box()  # α = 1
@@ -160,17 +167,3 @@ def test_clicking_a_point_in_the_browser_puts_its_alpha_into_the_merge_form(bert
         browser.close()
     assert "weight: 0.0" in recipe and "weight: 1.0" in recipe and str(bert_cls_family[1]) in recipe
 
-
-def upload_until_shown(page, path: str, name: str, tries: int = 3) -> None:
-    """Give the file to the uploader until the page lists it. In 1 of 3 full-suite runs the first
-    upload was lost (the page never listed the file in 120 s); a fresh try is what a user does."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    for attempt in range(1, tries + 1):
-        page.locator("input[type=file][multiple]").first.set_input_files(path)
-        try:
-            page.get_by_text(name).first.wait_for(timeout=30_000)
-            return
-        except PlaywrightTimeout:
-            if attempt == tries:
-                raise

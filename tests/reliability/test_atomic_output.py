@@ -154,6 +154,7 @@ def test_sigkill_at_random_points_never_leaves_a_half_model(models, tmp_path):
             stale_partials_cleaned=seen["stale_partials_cleaned"], half_models_visible=0, reruns_succeeded=2)
 
 
+@pytest.mark.slow
 def test_a_stale_partial_is_cleaned_and_a_live_one_reported(models, tmp_path):
     recipe = recipe_from_dict(linear_recipe(models, WEIGHTS))
     recipe_file = write_recipe(tmp_path / "recipe.yml", linear_recipe(models, WEIGHTS))
@@ -177,6 +178,7 @@ def test_a_stale_partial_is_cleaned_and_a_live_one_reported(models, tmp_path):
     figures("1 stale OUT.partial", stale_partials_cleaned=1, live_partials_reported=1, opened_as_a_model=0)
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_two_renames_of_a_replace_loses_nothing(models, tmp_path):
     recipe_file = write_recipe(tmp_path / "recipe.yml", linear_recipe(models, WEIGHTS))
     out = tmp_path / "merged"

@@ -67,6 +67,7 @@ def run_fuzz(tmp_path: Path, strategy, name: str) -> Counter:
     return counts
 
 
+@pytest.mark.slow
 def test_fuzz_random_bytes(tmp_path):
     run_fuzz(tmp_path, st.binary(max_size=600), "random bytes")
 
@@ -83,6 +84,7 @@ files = st.builds(safetensors_bytes, headers, data=st.integers(0, 1200),
                   length=st.none() | st.integers(0, 2**64 - 1), cut=st.none() | st.integers(0, 300))
 
 
+@pytest.mark.slow
 def test_fuzz_random_headers(tmp_path):
     run_fuzz(tmp_path, files, "random headers, lengths, dtypes, shapes, offsets")
 
@@ -101,6 +103,7 @@ def flipped_real_files(draw):
     return bytes(head) + bytes(data)
 
 
+@pytest.mark.slow
 def test_fuzz_real_headers_with_flipped_bytes(tmp_path):
     counts = run_fuzz(tmp_path, flipped_real_files(), "real headers, 1-3 bytes flipped")
     assert counts["accepted"] and counts["rejected"]  # the mutations reach both sides

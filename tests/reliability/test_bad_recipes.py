@@ -72,6 +72,7 @@ def test_fuzz_random_text():
     run_fuzz(st.text(max_size=200), "random text")
 
 
+@pytest.mark.slow
 def test_fuzz_random_yaml_under_the_recipe_keys():
     documents = st.dictionaries(st.sampled_from(KEYS) | text, values, max_size=6)
     run_fuzz(documents.map(lambda data: yaml.safe_dump(data, allow_unicode=True)), "random YAML documents")
@@ -109,6 +110,7 @@ def nearly_right(draw) -> str:
     return yaml.safe_dump(data, allow_unicode=True)
 
 
+@pytest.mark.slow
 def test_fuzz_nearly_right_recipes_through_planning():
     counts = run_fuzz(nearly_right(), "nearly right recipes, planned")
     assert counts["planned"] and counts["rejected"]  # the fuzzer reaches both sides
@@ -131,7 +133,8 @@ NAMED = {
 }
 
 
-@pytest.mark.parametrize("case", list(NAMED))
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.slow) if "5,000 deep" in case else case
+                                  for case in NAMED])  # parsing the 5,000-deep nesting takes seconds
 def test_each_named_bad_recipe_is_one_line_from_the_cli(case, tmp_path, capsys):
     recipe_file = tmp_path / "recipe.yml"
     recipe_file.write_text(NAMED[case], encoding="utf-8")

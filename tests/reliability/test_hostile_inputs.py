@@ -121,6 +121,7 @@ def bomb_replies(tmp_path_factory) -> dict[tuple[str, str], dict]:
     return replies
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_an_alias_bomb_in_a_scalar_field_gives_one_short_line_and_little_memory(bomb_replies, entry):
     for field in FIELDS:
