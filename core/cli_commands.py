@@ -5,7 +5,6 @@ commands stay short and testable by calling `main([...])`.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 from pathlib import Path

@@ -28,7 +28,6 @@ import json
 import pickle
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch

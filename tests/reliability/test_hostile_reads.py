@@ -19,7 +19,7 @@ import gradio as gr
 import pytest
 import torch
 from huggingface_hub.errors import OfflineModeIsEnabled
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import core.rerank
 from core.checkpoint import Checkpoint
