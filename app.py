@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 import gradio as gr
 
-from core.workspace import Workspace, default_workspace
+from core import ASSETS
+from core.app.workspace import Workspace, default_workspace
+from ui.common import QUEUE
 from ui.layout import build_app
-from ui.merge_panel import QUEUE, serve_downloads_in_place
+from ui.merge.panel import serve_downloads_in_place
 from ui.session_jobs import SPACE_PROXIES, limit_visitor_jobs
 
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
                        font=["ui-sans-serif", "system-ui", "sans-serif"])  # system fonts: nothing fetched
-CSS = (Path(__file__).resolve().parent / "assets" / "style.css").read_text(encoding="utf-8")
+CSS = (ASSETS / "style.css").read_text(encoding="utf-8")
 
 
 def serve(workspace: Workspace, *, host: str | None = None, port: int | None = None,

@@ -60,7 +60,7 @@ def worker(tool: str, model: str, pairs_file: str, batch: int) -> dict:
     start = time.perf_counter()
     if tool == "mergedesk":
         sys.path.insert(0, str(ROOT))
-        from core.rerank import load_reranker
+        from core.rerank.model import load_reranker
 
         reranker = load_reranker(model, device="cpu")
         score = lambda: reranker.score_pairs(pairs, batch_size=batch)  # noqa: E731

@@ -55,5 +55,9 @@ class ResourceError(MergeDeskError):
     """The merge would not fit: too little free disk at the output or memory on the device."""
 
 
+class RerankError(MergeDeskError):
+    """A model cannot be loaded as a reranker, or its inputs cannot be scored."""
+
+
 class MergeCancelled(MergeDeskError):
     """The user stopped the merge; the partial output has been removed."""

@@ -3,7 +3,7 @@
     python -m core sweep --model-a A --model-b B --set … --json > sweep.json
     python docs/render_sweep.py sweep.json docs/demo_sweep.png [--width 1100] [--height 420]
 
-The figure is the app's own (ui/sweep_plot.py). plotly has no PNG export without kaleido, so
+The figure is the app's own (ui/sweep/plot.py). plotly has no PNG export without kaleido, so
 the figure is written as a self-contained HTML page (plotly.js inlined: no network) and
 photographed by headless Chromium through Playwright (Debian's /usr/bin/chromium unless
 CHROMIUM says otherwise).
@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere in the repo
 
-from core.sweep import SweepResult  # noqa: E402
-from ui.sweep_plot import sweep_figure  # noqa: E402
+from core.cocktail.sweep import SweepResult  # noqa: E402
+from ui.sweep.plot import sweep_figure  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 

@@ -18,7 +18,7 @@ import httpx
 from gradio_client import Client
 
 import app as mergedesk
-from core.workspace import Workspace
+from core.app.workspace import Workspace
 
 
 def local_workspace(root: Path) -> Workspace:

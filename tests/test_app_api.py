@@ -42,7 +42,7 @@ def test_rerank_compare_through_the_client(served, bert_cls_family):
     docs = ["the model said hello", "world", "hello"]
     status, table, chart, metrics, loaded = client.predict(
         base, tuned, "the model", "+ " + "\n".join(docs), None, "cpu", False, api_name="/rerank_compare")
-    from core.rerank import load_reranker
+    from core.rerank.model import load_reranker
 
     expected = dict(zip(docs, load_reranker(tuned).score("the model", docs)))
     columns = table["headers"]

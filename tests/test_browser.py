@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from core.rerank import load_reranker
+from core.rerank.model import load_reranker
 from tests.app_server import launched, local_workspace
 from tests.model_factory import build_family
 
@@ -38,6 +38,7 @@ if not os.path.exists(CHROMIUM):
     pytest.skip(f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)", allow_module_level=True)
 pytest.importorskip("playwright.sync_api")
 from playwright import sync_api  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.checkpoint import Checkpoint
 from core.errors import CheckpointError
-from core.safetensors_header import encode_header, read_header
+from core.io.checkpoint import Checkpoint
+from core.io.header import encode_header, read_header
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from core.__main__ import main
-from core.rerank import load_reranker
+from core.rerank.model import load_reranker
 
 
 def test_rerank_json_has_the_documented_shape_and_the_engines_scores(bert_cls_family, capsys):

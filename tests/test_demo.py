@@ -1,8 +1,8 @@
 """The demo kit's training and model folders, on a tiny BERT and made-up data (seconds, not minutes).
 
 Checked: a seed fixes the trained weights (and another seed changes them); training lowers the
-loss as core.mix_weights computes it independently; a built cross-encoder scores through
-core.rerank; a built bi-encoder embeds in sentence-transformers exactly as core.rerank does;
+loss as core.cocktail.weights computes it independently; a built cross-encoder scores through
+core.rerank.model; a built bi-encoder embeds in sentence-transformers exactly as core.rerank.model does;
 existing models are skipped, --force rebuilds, and no partial folder is left behind.
 """
 import json
@@ -13,10 +13,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from core.demo import DemoSpec, built_demo_models, demo_events, demo_folder
-from core.demo_train import TrainConfig, TrainExample, finish, train_bi_encoder, train_cross_encoder, training_batches
-from core.mix_weights import data_weights
-from core.rerank import load_reranker, unload
+from core.cocktail.weights import data_weights
+from core.demo.build import DemoSpec, built_demo_models, demo_events, demo_folder
+from core.demo.train import TrainConfig, TrainExample, finish, train_bi_encoder, train_cross_encoder, training_batches
+from core.rerank.model import load_reranker, unload
 from tests.model_factory import WORDS
 
 TINY = TrainConfig(epochs=2, lr=1e-3, batch_size=4, group_size=3, max_length=32, warmup=0.0)
@@ -119,7 +119,7 @@ def test_existing_models_are_skipped_unless_forced(built, bert_st_family):
 
 
 def test_training_lowers_the_loss_measured_independently(built, bert_st_family):
-    """core.mix_weights' own losses: the bi-encoder against its start, the cross-encoder against chance."""
+    """core.cocktail.weights' own losses: the bi-encoder against its start, the cross-encoder against chance."""
     models_dir, _, _ = built
     examples = [{"query": e.query, "pos": list(e.pos), "neg": list(e.neg)} for e in tiny_examples(8)]
     before, after = data_weights([str(bert_st_family[0]), str(demo_folder(models_dir, "tiny-bi"))], examples).losses
@@ -153,7 +153,7 @@ def test_bi_encoder_folder_embeds_as_sentence_transformers(built):
 
 def test_cli_skips_built_models_and_says_so(tmp_path, capsys):
     from core.__main__ import main
-    from core.demo import DEMO_MODELS
+    from core.demo.build import DEMO_MODELS
 
     for spec in DEMO_MODELS:
         demo_folder(tmp_path, spec.name).mkdir(parents=True)
@@ -165,16 +165,16 @@ def test_cli_skips_built_models_and_says_so(tmp_path, capsys):
 
 
 def test_cli_quiet_prints_one_line_per_model_and_no_steps(tmp_path, capsys, monkeypatch):
-    import core.demo
+    import core.demo.build
     from core.__main__ import main
-    from core.demo import DemoProgress
+    from core.demo.build import DemoProgress
 
     def fake_events(models_dir, **options):
         for step in (1, 2):
             yield DemoProgress("general-ce", 1, 1, step, 2, 0.5, 1.0, "training")
         yield DemoProgress("general-ce", 1, 1, 2, 2, 0.25, 2.0, "saved")
 
-    monkeypatch.setattr(core.demo, "demo_events", fake_events)
+    monkeypatch.setattr(core.demo.build, "demo_events", fake_events)
     assert main(["demo", "--models-dir", str(tmp_path), "--quiet"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "model 1/1 general-ce: saved, last loss 0.2500, 2 s so far"

@@ -2,10 +2,10 @@
 the demo models exist (fake model folders: only their presence matters here)."""
 from pathlib import Path
 
-from core.demo import DEMO_MODELS, DemoProgress, demo_folder
-from core.workspace import Workspace
+from core.app.workspace import Workspace
+from core.demo.build import DEMO_MODELS, DemoProgress, demo_folder
 from ui.demo_panel import needs_demo, progress_markdown
-from ui.merge_form import start_form
+from ui.merge.form import start_form
 from ui.playground import default_pair
 
 

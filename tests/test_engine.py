@@ -10,13 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core import planner, staging
 from core.__main__ import main
-from core.checkpoint import Checkpoint
-from core.engine import merge
 from core.errors import MergeCancelled, OutputError
-from core.methods import METHODS
-from core.recipe import recipe_from_dict
+from core.io import staging
+from core.io.checkpoint import Checkpoint
+from core.merge import plan as planner
+from core.merge.engine import merge
+from core.merge.methods import METHODS
+from core.merge.recipe import recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +132,7 @@ def test_float32_task_arithmetic_keeps_small_task_vectors_precise(tmp_path):
 
 def test_early_writeback_keeps_the_bytes(llama_family, tmp_path, monkeypatch):
     """Writeback requests every few KB (instead of 128 MB) leave the shards byte-identical."""
-    from core import writer
+    from core.io import writer
 
     plain = merge(ta_recipe(llama_family), tmp_path / "plain")
     requests = []
@@ -192,7 +193,7 @@ def test_every_method_streams_the_same_tensors_as_a_whole_model_merge(method, ll
     layers = json.loads((base / "config.json").read_text())["num_hidden_layers"]
     for name, tensor in got.items():
         t = planner.layer_position(name, layers)
-        from core.recipe import resolve_params
+        from core.merge.recipe import resolve_params
         stack = torch.stack([inputs[r][name].float() for r in rows])
         base_t = inputs[str(base)][name].float() if recipe.uses_base else None
         want = m.merge(stack, base_t, generator=None, **resolve_params(recipe, name, t))
@@ -303,7 +304,7 @@ def test_cancel_mid_merge_leaves_nothing(llama_family, tmp_path):
 
 
 def test_failure_while_writing_leaves_nothing(llama_family, tmp_path, monkeypatch):
-    from core import writer
+    from core.io import writer
 
     calls = {"n": 0}
     real_write = writer.ShardWriter.write
@@ -379,7 +380,7 @@ def test_cli_merge_plan_inspect_and_errors(llama_family, tmp_path, capsys):
 
 
 def test_example_recipes_in_assets_are_valid():
-    from core.recipe import load_recipe
+    from core.merge.recipe import load_recipe
 
     files = sorted((ROOT / "assets" / "recipes").glob("*.yml"))
     assert files

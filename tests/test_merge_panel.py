@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.checkpoint import Checkpoint
-from core.workspace import Workspace
-from ui import merge_panel
-from ui.merge_form import on_example, on_yaml, refresh_models
-from ui.merge_panel import card_markdown, make_zip, merge, plan, push, stop
-from ui.recipe_form import new_form
+from core.app.workspace import Workspace
+from core.io.checkpoint import Checkpoint
+from ui.merge import panel as merge_panel
+from ui.merge.form import on_example, on_yaml, refresh_models
+from ui.merge.panel import card_markdown, make_zip, merge, plan, push, stop
+from ui.merge.recipe_form import new_form
 
 WEIGHTS = (0.2, 0.3, 0.5)
 

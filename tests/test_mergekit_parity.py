@@ -26,8 +26,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from core.engine import merge
-from core.recipe import recipe_from_dict
+from core.merge.engine import merge
+from core.merge.recipe import recipe_from_dict
 from tests.model_factory import build_family
 
 MERGEKIT = os.environ.get("MERGEKIT_YAML") or shutil.which("mergekit-yaml") or ""

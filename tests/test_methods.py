@@ -1,7 +1,7 @@
 """Every merge method against an independent reference written here, on small tensors.
 
 The references use numpy and spell each paper's formula out element by element, so they
-share no code with core/methods.py.
+share no code with core/merge/methods/.
 """
 import math
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.methods import METHODS, register
-from core.params import Param
+from core.merge.methods import METHODS, register
+from core.merge.params import Param
 
 RNG = np.random.default_rng(0)
 SHAPE = (6, 5)

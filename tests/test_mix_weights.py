@@ -1,4 +1,4 @@
-"""Weights from data (core.mix_weights): each loss against a hand computation, and softmax(−loss/τ).
+"""Weights from data (core.cocktail.weights): each loss against a hand computation, and softmax(−loss/τ).
 
 The references load the models with transformers / sentence-transformers directly and apply
 the formulas written here, so a tokenization, pooling or grouping mistake in core would show.
@@ -11,11 +11,11 @@ import torch
 import transformers
 
 from core.__main__ import main
-from core.mix_weights import (data_weights, decoder_loss, embedder_loss, read_examples, reranker_loss,
-                              weights_from_losses)
-from core.recipe import load_recipe
-from core.rerank import load_reranker
-from core.rerank_batches import RerankError
+from core.cocktail.weights import (data_weights, decoder_loss, embedder_loss, read_examples, reranker_loss,
+                                   weights_from_losses)
+from core.errors import RerankError
+from core.merge.recipe import load_recipe
+from core.rerank.model import load_reranker
 from tests.model_factory import minilm_folder
 
 RANKING = [  # words of the tiny models' vocabulary

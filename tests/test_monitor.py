@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import core.monitor as monitor
-from core.monitor import (MemoryMonitor, find_memory_cgroup, parse_cgroup_limit, parse_proc_cgroup,
-                          parse_status, sample_memory)
+from core.monitor import (MemoryMonitor, find_memory_cgroup, parse_cgroup_limit, parse_proc_cgroup, parse_status,
+                          sample_memory)
 from tests.scripted_memory import ScriptedMemory
 
 MB = 1e6

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from core.errors import CheckpointError, RecipeError
-from core.planner import CHUNK_ELEMENTS, layer_position, plan_merge, plan_shards
-from core.recipe import recipe_from_dict
-from core.safetensors_header import TensorInfo
+from core.io.header import TensorInfo
+from core.merge.plan import CHUNK_ELEMENTS, layer_position, plan_merge, plan_shards
+from core.merge.recipe import recipe_from_dict
 
 
 def listing(shapes, dtype=torch.bfloat16, file="model.safetensors"):

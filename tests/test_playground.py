@@ -4,8 +4,8 @@ import os
 import gradio as gr
 import pytest
 
-from core.rerank import load_reranker, loaded_rerankers
-from core.workspace import Workspace
+from core.app.workspace import Workspace
+from core.rerank.model import load_reranker, loaded_rerankers
 from ui.playground import default_pair, parse_passages, rerank_compare, unload_all
 
 

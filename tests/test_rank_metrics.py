@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from core.rank_metrics import kendall_tau, mrr_at_k, ndcg_at_k, ranks, recall_at_k, top_k_overlap
-from core.rerank_batches import RerankError
-from core.rerank_compare import QueryItem, compare, parse_queries, pooled, read_queries
+from core.errors import RerankError
+from core.rerank.compare import QueryItem, compare, parse_queries, pooled, read_queries
+from core.rerank.metrics import kendall_tau, mrr_at_k, ndcg_at_k, ranks, recall_at_k, top_k_overlap
 
 
 def test_ranks_put_the_highest_score_first_and_keep_ties_in_order():

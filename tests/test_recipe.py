@@ -2,8 +2,8 @@
 import pytest
 
 from core.errors import RecipeError
-from core.params import resolve_setting
-from core.recipe import parse_recipe, recipe_from_dict, resolve_params, to_yaml
+from core.merge.params import resolve_setting
+from core.merge.recipe import parse_recipe, recipe_from_dict, resolve_params, to_yaml
 
 TIES = """
 merge_method: ties

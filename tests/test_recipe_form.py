@@ -5,12 +5,12 @@ import pytest
 import yaml
 
 from core.errors import RecipeError
-from core.methods import METHODS
-from core.recipe import parse_recipe, recipe_from_dict
-from ui.recipe_form import (FormState, add_row, change_method, check_form, form_to_recipe, form_to_yaml,
-                            global_params, needs_text, new_form, recipe_to_form, remove_row, row_params, set_field,
-                            set_param, set_row_model, shown_value, shows_base, slider_range, starting_value,
-                            yaml_to_form)
+from core.merge.methods import METHODS
+from core.merge.recipe import parse_recipe, recipe_from_dict
+from ui.merge.recipe_form import (FormState, add_row, change_method, check_form, form_to_recipe, form_to_yaml,
+                                  global_params, needs_text, new_form, recipe_to_form, remove_row, row_params,
+                                  set_field, set_param, set_row_model, shown_value, shows_base, slider_range,
+                                  starting_value, yaml_to_form)
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "assets" / "recipes").glob("*.yml"))
 

@@ -1,4 +1,4 @@
-"""core.rerank against the libraries users compare us with, on real and tiny models.
+"""core.rerank.model against the libraries users compare us with, on real and tiny models.
 
 - bi-encoder: the packaged all-MiniLM-L6-v2 against sentence-transformers' encode + cos_sim;
 - cross-encoder: MiniLM with a seeded head, and a tiny XLM-R, against FlagReranker;
@@ -7,8 +7,9 @@
 import pytest
 import torch
 
-from core.rerank import detect_kind, load_reranker, loaded_rerankers, unload
-from core.rerank_batches import Encoded, RerankError, run_batches
+from core.errors import RerankError
+from core.rerank.encode import Encoded, run_batches
+from core.rerank.model import detect_kind, load_reranker, loaded_rerankers, unload
 from tests.model_factory import minilm_folder
 
 QUERY = "how do I merge two fine-tuned language models?"
@@ -194,7 +195,7 @@ def _two_label_model(folder, source):
 
 
 def test_dtype_defaults_per_device_and_kind(monkeypatch):
-    from core.rerank import pick_dtype
+    from core.rerank.model import pick_dtype
 
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda", 0), torch.device("mps")
     assert pick_dtype(None, cpu, "cross-encoder") == torch.float32  # fp16 LayerNorm is missing/slow on CPU
@@ -208,7 +209,7 @@ def test_dtype_defaults_per_device_and_kind(monkeypatch):
 
 
 def test_auto_spreads_only_models_larger_than_the_free_gpu_memory(monkeypatch, tmp_path):
-    from core.rerank import needs_spreading
+    from core.rerank.model import needs_spreading
 
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2000, 8000))

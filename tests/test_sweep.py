@@ -1,6 +1,6 @@
-"""The α-sweep (core.sweep): its ends are the input models, and both ways of merging agree.
+"""The α-sweep (core.cocktail.sweep): its ends are the input models, and both ways of merging agree.
 
-Reference metrics come from core.rerank on the input models themselves; the merged weights
+Reference metrics come from core.rerank.model on the input models themselves; the merged weights
 of the in-memory path are checked against the engine's merged folder and a hand average.
 """
 import json
@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from core.__main__ import main
-from core.engine import merge, open_inputs, plan_for
-from core.errors import MergeCancelled
-from core.rerank import load_reranker
-from core.rerank_batches import RerankError
-from core.rerank_compare import QueryItem, compare
-from core.sweep import Scoring, merged_in_memory, merged_on_disk, read_sets, sweep, sweep_recipe, weights_line_up
+from core.cocktail.sweep import (Scoring, merged_in_memory, merged_on_disk, read_sets, sweep, sweep_recipe,
+                                 weights_line_up)
+from core.errors import MergeCancelled, RerankError
+from core.merge.engine import merge, open_inputs, plan_for
+from core.rerank.compare import QueryItem, compare
+from core.rerank.model import load_reranker
 from tests.model_factory import read_tensors
 
 SETS = {
@@ -96,9 +96,9 @@ def test_weights_line_up_only_when_every_tensor_has_its_place(bert_cls_family):
 
 
 def test_a_model_whose_names_do_not_line_up_is_merged_on_disk(bert_cls_family, monkeypatch):
-    import core.sweep
+    import core.cocktail.sweep
 
-    monkeypatch.setattr(core.sweep, "weights_line_up", lambda plan, weights: False)
+    monkeypatch.setattr(core.cocktail.sweep, "weights_line_up", lambda plan, weights: False)
     a, b = str(bert_cls_family[0]), str(bert_cls_family[1])
     result = sweep(a, b, SETS, alphas=[0, 1], mode="memory")
     assert result.mode == "disk"

@@ -6,14 +6,14 @@ import struct
 
 import pytest
 
-from core.methods import METHODS
-from core.mix_weights import data_weights, read_examples
-from core.sweep import SweepPoint, SweepResult, read_sets, sweep
-from core.workspace import Workspace
-from ui.recipe_form import new_form, shown_value
-from ui.sweep_panel import demo_set_names, parse_alphas, run_sweep, set_files, stop_sweep, use_alpha
-from ui.sweep_plot import sweep_figure
-from ui.weights_panel import fill_weights
+from core.app.workspace import Workspace
+from core.cocktail.sweep import SweepPoint, SweepResult, read_sets, sweep
+from core.cocktail.weights import data_weights, read_examples
+from core.merge.methods import METHODS
+from ui.merge.recipe_form import new_form, shown_value
+from ui.merge.weights_panel import fill_weights
+from ui.sweep.panel import demo_set_names, parse_alphas, run_sweep, set_files, stop_sweep, use_alpha
+from ui.sweep.plot import sweep_figure
 
 QUERIES = [{"query": "the model", "docs": ["hello world", "the model said", "good day"], "labels": [0, 1, 0]},
            {"query": "merge", "pos": ["merge model"], "neg": ["the way", "her", "new year"]}]

@@ -1,4 +1,4 @@
-"""Radix-select top-k (core/topk.py) against a stable argsort, on data full of tied magnitudes.
+"""Radix-select top-k (core/merge/methods/topk.py) against a stable argsort, on data full of tied magnitudes.
 
 TIES on bf16 checkpoints meets thousands of entries equal to the threshold; which of them are
 kept (lowest flat index first) must not depend on how the tensor is split into blocks.
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.topk import TopK, top_k_cuts
+from core.merge.methods.topk import TopK, top_k_cuts
 
 RNG = np.random.default_rng(0)
 

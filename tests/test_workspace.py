@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from core.app.workspace import (Workspace, check_model_ref, check_quota, check_recipe_refs, cleanup_stale_sessions,
+                                find_models, folder_bytes, output_folder, packaged_minilm, push_folder, remove_session,
+                                session_workspace, zip_folder)
 from core.errors import MergeDeskError
-from core.recipe import parse_recipe
-from core.workspace import (Workspace, check_model_ref, check_quota, check_recipe_refs, cleanup_stale_sessions,
-                            find_models, folder_bytes, output_folder, packaged_minilm, push_folder,
-                            remove_session, session_workspace, zip_folder)
+from core.merge.recipe import parse_recipe
 
 
 def _workspace(root: Path, *, hosted: bool, cap: int | None = None) -> Workspace:

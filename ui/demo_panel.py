@@ -3,10 +3,10 @@
     demo = build_demo_panel(app, workspace)       # above the tabs
     wire_demo(demo, form, workspace)              # once the Merge form exists: a build resets it to the demo
 
-One click trains the demo kit (core.demo: two domain embedders, a general cross-encoder and two
+One click trains the demo kit (core.demo.build: two domain embedders, a general cross-encoder and two
 domain fine-tunes of it, from the packaged MiniLM) into models/demo/, with a progress bar; about
 five minutes on an idle 2-core CPU (docs/DEMO.md). The strip is hidden once the models exist and
-never shown on a hosted app (training would take the shared machine). No tensor math here: core.demo does the work.
+never shown on a hosted app (training would take the shared machine). No tensor math here: core.demo.build does the work.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from core.demo import DEMO_MODELS, DemoProgress, built_demo_models, demo_events
+from core.app.workspace import Workspace
+from core.demo.build import DEMO_MODELS, DemoProgress, built_demo_models, demo_events
 from core.errors import MergeDeskError
 from core.monitor import MONITOR
-from core.workspace import Workspace
-from ui.merge_panel import PRIVATE, QUEUE
-from ui.merge_form import FormControls, show_form, start_form
+from ui.common import PRIVATE, QUEUE
+from ui.merge.form import FormControls, show_form, start_form
 
 PITCH = ("**No demo models yet.** Build them to try MergeDesk on real rerankers: a general MiniLM "
          "cross-encoder, cooking and software fine-tunes of it, and two domain embedders, trained here "

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.workspace import Workspace
+from core.app.workspace import Workspace
 from ui.demo_panel import build_demo_panel, wire_demo
 from ui.gauge import build_gauge
-from ui.merge_panel import build_merge_panel
+from ui.merge.panel import build_merge_panel
 from ui.methods_panel import build_methods_panel
 from ui.playground import build_playground
-from ui.sweep_panel import build_sweep_panel
+from ui.sweep.panel import build_sweep_panel
 
 INTRO = """# MergeDesk
 Merge Hugging Face checkpoints (LLMs, embedders, rerankers) and see what the merge did.

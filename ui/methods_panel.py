@@ -1,13 +1,13 @@
 """The "Methods" panel: every merge method and its parameters, read from core's registry.
 
-Nothing here is written per method: a method registered in core/methods.py appears here
+Nothing here is written per method: a method registered in core/merge/methods/ appears here
 with its label, paper link and parameter declarations.
 """
 from __future__ import annotations
 
 import gradio as gr
 
-from core.methods import METHODS
+from core.merge.methods import METHODS
 
 
 def methods_markdown() -> str:

@@ -5,10 +5,10 @@
 Model A defaults to the base of the latest merge and model B to that merge, so the page
 answers "what did my merge do?" right after merging. Passages are typed one per line (a
 leading "+" marks a relevant one, which turns on MRR / nDCG) or uploaded as JSONL with
-several queries. The scoring runs in core.rerank (models stay loaded between runs); this
+several queries. The scoring runs in core.rerank.model (models stay loaded between runs); this
 file only turns its Comparison into a table, a chart and a metrics table. The public API
 name is `rerank_compare`; unloading and refreshing are UI-only (private) events. Hosted, the
-"Loaded:" line and "Unload models" are the session's own (ui.merge_form.cache_owner): a
+"Loaded:" line and "Unload models" are the session's own (ui.merge.form.cache_owner): a
 visitor never sees or frees another's models, and Hub ids are fetched with their own access.
 """
 from __future__ import annotations
@@ -19,17 +19,17 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.demo import demo_pair
+from core import ASSETS
+from core.app.workspace import Workspace, check_model_ref, check_pairs, find_models, packaged_minilm
+from core.demo.build import demo_pair
 from core.errors import MergeDeskError
+from core.io.safe_yaml import load_yaml
 from core.monitor import MONITOR
-from core.rerank import load_reranker, loaded_rerankers, unload
-from core.rerank_compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
-from core.safe_yaml import load_yaml
-from core.workspace import Workspace, check_model_ref, check_pairs, find_models, packaged_minilm
-from ui.merge_form import cache_owner, hub_token, job_label, request_workspace
-from ui.merge_panel import PRIVATE, QUEUE, device_choices
+from core.rerank.compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
+from core.rerank.model import load_reranker, loaded_rerankers, unload
+from ui.common import PRIVATE, QUEUE, cache_owner, device_choices, hub_token, job_label, request_workspace
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "playground"
+EXAMPLES = ASSETS / "playground"
 UP, DOWN = "#2e7d4f", "#b3412e"  # rank change colours: moved up / moved down
 # Shown before the first run too (an empty gr.Dataframe would head its columns 1, 2, 3).
 TABLE_COLUMNS = ["passage", "A score", "A rank", "B score", "B rank", "Δ score", "rank change"]

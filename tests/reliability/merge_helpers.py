@@ -3,7 +3,7 @@
 A tiny multi-shard model family written with the safetensors library, a linear recipe over it,
 the merge that recipe must give computed here with numpy (independent of core/), a digest of
 a folder's bytes (to prove a folder was left exactly as it was), `ByteBudget` (a stand-in for
-`open` in core.writer that fails once a number of bytes is written), and `figures`, which prints
+`open` in core.io.writer that fails once a number of bytes is written), and `figures`, which prints
 one line of counts that docs/RELIABILITY.md quotes (run pytest with -s to see them).
 """
 from __future__ import annotations
@@ -93,7 +93,7 @@ def disk_full(path: str) -> None:
 
 
 class ByteBudget:
-    """Stands in for `open` in core.writer: files accept `budget` bytes in all, then `when_spent(path)` runs.
+    """Stands in for `open` in core.io.writer: files accept `budget` bytes in all, then `when_spent(path)` runs.
 
     The bytes that fit are written and flushed first, as a real disk or a crash would leave them.
     By default `when_spent` raises ENOSPC (disk full); the kill test passes one that SIGKILLs.

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from core import staging, writer
 from core.__main__ import main
-from core.checkpoint import Checkpoint
-from core.engine import merge
 from core.errors import CheckpointError, OutputError
-from core.recipe import recipe_from_dict
-from tests.reliability.merge_helpers import (ByteBudget, build_models, expected_linear, figures, folder_digest, linear_recipe,
-                                             matches, one_line, write_recipe)
+from core.io import staging, writer
+from core.io.checkpoint import Checkpoint
+from core.merge.engine import merge
+from core.merge.recipe import recipe_from_dict
+from tests.reliability.merge_helpers import (ByteBudget, build_models, expected_linear, figures, folder_digest,
+                                             linear_recipe, matches, one_line, write_recipe)
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = [0.5, 0.3, 0.2]
@@ -73,7 +73,7 @@ def test_disk_full_through_the_cli_is_one_line_and_exit_1(models, tmp_path, monk
 # rename 2 is "partial → OUT", so dying there leaves OUT set aside as OUT.old-TOKEN and no OUT).
 DIES_AT = """
 import os, signal, sys
-from core import staging, writer
+from core.io import staging, writer
 from tests.reliability.merge_helpers import ByteBudget
 kind, point = sys.argv[1], int(sys.argv[2])
 die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)

@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from core.__main__ import main
-from core.checkpoint import Checkpoint
-from core.engine import merge
 from core.errors import CheckpointError
-from core.recipe import recipe_from_dict
-from core.safetensors_header import DTYPE_CODES, MAX_HEADER_BYTES, encode_header, read_header
+from core.io.checkpoint import Checkpoint
+from core.io.header import DTYPE_CODES, MAX_HEADER_BYTES, encode_header, read_header
+from core.merge.engine import merge
+from core.merge.recipe import recipe_from_dict
 from tests.reliability.merge_helpers import build_models, figures, linear_recipe, one_line, write_recipe
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, derandomize=True)

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from core.__main__ import main
 from core.errors import MergeDeskError
-from core.methods import METHODS
-from core.planner import plan_merge
-from core.recipe import KEYS, parse_recipe
-from core.safetensors_header import TensorInfo
+from core.io.header import TensorInfo
+from core.merge.methods import METHODS
+from core.merge.plan import plan_merge
+from core.merge.recipe import KEYS, parse_recipe
 from tests.reliability.merge_helpers import figures, one_line
 
 FUZZ = settings(max_examples=300, deadline=None, database=None, derandomize=True)

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from core.checkpoint import Checkpoint
-from core.engine import merge
 from core.errors import MergeCancelled
-from core.recipe import recipe_from_dict
-from core.writer import ShardWriter
-from tests.reliability.merge_helpers import (TENSORS, build_models, figures, folder_digest, linear_recipe,
-                                             write_recipe)
+from core.io.checkpoint import Checkpoint
+from core.io.writer import ShardWriter
+from core.merge.engine import merge
+from core.merge.recipe import recipe_from_dict
+from tests.reliability.merge_helpers import TENSORS, build_models, figures, folder_digest, linear_recipe, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS = [0.5, 0.5]
@@ -113,7 +112,7 @@ def test_stop_during_a_replace_keeps_the_old_model(models, tmp_path, monkeypatch
 # Ctrl-C arrives while the CLI's merge has written argv[1] bytes of shards.
 INTERRUPTED_AT = """
 import os, signal, sys
-from core import writer
+from core.io import writer
 from tests.reliability.merge_helpers import ByteBudget
 writer.open = ByteBudget(int(sys.argv[1]), lambda path: os.kill(os.getpid(), signal.SIGINT))
 from core.__main__ import main

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from core import staging
 from core.__main__ import main
-from core.engine import merge
 from core.errors import OutputError
-from core.recipe import recipe_from_dict
+from core.io import staging
+from core.merge.engine import merge
+from core.merge.recipe import recipe_from_dict
 from tests.reliability.merge_helpers import (build_models, expected_linear, figures, folder_digest, linear_recipe,
                                              matches, one_line, write_recipe)
 
@@ -211,7 +211,7 @@ def test_only_module_folders_come_along_and_nothing_else_from_sub_folders(models
 # has created OUT.partial: a mkdir, rename, unlink, rmdir (shutil.rmtree's too) or marker write.
 DIES_BEFORE_STEP = """
 import os, signal, sys
-from core import staging
+from core.io import staging
 point, steps = int(sys.argv[1]), []
 def counted(real, starts=False):
     def step(*args, **kwargs):

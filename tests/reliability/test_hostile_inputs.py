@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import MAX_MESSAGE, RecipeError
-from core.recipe import parse_recipe
-from core.safe_yaml import MAX_VALUES, load_yaml
+from core.io.safe_yaml import MAX_VALUES, load_yaml
+from core.merge.recipe import parse_recipe
 from tests.reliability.merge_helpers import figures, one_line
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +57,8 @@ def bomb_recipe(field: str) -> str:
 def run_bombs(folder: str) -> None:
     """The child's work: every entry point × field, a line of JSON each in folder/replies.jsonl."""
     from core.__main__ import main
-    from core.workspace import Workspace
-    from ui.merge_panel import plan
+    from core.app.workspace import Workspace
+    from ui.merge.panel import plan
 
     root = Path(folder)
     ws = Workspace(root, root / "models", root / "outputs", hosted=True)  # the public Space's rules
@@ -139,7 +139,7 @@ def test_an_alias_bomb_in_a_scalar_field_gives_one_short_line_and_little_memory(
 
 
 def test_an_alias_bomb_typed_into_a_setting_box_is_refused():
-    from ui.recipe_form import new_form, set_param
+    from ui.merge.recipe_form import new_form, set_param
 
     with pytest.raises(RecipeError, match=REFUSED) as caught:
         set_param(new_form("slerp"), None, "t", alias_bomb())
@@ -172,7 +172,7 @@ def sweep_error(uploads: list[str], ws, *, demo: tuple[str, ...] = ()) -> str:
     """The one-line error the Sweep tab shows before any model is loaded ("oops" is a bad α list)."""
     import gradio as gr
 
-    from ui.sweep_panel import run_sweep
+    from ui.sweep.panel import run_sweep
 
     with pytest.raises(gr.Error) as caught:
         next(run_sweep("org/a", "org/b", "linear", "cpu", list(demo), uploads, "oops", ws))
@@ -181,15 +181,15 @@ def sweep_error(uploads: list[str], ws, *, demo: tuple[str, ...] = ()) -> str:
 
 def hosted(tmp_path):
     """A public Space's workspace: only uploads, demo sets and its own folders may be read."""
-    from core.workspace import Workspace
+    from core.app.workspace import Workspace
 
     return Workspace(tmp_path / "app", tmp_path / "app" / "models", tmp_path / "app" / "outputs", hosted=True)
 
 
 @pytest.mark.parametrize("public", [False, True], ids=["local", "hosted"])
 def test_an_upload_named_name_equals_path_is_read_itself_not_the_server_file(tmp_path, monkeypatch, public):
-    from core.workspace import Workspace
-    from ui.sweep_panel import set_files
+    from core.app.workspace import Workspace
+    from ui.sweep.panel import set_files
 
     uploads = tmp_path / "gradio"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(uploads))
@@ -214,7 +214,7 @@ def test_an_upload_named_name_equals_path_is_read_itself_not_the_server_file(tmp
 def test_a_hosted_sweep_opens_only_uploads_and_demo_sets(tmp_path, monkeypatch):
     import os
 
-    from ui.sweep_panel import DEMO_SETS
+    from ui.sweep.panel import DEMO_SETS
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     server = tmp_path / "server"
@@ -238,7 +238,7 @@ def test_a_hosted_sweep_opens_only_uploads_and_demo_sets(tmp_path, monkeypatch):
 
 
 def test_cli_set_arguments_are_split_by_the_cli_and_passed_as_pairs(tmp_path):
-    from core.cli_mix import set_arg
+    from core.cli.mix import set_arg
 
     odd = tmp_path / "a=1.jsonl"
     odd.write_text(QUERY, encoding="utf-8")

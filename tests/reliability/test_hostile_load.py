@@ -19,19 +19,19 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-import ui.merge_form
+import ui.merge.form
+import ui.merge.weights_panel
 import ui.playground
-import ui.sweep_panel
-import ui.weights_panel
+import ui.sweep.panel
+from core.app.workspace import Workspace, cleanup_stale_sessions, default_workspace, session_workspace
 from core.errors import MergeDeskError
-from core.workspace import Workspace, cleanup_stale_sessions, default_workspace, session_workspace
 from tests.app_server import launched, local_workspace
-from ui.merge_form import export_recipe
-from ui.merge_panel import STALE_SESSION_S, end_session, make_zip, merge, serve_downloads_in_place
+from ui.merge.form import export_recipe
+from ui.merge.panel import STALE_SESSION_S, end_session, make_zip, merge, serve_downloads_in_place
+from ui.merge.recipe_form import new_form
 from ui.playground import rerank_compare
-from ui.recipe_form import new_form
 from ui.session_jobs import SPACE_PROXIES, client_address, visitor_key
-from ui.sweep_panel import run_sweep
+from ui.sweep.panel import run_sweep
 
 DOCS = "the model said hello\nworld"
 PAIR = "merge_method: linear\nmodels:\n" + "".join(f"  - model: models/{name}\n    parameters: {{weight: 1}}\n"
@@ -151,9 +151,9 @@ def test_one_job_cannot_be_as_big_as_the_visitor_likes(tmp_path, monkeypatch):
         raise MergeDeskError("reached the models")
 
     monkeypatch.setattr(ui.playground, "load_reranker", reached)
-    monkeypatch.setattr(ui.sweep_panel, "sweep_points", reached)
-    monkeypatch.setattr(ui.sweep_panel, "plan_merge", reached)  # a hosted sweep plans its scratch merge first
-    monkeypatch.setattr(ui.weights_panel, "data_weights", reached)
+    monkeypatch.setattr(ui.sweep.panel, "sweep_points", reached)
+    monkeypatch.setattr(ui.sweep.panel, "plan_merge", reached)  # a hosted sweep plans its scratch merge first
+    monkeypatch.setattr(ui.merge.weights_panel, "data_weights", reached)
     many = "\n".join(f"passage {n}" for n in range(6001))
     with pytest.raises(gr.Error) as caught:
         rerank_compare("a/b", "a/c", "q", many, None, "cpu", False, hosted, _visitor("v"))
@@ -161,17 +161,17 @@ def test_one_job_cannot_be_as_big_as_the_visitor_likes(tmp_path, monkeypatch):
                                     "pairs; a job on this app may score at most 12,000: use fewer passages, queries "
                                     "or α's, or run MergeDesk on your machine")
     alphas = ", ".join(f"{n / 20:g}" for n in range(21))
-    demo = ui.sweep_panel.demo_set_names()
+    demo = ui.sweep.panel.demo_set_names()
     with pytest.raises(gr.Error, match=r"this sweep \(\d[\d,]* passages × 21 α's\) scores .* at most 12,000"):
         next(run_sweep("a/b", "a/c", "linear", "cpu", demo, None, alphas, hosted, _visitor("v")))
     examples = tmp_path / "examples.jsonl"
     examples.write_text("".join(json.dumps({"input": f"q{n}", "output": "a"}) + "\n" for n in range(6001)))
     form = new_form("linear", models=("a/b", "a/c"))
-    outcome, _ = ui.weights_panel.fill_weights(form, str(examples), 5.0, "cpu", hosted, _visitor("v"))
+    outcome, _ = ui.merge.weights_panel.fill_weights(form, str(examples), 5.0, "cpu", hosted, _visitor("v"))
     assert outcome.startswith("✗ these examples (6,001 texts × 2 models) scores 12,002"), outcome
     # Controls: the default sweep of the demo sets fits, and a local app takes any size.
     local = local_workspace(tmp_path)
-    assert ui.weights_panel.fill_weights(form, str(examples), 5.0, "cpu", local, _visitor("v"))[0] == \
+    assert ui.merge.weights_panel.fill_weights(form, str(examples), 5.0, "cpu", local, _visitor("v"))[0] == \
         "✗ reached the models"
     for workspace in (hosted, local_workspace(tmp_path)):
         with pytest.raises(gr.Error, match="reached the models"):
@@ -248,15 +248,15 @@ def test_a_sweep_merges_inside_the_visitors_folder(tmp_path, bert_cls_family, mo
     labelled = tmp_path / "tmp" / "gradio" / "mine.jsonl"  # where gradio keeps uploads
     labelled.parent.mkdir()
     labelled.write_text(json.dumps({"query": "q", "docs": ["a", "b"], "labels": [1, 0]}) + "\n")
-    monkeypatch.setattr("core.sweep.fits_in_memory", lambda *args, **kwargs: False)  # the streamed ("disk") way
-    import core.sweep
-    real_merge, written = core.sweep.merge, []
+    monkeypatch.setattr("core.cocktail.sweep.fits_in_memory", lambda *args, **kwargs: False)  # the streamed ("disk") way
+    import core.cocktail.sweep
+    real_merge, written = core.cocktail.sweep.merge, []
 
     def spy(recipe, out, **kwargs):
         written.append(Path(out))
         return real_merge(recipe, out, **kwargs)
 
-    monkeypatch.setattr(core.sweep, "merge", spy)
+    monkeypatch.setattr(core.cocktail.sweep, "merge", spy)
     steps = list(run_sweep("models/ce0", "models/ce1", "linear", "cpu", [], [str(labelled)], "0, 1", ws,
                            _visitor("v")))
     mine = session_workspace(ws, "v").outputs_dir
@@ -295,7 +295,7 @@ def _outputs(blocks, session: str, count: int) -> dict:
 
 def test_a_slow_form_edit_holds_up_only_its_own_visitor(tmp_path, monkeypatch):
     holding, gate, entered = threading.Event(), threading.Event(), []
-    real_set_field = ui.merge_form.set_field
+    real_set_field = ui.merge.form.set_field
 
     def held_set_field(form, name, value):
         entered.append(value)
@@ -304,7 +304,7 @@ def test_a_slow_form_edit_holds_up_only_its_own_visitor(tmp_path, monkeypatch):
             assert gate.wait(60)
         return real_set_field(form, name, value)
 
-    monkeypatch.setattr(ui.merge_form, "set_field", held_set_field)  # before launch: the handlers capture it
+    monkeypatch.setattr(ui.merge.form, "set_field", held_set_field)  # before launch: the handlers capture it
     with launched(local_workspace(tmp_path)) as (blocks, _):
         base, dtype = _form_index(blocks, "base-model"), _form_index(blocks, "Working dtype")
         results = {}

@@ -21,14 +21,14 @@ import torch
 from huggingface_hub.errors import OfflineModeIsEnabled
 from safetensors.torch import load_file
 
-import core.rerank
-from core.checkpoint import Checkpoint
+import core.rerank.model
+from core.app.workspace import Workspace, find_models, session_workspace
 from core.errors import MergeDeskError
-from core.rerank import load_reranker
-from core.workspace import Workspace, find_models, session_workspace
+from core.io.checkpoint import Checkpoint
+from core.rerank.model import load_reranker
 from tests.app_server import browser_event, fn_index, launched
 from tests.reliability.test_sandbox import DOCS, PAIR, _hosted, _linear, _run_merge, _visitor
-from ui.merge_panel import make_zip, plan
+from ui.merge.panel import make_zip, plan
 from ui.playground import loaded_markdown, rerank_compare
 
 SERVER_TOKEN = "hf_server_secret"  # the Space's own HF_TOKEN: must never be sent for a visitor
@@ -241,9 +241,9 @@ def test_offline_a_visitor_is_offered_and_served_nothing_from_the_servers_cache(
 
 @pytest.fixture
 def empty_cache():
-    core.rerank.unload()  # earlier tests load the same tiny models
+    core.rerank.model.unload()  # earlier tests load the same tiny models
     yield
-    core.rerank.unload()
+    core.rerank.model.unload()
 
 
 def test_a_session_sees_and_unloads_only_its_own_models(site, empty_cache):
@@ -265,25 +265,25 @@ def test_a_session_sees_and_unloads_only_its_own_models(site, empty_cache):
             alice, bob = pool.map(run, ["alice", "bob"], [mine, "models/ce"])
         unloaded = browser_event(blocks, unload_all, [None] * len(blocks.fns[unload_all].inputs), "bob")
     # bob's Unload (called by number, as any client can) left alice's models loaded, the one they share too.
-    assert {r.folder for r in core.rerank.loaded_rerankers()} == {(ws.models_dir / "ce").resolve(), private.resolve()}
+    assert {r.folder for r in core.rerank.model.loaded_rerankers()} == {(ws.models_dir / "ce").resolve(), private.resolve()}
     still = loaded_markdown("alice")
     print(f"\nreliability hostile reads: 2 sessions comparing at once; bob's line: {bob!r}; "
           f"after bob's Unload, alice's: {still!r}")
     assert "alices-private-merge" in alice and "alices-private-merge" not in bob and "`ce`" in bob
     assert unloaded["success"] and unloaded["output"]["data"] == ["No models loaded."]
     assert "alices-private-merge" in still and "`ce`" in still
-    core.rerank.unload(owner="alice")  # control: once nobody holds them, they are gone
-    assert core.rerank.loaded_rerankers() == []
+    core.rerank.model.unload(owner="alice")  # control: once nobody holds them, they are gone
+    assert core.rerank.model.loaded_rerankers() == []
 
 
 def test_the_model_cache_is_bounded_by_bytes(site, empty_cache, monkeypatch):
     ws = site
     folders = [shutil.copytree(ws.models_dir / "ce", ws.models_dir / f"ce-{i}") for i in range(4)]
     one = load_reranker(str(folders[0])).nbytes
-    monkeypatch.setattr(core.rerank, "CACHE_BYTES", int(2.5 * one), raising=False)
+    monkeypatch.setattr(core.rerank.model, "CACHE_BYTES", int(2.5 * one), raising=False)
     for folder in folders[1:]:
         load_reranker(str(folder), owner="visitor")
-    kept = [r.folder.name for r in core.rerank.loaded_rerankers()]
+    kept = [r.folder.name for r in core.rerank.model.loaded_rerankers()]
     print(f"\nreliability hostile reads: cache cap 2.5 models ({2.5 * one / 1e6:.2f} MB), 4 loaded: kept {kept}")
     assert kept == ["ce-2", "ce-3"]  # the least recently used went first
 

@@ -3,7 +3,7 @@
 Two merges and eight playground comparisons are sent through gradio_client (loopback only),
 each one queued before the next is sent, while the first merge is held at a gate so all ten
 wait together. They share one "gpu" lane (concurrency 1): they must run one at a time in the
-order sent, and give the tensors of the linear formula and the scores of core.rerank called
+order sent, and give the tensors of the linear formula and the scores of core.rerank.model called
 directly. Then 50 comparisons with the real MiniLM cross-encoder, unloading every 5th, must
 leave anonymous memory (RssAnon) within 50 MB of where it started, and every unloaded model
 must be garbage: safetensors weights are file-backed (mmap), so RssAnon alone would not see a
@@ -19,11 +19,11 @@ import pytest
 from gradio_client.utils import Status
 from safetensors.torch import load_file
 
-import core.rerank
-import ui.merge_panel
+import core.rerank.model
+import ui.merge.panel
 import ui.playground
 from core.monitor import sample_memory
-from core.rerank import load_reranker
+from core.rerank.model import load_reranker
 from tests.app_server import browser_event, fn_index, launched, local_workspace
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def _queued(job) -> None:
 def test_merges_and_comparisons_share_one_lane_in_order(served, monkeypatch, llama_family, bert_cls_family):
     workspace, _, client = served
     ran, gate = [], threading.Event()
-    real_compare, real_merge_events = ui.playground.compare, ui.merge_panel.merge_events
+    real_compare, real_merge_events = ui.playground.compare, ui.merge.panel.merge_events
 
     def recorded_compare(models, items, **options):
         ran.append(("start", items[0].query))
@@ -69,7 +69,7 @@ def test_merges_and_comparisons_share_one_lane_in_order(served, monkeypatch, lla
         ran.append(("end", out.name))
 
     monkeypatch.setattr(ui.playground, "compare", recorded_compare)
-    monkeypatch.setattr(ui.merge_panel, "merge_events", recorded_merge)
+    monkeypatch.setattr(ui.merge.panel, "merge_events", recorded_merge)
     recipes = {f"merge-{i}": "merge_method: linear\nmodels:\n" + "".join(
         f"  - model: {folder}\n    parameters: {{weight: {weight}}}\n"
         for folder, weight in zip(llama_family[i - 1:i + 1], (1, i))) for i in (1, 2)}
@@ -120,15 +120,15 @@ def test_fifty_comparisons_leave_no_memory_behind(served, monkeypatch, minilm_cr
     _, blocks, client = served
     unload = fn_index(blocks, "unload_all")
     model_a, model_b = str(minilm_cross_encoder), str(bert_cls_family[0])
-    models, real_load = [], core.rerank._load
+    models, real_load = [], core.rerank.model._load
 
     def tracked_load(*args, **kwargs):  # a weak reference to every model the app loads
         reranker = real_load(*args, **kwargs)
         models.append(weakref.ref(reranker.model))
         return reranker
 
-    monkeypatch.setattr(core.rerank, "_load", tracked_load)
-    core.rerank.unload()  # start from an empty cache (earlier tests load the same tiny model)
+    monkeypatch.setattr(core.rerank.model, "_load", tracked_load)
+    core.rerank.model.unload()  # start from an empty cache (earlier tests load the same tiny model)
 
     def compare(i: int):
         return client.predict(model_a, model_b, QUERIES[i % len(QUERIES)], "\n".join(DOCS), None, "cpu", False,
@@ -149,5 +149,5 @@ def test_fifty_comparisons_leave_no_memory_behind(served, monkeypatch, minilm_cr
           f"{len(models) // 2 - 1} load/unload cycles: RssAnon {baseline / MB:.0f} MB before, "
           f"{after / MB:.0f} MB after unloading (growth {(after - baseline) / MB:+.1f} MB); {leaked} of {len(models)} loaded models still alive")
     assert alive == 2 and len(models) == 2 * 11  # control: loaded models are seen (warm-up + 10 cycles)
-    assert leaked == 0 and core.rerank.loaded_rerankers() == []
+    assert leaked == 0 and core.rerank.model.loaded_rerankers() == []
     assert after - baseline < 50 * MB

@@ -2,7 +2,7 @@
 CLI or a blank "Error" in the app.
 
 Each group builds its bad input, runs it through the CLI in-process (`main([...])`) and, where the
-issue names the app, through the app's handler (ui.merge_panel.plan/merge, ui.playground.rerank_compare).
+issue names the app, through the app's handler (ui.merge.panel.plan/merge, ui.playground.rerank_compare).
 A refusal must be exit 1 with exactly one stderr line `error: …` of bounded length naming the culprit
 (file, tensor, field). Inputs that are legitimately mergeable (float8 under linear, zero-size tensors,
 a layer stack deeper than config.json says) must merge, and their values are checked against a
@@ -22,12 +22,12 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from core.__main__ import main
+from core.app.workspace import Workspace, check_model_ref, find_models
 from core.errors import MergeDeskError
-from core.methods import METHODS
-from core.workspace import Workspace, check_model_ref, find_models
+from core.merge.methods import METHODS
 from tests.reliability.merge_helpers import figures, one_line
-from ui.merge_panel import merge as app_merge
-from ui.merge_panel import plan as app_plan
+from ui.merge.panel import merge as app_merge
+from ui.merge.panel import plan as app_plan
 from ui.playground import rerank_compare
 
 LONGEST = 700  # characters in one error line: room for a 300-character path, not for a dumped input

@@ -10,9 +10,9 @@ import shutil
 import pytest
 
 from core.__main__ import main
-from core.engine import merge
 from core.errors import MergeDeskError, OutputError
-from core.recipe import recipe_from_dict
+from core.merge.engine import merge
+from core.merge.recipe import recipe_from_dict
 from tests.reliability.merge_helpers import (ByteBudget, build_models, expected_linear, figures, folder_digest,
                                              linear_recipe, matches, one_line, write_recipe)
 
@@ -59,7 +59,7 @@ def test_overwrite_keeps_the_old_folder_whole_until_the_new_one_is_complete(mode
 
 
 def test_a_replace_that_fails_halfway_keeps_the_old_folder(models, existing, tmp_path, monkeypatch):
-    from core import writer
+    from core.io import writer
 
     digest = folder_digest(existing)
     monkeypatch.setattr(writer, "open", ByteBudget(2_000_000), raising=False)  # disk full at ~40 %

@@ -1,6 +1,6 @@
 """While the playground loads a model, the rest of the page still answers.
 
-A slow load is injected: core.rerank._load waits on a gate that only the test opens. With a
+A slow load is injected: core.rerank.model._load waits on a gate that only the test opens. With a
 comparison stuck in that load (holding the "gpu" lane), the memory gauge's tick, a /plan call
 and the playground's "Unload models" button must all answer; only then is the gate opened and
 the comparison checked against scores computed directly. No timing is asserted: the proof is
@@ -11,8 +11,8 @@ import threading
 import httpx
 import pytest
 
-import core.rerank
-from core.rerank import load_reranker
+import core.rerank.model
+from core.rerank.model import load_reranker
 from tests.app_server import browser_event, fn_index, launched, local_workspace
 
 BOUND_S = 60  # upper bound on any single wait; a hang fails the test instead of stalling the suite
@@ -26,16 +26,16 @@ def served(tmp_path):
 
 @pytest.fixture
 def slow_load(monkeypatch):
-    """core.rerank._load that waits for `gate`, after setting `loading`."""
+    """core.rerank.model._load that waits for `gate`, after setting `loading`."""
     loading, gate = threading.Event(), threading.Event()
-    real_load = core.rerank._load
+    real_load = core.rerank.model._load
 
     def gated_load(*args, **kwargs):
         loading.set()
         assert gate.wait(BOUND_S), "the test never opened the gate"
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(core.rerank, "_load", gated_load)
+    monkeypatch.setattr(core.rerank.model, "_load", gated_load)
     yield loading, gate
     gate.set()
 
@@ -43,7 +43,7 @@ def slow_load(monkeypatch):
 def test_the_page_answers_while_a_model_loads(served, slow_load, bert_cls_family, llama_family):
     blocks, client = served
     loading, gate = slow_load
-    core.rerank.unload()
+    core.rerank.model.unload()
     base, tuned = str(bert_cls_family[0]), str(bert_cls_family[1])
     docs = ["the model said hello", "world", "hello"]
     job = client.submit(base, tuned, "the model", "\n".join(docs), None, "cpu", False, api_name="/rerank_compare")

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import preflight
 from core.__main__ import main
-from core.checkpoint import Checkpoint
-from core.engine import merge, open_inputs, plan_for
 from core.errors import ResourceError
-from core.planner import size_text
-from core.recipe import recipe_from_dict
+from core.io.checkpoint import Checkpoint
+from core.merge import preflight
+from core.merge.engine import merge, open_inputs, plan_for
+from core.merge.plan import size_text
+from core.merge.recipe import recipe_from_dict
 from tests.reliability.merge_helpers import build_models, figures, linear_recipe, one_line, write_recipe
 
 Usage = namedtuple("Usage", "total used free")

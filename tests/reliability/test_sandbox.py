@@ -2,7 +2,7 @@
 
 Attacks go through the entry points a visitor reaches (the merge tab's plan/merge, the
 playground's rerank_compare, and the launched app's queue with hand-made requests), not only
-through core.workspace. Each break-out is paired with a control showing that the same input
+through core.app.workspace. Each break-out is paired with a control showing that the same input
 does work where it is allowed (local mode, or the visitor's own folder), so a refusal is the
 sandbox's doing and not a broken fixture. Run with -s to see the counts.
 """
@@ -21,12 +21,12 @@ from gradio_client import Client
 from safetensors.torch import load_file
 
 import ui.playground
-from core.checkpoint import Checkpoint
+from core.app.workspace import Workspace, check_model_ref, find_models, session_workspace
 from core.errors import MergeDeskError
-from core.rerank import load_reranker
-from core.workspace import Workspace, check_model_ref, find_models, session_workspace
+from core.io.checkpoint import Checkpoint
+from core.rerank.model import load_reranker
 from tests.app_server import browser_event, fn_index, free_port, launched
-from ui.merge_panel import end_session, make_zip, merge, plan
+from ui.merge.panel import end_session, make_zip, merge, plan
 from ui.playground import rerank_compare
 from ui.session_jobs import limit_visitor_jobs, visitor_jobs
 
@@ -201,7 +201,7 @@ def test_every_load_in_the_code_refuses_remote_code_and_pickled_code():
     """Static: each from_pretrained passes trust_remote_code=False, each torch.load weights_only=True."""
     root = Path(__file__).resolve().parents[2]
     loads = []
-    for source in [root / "app.py", *sorted((root / "core").glob("*.py")), *sorted((root / "ui").glob("*.py"))]:
+    for source in [root / "app.py", *sorted((root / "core").rglob("*.py")), *sorted((root / "ui").rglob("*.py"))]:
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 flag = {"from_pretrained": ("trust_remote_code", False), "load": ("weights_only", True)}.get(

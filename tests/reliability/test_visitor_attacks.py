@@ -12,15 +12,15 @@ import gradio as gr
 import httpx
 import pytest
 
-import ui.merge_panel
+import ui.merge.panel
 import ui.playground
-import ui.sweep_panel
+import ui.sweep.panel
+from core.app.workspace import Workspace, session_workspace, visitor_bytes
 from core.errors import CheckpointError
-from core.workspace import Workspace, session_workspace, visitor_bytes
 from tests.app_server import launched
 from ui.gauge import refresh_gauge
 from ui.playground import rerank_compare
-from ui.sweep_panel import run_sweep
+from ui.sweep.panel import run_sweep
 
 DOCS = "the model said hello\nworld"
 HUB_PAIR = ("merge_method: linear\nmodels:\n  - model: someone/big-a\n    parameters: {weight: 1}\n"
@@ -80,7 +80,7 @@ def test_one_visitors_plans_lock_everyone_out_of_the_queue(tmp_path, gated, monk
         hold("plan")
         raise CheckpointError("the test's download ended")
 
-    monkeypatch.setattr(ui.merge_panel, "plan_merge", slow_plan)
+    monkeypatch.setattr(ui.merge.panel, "plan_merge", slow_plan)
     ws = _hosted(tmp_path / "served", max_jobs=8, max_session_jobs=2)
     with launched(ws) as (blocks, _):
         plan = _index(blocks, "plan")
@@ -172,7 +172,7 @@ def test_cancelled_jobs_keep_running_and_stack_past_the_cap(tmp_path, gated, mon
 # F4: a sweep's scratch merges are never checked against the visitor's size cap.
 # ---------------------------------------------------------------------------------------------
 def test_a_sweeps_scratch_merge_is_held_to_the_size_cap(tmp_path, bert_cls_family, monkeypatch):
-    """README: the 5 GB cap covers 'a sweep's scratch merges'. merged_on_disk (core/sweep.py) writes a full
+    """README: the 5 GB cap covers 'a sweep's scratch merges'. merged_on_disk (core/cocktail/sweep.py) writes a full
     merge per α into the session folder with no check_quota, so a model too big for memory (the case that
     picks the disk mode) writes its whole size, however big, past the cap."""
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
@@ -181,16 +181,16 @@ def test_a_sweeps_scratch_merge_is_held_to_the_size_cap(tmp_path, bert_cls_famil
     ws = _hosted(tmp_path / "site", max_output_bytes=cap)
     for n in (0, 1):
         shutil.copytree(bert_cls_family[n], ws.models_dir / f"ce{n}")
-    monkeypatch.setattr("core.sweep.fits_in_memory", lambda *args, **kwargs: False)  # too big: the disk way
-    import core.sweep
-    real_merge, peak = core.sweep.merge, []
+    monkeypatch.setattr("core.cocktail.sweep.fits_in_memory", lambda *args, **kwargs: False)  # too big: the disk way
+    import core.cocktail.sweep
+    real_merge, peak = core.cocktail.sweep.merge, []
 
     def spy(recipe, out, **kwargs):
         folder = real_merge(recipe, out, **kwargs)
         peak.append(visitor_bytes(session_workspace(ws, "v")))
         return folder
 
-    monkeypatch.setattr(core.sweep, "merge", spy)
+    monkeypatch.setattr(core.cocktail.sweep, "merge", spy)
     labelled = tmp_path / "tmp" / "gradio" / "mine.jsonl"  # where gradio keeps uploads
     labelled.parent.mkdir()
     labelled.write_text(json.dumps({"query": "q", "docs": ["a", "b"], "labels": [1, 0]}) + "\n")
@@ -240,7 +240,7 @@ def test_the_gauge_does_not_show_another_visitors_job(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 def test_an_anonymous_visitor_is_not_served_a_gated_repo_from_the_servers_cache(tmp_path, monkeypatch,
                                                                               bert_cls_family):
-    """_download (core/checkpoint.py) takes list_repo_files as the access check, but the Hub lists a gated
+    """_download (core/io/checkpoint.py) takes list_repo_files as the access check, but the Hub lists a gated
     repo's files (and answers repo_info / the tree) to anyone: only the file downloads are gated. The real
     snapshot_download then asks hf_hub_download for each file at the resolved commit hash, which returns the
     cached pointer without any request when the file is in the cache, so the weights the operator's HF_TOKEN
@@ -252,7 +252,7 @@ def test_an_anonymous_visitor_is_not_served_a_gated_repo_from_the_servers_cache(
     from huggingface_hub.errors import GatedRepoError
     from huggingface_hub.hf_api import HfApi, RepoFile
 
-    from core.checkpoint import resolve_reference
+    from core.io.checkpoint import resolve_reference
 
     repo, sha = "operator/gated-llama", "a" * 40
     cache = tmp_path / "hf-cache"
@@ -298,7 +298,7 @@ def test_an_anonymous_visitor_is_not_served_a_gated_repo_from_the_servers_cache(
     monkeypatch.setattr(huggingface_hub.file_download, "get_hf_file_metadata", gated_file)
     served = None
     try:
-        served = resolve_reference(repo, token=False)  # hosted, not signed in (ui.merge_form.hub_token)
+        served = resolve_reference(repo, token=False)  # hosted, not signed in (ui.common.hub_token)
     except Exception as error:  # noqa: BLE001 - a refusal of any kind is what the promise asks for
         print(f"\nreliability visitor attacks F6: refused: {error}")
     print(f"\nreliability visitor attacks F6: anonymous visitor asked for gated {repo}: served {served}; Hub calls {sent}")

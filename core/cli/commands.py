@@ -1,0 +1,147 @@
+"""The CLI's subcommands: each adds its parser and the function that runs it.
+
+Kept apart from main.py (which only dispatches and turns errors into one line) so the
+commands stay short and testable by calling `main([...])`.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from core.errors import MergeCancelled
+from core.merge.methods import METHODS
+from core.units import human, parse_size
+
+
+def merge_command(sub, common) -> None:
+    parser = sub.add_parser("merge", parents=[common], help="merge models as a recipe says",
+                            description="Merge models into OUT_DIR as RECIPE (mergekit YAML) says.",
+                            epilog=f"methods: {', '.join(METHODS)} (python -m core methods for their parameters)")
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("out_dir", help="model folder to create")
+    parser.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N | mps (default cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random methods (DARE, DELLA)")
+    parser.add_argument("--shard-size", default="2GB", help="largest output file, e.g. 500MB, 2GB")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--refuse-nonfinite", action="store_true",
+                        help="stop if an input or the merged output holds NaN or Inf (default: merge and warn on stderr)")
+    parser.set_defaults(run=_merge)
+
+
+def _merge(args) -> None:
+    from tqdm import tqdm
+
+    from core.merge.engine import merge_events
+    from core.merge.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    cancel = threading.Event()
+    bar = None
+    events = merge_events(recipe, args.out_dir, device=args.device, overwrite=args.overwrite, seed=args.seed,
+                          shard_bytes=parse_size(args.shard_size), refuse_nonfinite=args.refuse_nonfinite,
+                          cancel=cancel)
+    try:
+        for event in events:
+            for finding in event.nonfinite:
+                (bar.write if bar is not None else print)(f"warning: {finding}", file=sys.stderr)
+            if bar is None and not args.quiet:
+                bar = tqdm(total=event.bytes_total, unit="B", unit_scale=True, file=sys.stderr, desc="merging")
+            if bar is not None:
+                bar.update(event.bytes_done - bar.n)
+                bar.set_postfix_str(f"{event.step}/{event.total} {event.device}", refresh=False)
+    except KeyboardInterrupt:
+        cancel.set()
+        events.close()
+        raise MergeCancelled("merge interrupted: no output was written") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    print(Path(args.out_dir).resolve())
+
+
+def plan_command(sub, common) -> None:
+    parser = sub.add_parser("plan", parents=[common], help="show what a merge will need, without running it")
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("--out", default=".", help="where the output would go (for the free-disk check)")
+    parser.add_argument("--device", default="cpu", help="device the merge would run on")
+    parser.add_argument("--shard-size", default="2GB", help="largest output file")
+    parser.set_defaults(run=_plan)
+
+
+def _plan(args) -> None:
+    from core.devices import devices_for
+    from core.merge.engine import open_inputs, plan_for
+    from core.merge.preflight import check_resources, measure_resources
+    from core.merge.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    devices = devices_for(args.device)
+    checkpoints = open_inputs(recipe)
+    try:
+        plan = plan_for(recipe, checkpoints, shard_bytes=parse_size(args.shard_size))
+    finally:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
+    found = measure_resources(plan, args.out, devices)
+    print(f"method      {recipe.merge_method} ({recipe.method.label})")
+    print(f"models      {len(recipe.inputs())}: " + ", ".join(recipe.inputs()))
+    print(f"tensors     {len(plan.jobs)} ({sum(j.merged for j in plan.jobs)} merged)")
+    print(f"read        {human(plan.bytes_read)}")
+    print(f"write       {human(plan.bytes_written)} in {len(plan.shards)} shard(s)")
+    where = ", ".join(str(d) for d in devices)
+    print(f"peak memory ≈ {human(plan.peak_bytes)} on {where} (largest tensor × inputs, float32)")
+    print(f"memory      {human(found.memory_free)} available ({found.memory_of})")
+    print(f"disk        {human(found.disk_free)} free at {found.disk_at}, {human(found.disk_needed)} needed")
+    check_resources(plan, args.out, devices)  # the same check merge makes: an error names what is short
+
+
+def inspect_command(sub, common) -> None:
+    parser = sub.add_parser("inspect", parents=[common], help="list a checkpoint's architecture, dtype and size")
+    parser.add_argument("model", help="model folder or Hub id")
+    parser.set_defaults(run=_inspect)
+
+
+def _inspect(args) -> None:
+    from core.merge.engine import open_checkpoint
+
+    checkpoint = open_checkpoint(args.model)
+    try:
+        dtypes: dict[str, int] = {}
+        for info in checkpoint.tensors.values():
+            key = str(info.dtype).removeprefix("torch.")
+            dtypes[key] = dtypes.get(key, 0) + info.nbytes
+        config = checkpoint.config
+        print(f"model         {checkpoint.ref} ({checkpoint.folder})")
+        print(f"architecture  {', '.join(config.get('architectures') or ['unknown'])} "
+              f"({config.get('model_type', 'no config.json')})")
+        print(f"layers        {checkpoint.num_layers() or 'unknown'}")
+        print(f"tensors       {len(checkpoint.tensors)}")
+        print(f"parameters    {sum(i.numel for i in checkpoint.tensors.values()):,}")
+        print(f"size          {human(checkpoint.total_bytes)}")
+        print("dtypes        " + ", ".join(f"{k} {human(v)}" for k, v in sorted(dtypes.items())))
+        kind = "sentence-transformers" if (checkpoint.folder / "modules.json").exists() else "transformers"
+        print(f"format        {kind}")
+    finally:
+        checkpoint.close()
+
+
+def methods_command(sub, common) -> None:
+    parser = sub.add_parser("methods", parents=[common], help="list merge methods and their parameters")
+    parser.set_defaults(run=_methods)
+
+
+def _methods(args) -> None:
+    for method in METHODS.values():
+        count = f"{method.min_inputs}" + ("+" if method.max_inputs is None else
+                                          ("" if method.max_inputs == method.min_inputs else f"-{method.max_inputs}"))
+        print(f"{method.name}: {method.label} — base {method.base}, {count} model(s) besides the base"
+              if method.base == "required" else
+              f"{method.name}: {method.label} — base {method.base}, {count} model(s)")
+        print(f"    {method.paper}")
+        for param in method.params:
+            scope = "per model" if param.per_model else "global"
+            default = "required" if param.default is None else f"default {param.default}"
+            valid = "" if param.kind is bool else f", range {param.range_text()}"
+            print(f"    {param.name:<17} {param.kind.__name__}, {scope}, {default}{valid} — {param.help}")

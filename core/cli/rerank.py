@@ -1,0 +1,139 @@
+"""The CLI's reranker commands: `rerank` (scores per query) and `evaluate` (metrics table).
+
+    python -m core rerank --model A [--model B] --query Q --doc D1 --doc D2 [--json]
+    python -m core rerank --model A --model B --input eval.jsonl --normalize
+    python -m core evaluate --model A --model B --input eval.jsonl
+
+Scores are raw model outputs (logits for cross-encoders and LLM rerankers, cosine for
+bi-encoders) unless --normalize (sigmoid of logits). With --json, `rerank` prints
+{"models": [{"model", "kind", "scores": [[per doc] per query]}], "metrics"?: {name: [per model]}}.
+"""
+from __future__ import annotations
+
+import json
+
+from core.errors import RerankError
+
+
+def _scoring_options(parser) -> None:
+    parser.add_argument("--model", action="append", required=True,
+                        help="model folder or Hub id; repeat to compare (the first is the reference)")
+    parser.add_argument("--input", help="JSONL: {query, docs, labels?} or {query, pos, neg} per line")
+    parser.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N | mps (default cpu)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                        help="default: float32 on CPU, float16 on GPU (bfloat16 for LLMs)")
+    parser.add_argument("--kind", choices=["cross-encoder", "bi-encoder", "llm"], help="default: detected")
+    parser.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (default 32)")
+    parser.add_argument("--max-length", type=int, help="tokens per pair (default 512; bi-encoders: their own)")
+    parser.add_argument("--normalize", action="store_true", help="sigmoid of the logits, in (0, 1)")
+
+
+def rerank_command(sub, common) -> None:
+    parser = sub.add_parser("rerank", parents=[common], help="score passages for queries with one or more models")
+    _scoring_options(parser)
+    parser.add_argument("--query", help="one query (with --doc)")
+    parser.add_argument("--doc", action="append", help="a passage for --query; repeat for more")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.set_defaults(run=_rerank)
+
+
+def evaluate_command(sub, common) -> None:
+    parser = sub.add_parser("evaluate", parents=[common], help="MRR@10, nDCG@10, recall@k of models on labelled queries")
+    _scoring_options(parser)
+    parser.add_argument("--pool", action="store_true",
+                        help="rank each query against every passage of the file, not only its own (retrieval-style)")
+    parser.set_defaults(run=_evaluate)
+
+
+def _rerank(args) -> None:
+    result = _run(args, _items_from(args))
+    if args.json:
+        scores = [[[row.scores[m] for row in q.rows] for q in result.queries] for m in range(len(result.models))]
+        out = {"models": [{"model": ref, "kind": kind, "scores": s}
+                          for ref, kind, s in zip(result.models, result.kinds, scores)]}
+        if result.metrics:
+            out["metrics"] = result.metrics
+        print(json.dumps(out))
+        return
+    names = [f"model {chr(65 + i)}" for i in range(len(result.models))]
+    for name, ref, kind in zip(names, result.models, result.kinds):
+        print(f"{name}: {ref} ({kind})")
+    for query in result.queries:
+        print(f"\nquery: {query.query}")
+        header = ["#"] + [f"{n[-1]} {result.score_label}" for n in names] + [f"{n[-1]} rank" for n in names]
+        if len(names) > 1:
+            header += ["delta", "moved"]
+        print("  ".join(f"{h:>12}" for h in header) + "  passage")
+        for i, row in enumerate(query.rows, start=1):
+            cells = [str(i)] + [f"{s:.4f}" for s in row.scores] + [str(r) for r in row.ranks]
+            if len(names) > 1:
+                cells += [f"{row.delta:+.4f}", f"{row.rank_change:+d}"]
+            print("  ".join(f"{c:>12}" for c in cells) + "  " + _short(row.doc))
+        for name, tau, overlap in zip(names[1:], query.kendall_tau, query.top_k_overlap):
+            print(f"{name} vs A: Kendall tau {tau:.3f}, top-10 overlap {overlap:.0%}")
+    if result.metrics:
+        print()
+        _print_metrics(result, names)
+
+
+def _evaluate(args) -> None:
+    if not args.input:
+        raise RerankError("evaluate needs --input FILE.jsonl with labels (or pos/neg)")
+    items = _items_from(args)
+    if not any(item.labels for item in items):
+        raise RerankError(f"{args.input} has no labels: add \"labels\" or use the pos/neg format")
+    if args.pool:
+        from core.rerank.compare import pooled
+
+        items = pooled(items)
+    result = _run(args, items)
+    names = [f"model {chr(65 + i)}" for i in range(len(result.models))]
+    for name, ref, kind in zip(names, result.models, result.kinds):
+        print(f"{name}: {ref} ({kind})")
+    labelled = sum(1 for q in result.queries if q.metrics)
+    print(f"{labelled} labelled queries, {sum(len(q.rows) for q in result.queries)} passages\n")
+    _print_metrics(result, names)
+
+
+def _print_metrics(result, names) -> None:
+    from core.rerank.compare import mean_or_nan
+
+    header = f"{'metric':<12}" + "".join(f"{n:>10}" for n in names)
+    print(header + (f"{'B − A':>10}" if len(names) == 2 else ""))
+    for metric, values in result.metrics.items():
+        line = f"{metric:<12}" + "".join(f"{v:>10.4f}" for v in values)
+        print(line + (f"{values[1] - values[0]:>+10.4f}" if len(names) == 2 else ""))
+    for i, name in enumerate(names[1:]):
+        tau = mean_or_nan([q.kendall_tau[i] for q in result.queries])
+        overlap = mean_or_nan([q.top_k_overlap[i] for q in result.queries])
+        print(f"{name} vs A: mean Kendall tau {tau:.3f}, mean top-10 overlap {overlap:.0%}")
+
+
+def _items_from(args):
+    from core.rerank.compare import QueryItem, read_queries
+
+    query, docs = getattr(args, "query", None), getattr(args, "doc", None)  # evaluate takes --input only
+    if args.input:
+        if query or docs:
+            raise RerankError("give either --input FILE.jsonl or --query with --doc, not both")
+        return read_queries(args.input)
+    if not query or not docs:
+        raise RerankError("give --query with at least one --doc, or --input FILE.jsonl")
+    return [QueryItem(query, docs)]
+
+
+def _run(args, items):
+    import transformers
+
+    from core.rerank.compare import compare
+    from core.rerank.model import load_reranker
+
+    transformers.logging.set_verbosity_error()  # load reports and progress bars would bury the table
+    transformers.logging.disable_progress_bar()
+    models = [load_reranker(ref, device=args.device, dtype=args.dtype, kind=args.kind) for ref in args.model]
+    return compare(models, items, batch_size=args.batch_size, max_length=args.max_length, normalize=args.normalize)
+
+
+def _short(text: str, width: int = 70) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

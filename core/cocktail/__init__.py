@@ -1,0 +1,1 @@
+"""LM-Cocktail-style mixing: weights from example data, and the α sweep."""

@@ -1,0 +1,300 @@
+"""The α-sweep: merge two models at α = 0, 0.1, …, 1 and measure each merge on labelled sets.
+
+    sets = {"cooking": read_queries("assets/demo/cooking/eval.jsonl"), "general": read_queries(...)}
+    result = sweep("models/general-ce", "models/cooking-ce", sets, device="cpu")
+    result.values("cooking", "nDCG@10")     # one value per α: the in-domain curve
+    print(result.table())                   # α by rows, set × metric by columns
+
+The merge at α is `linear` (1 − α)·A + α·B — with A the base, the base plus α times B's task
+vector — or `task_arithmetic` A + α·(B − A) (α may leave [0, 1]) or `slerp` at t = α; the
+recipe goes through the engine's planner and method code, so the sweep measures exactly the
+models `python -m core merge` would write. This is the trade-off curve of the LM-Cocktail paper
+(in-domain against general skill), for the user's own models and queries.
+
+Two ways to get each merge (`merged_in_memory`, `merged_on_disk`), same numbers (a test checks it):
+- "memory": A is loaded once as a private copy (not the playground's cached one); for each α the
+  engine computes every merged tensor from the memory-mapped inputs and copies it into that
+  model's weights. Nothing is written to disk.
+- "disk": each merge is streamed by the engine into a temporary folder (in `scratch`, e.g. a hosted
+  visitor's own folder, so their size cap counts it and closing the page removes it), loaded, scored, deleted.
+  Used when the model's names do not line up with its checkpoint's, or when "auto" finds that
+  a loaded model would take more than half of the free memory of the device.
+Scores and metrics come from core.rerank.model / core.rerank.compare (nDCG@10, MRR@10, recall@k).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import torch
+
+from core.devices import parse_device
+from core.errors import MergeCancelled, RerankError
+from core.io.checkpoint import Checkpoint
+from core.merge.engine import merge, open_inputs, plan_for, tensor_chunks
+from core.merge.plan import MergePlan
+from core.merge.recipe import MergeRecipe, recipe_from_dict
+from core.rerank.compare import QueryItem, compare, pooled, read_queries
+from core.rerank.model import Reranker, detect_kind, load_reranker, pick_dtype
+
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, …, 1
+SWEEP_METHODS = ("linear", "task_arithmetic", "slerp")
+DEFAULT_METHOD = "linear"
+MODES = ("auto", "memory", "disk")
+SHOWN_METRICS = ("nDCG@10", "MRR@10")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How each merged model is loaded and scored (core.rerank.model's options)."""
+
+    device: str = "cpu"  # "cpu" | "auto" | "cuda" | "cuda:N" | "mps": where merges are made and scored
+    dtype: str | None = None  # None: float32 on CPU, float16 on GPUs (core.rerank.model.pick_dtype)
+    batch_size: int = 32  # pairs per forward pass
+    max_length: int | None = None  # tokens per pair; None: 512, bi-encoders their own
+    token: str | bool | None = None  # Hugging Face access for Hub ids (checkpoint.resolve_reference)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """The merge at one α, measured on one labelled set."""
+
+    alpha: float
+    set_name: str
+    metrics: dict[str, float]  # nDCG@10, MRR@10, recall@k: means over the set's queries
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    model_a: str  # α = 0
+    model_b: str  # α = 1
+    method: str  # one of SWEEP_METHODS
+    mode: str  # "memory" or "disk": how the merges were made
+    alphas: list[float]
+    set_names: list[str]
+    points: list[SweepPoint]  # α-major: every set at the first α, then at the next…
+
+    def values(self, set_name: str, metric: str) -> list[float]:
+        """One value per α (in self.alphas order) of `metric` on `set_name`."""
+        found = {p.alpha: p.metrics[metric] for p in self.points if p.set_name == set_name}
+        return [found[a] for a in self.alphas]
+
+    def table(self, metrics: tuple[str, ...] = SHOWN_METRICS) -> str:
+        """Aligned text, one row per α: what `python -m core sweep` prints.
+
+        Example:
+            alpha  cooking nDCG@10  cooking MRR@10  general nDCG@10  general MRR@10
+              0.0           0.6120          0.5540           0.8013          0.7622
+        """
+        headers = [f"{s} {m}" for s in self.set_names for m in metrics]
+        lines = ["alpha  " + "  ".join(headers)]
+        for alpha in self.alphas:
+            cells = [f"{self.values(s, m)[self.alphas.index(alpha)]:>{len(f'{s} {m}')}.4f}"
+                     for s in self.set_names for m in metrics]
+            lines.append(f"{alpha:>5.2f}  " + "  ".join(cells))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain data for JSON (the CLI's --json, the PNG tool)."""
+        return {"model_a": self.model_a, "model_b": self.model_b, "method": self.method, "mode": self.mode,
+                "alphas": self.alphas, "sets": self.set_names,
+                "points": [{"alpha": p.alpha, "set": p.set_name, **p.metrics} for p in self.points]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SweepResult":
+        """The inverse of to_dict (for JSON written by `python -m core sweep --json`)."""
+        try:
+            points = [SweepPoint(p["alpha"], p["set"], {k: v for k, v in p.items() if k not in ("alpha", "set")})
+                      for p in data["points"]]
+            return cls(data["model_a"], data["model_b"], data["method"], data["mode"], list(data["alphas"]),
+                       list(data["sets"]), points)
+        except (KeyError, TypeError) as error:
+            raise RerankError(f"not a sweep result: missing or malformed {error}") from None
+
+
+def sweep(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], **options) -> SweepResult:
+    """Run the whole sweep and collect it; see sweep_points for the arguments."""
+    points, mode = [], ""
+    for point, mode in sweep_points(model_a, model_b, sets, **options):
+        points.append(point)
+    alphas = list(dict.fromkeys(p.alpha for p in points))
+    return SweepResult(model_a, model_b, options.get("method", DEFAULT_METHOD), mode, alphas, list(sets), points)
+
+
+def sweep_points(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], *,
+                 alphas=DEFAULT_ALPHAS, method: str = DEFAULT_METHOD, device: str = "cpu", mode: str = "auto",
+                 dtype: str | None = None, batch_size: int = 32, max_length: int | None = None,
+                 cancel: threading.Event | None = None,
+                 scratch: Path | None = None, token: str | bool | None = None) -> Iterator[tuple[SweepPoint, str]]:
+    """Yield (SweepPoint, mode used) for every α and set, as each is measured.
+
+    Args:
+        model_a, model_b: folders or Hub ids of the same architecture (α = 0 is A, α = 1 is B).
+        sets: name → labelled queries (read_queries / read_sets); every query needs labels.
+        alphas: the mixing weights, in the order to evaluate them.
+        method: "linear" (1−α)A + αB, "task_arithmetic" A + α(B − A), or "slerp" at t = α.
+        device, dtype: where and in which precision the merges are scored (core.rerank.model defaults).
+        mode: "memory", "disk" or "auto" (see the module docstring).
+        cancel: set it to stop between two α's (raises MergeCancelled).
+        scratch: the folder that holds the "disk" mode's temporary merge; None = the system's temp dir.
+        token: Hugging Face access for Hub ids: None = this machine's login; a hosted visitor's
+            token or False = only theirs (see checkpoint.resolve_reference).
+    """
+    alphas = check_sweep(alphas, sets, method, mode)
+    recipes = [sweep_recipe(method, model_a, model_b, alpha) for alpha in alphas]
+    if mode == "auto":
+        mode = "memory" if fits_in_memory(model_a, device, dtype, token=token) else "disk"
+    merges = merged_in_memory if mode == "memory" else merged_on_disk
+    scoring = Scoring(device, dtype, batch_size, max_length, token)
+    for alpha, (reranker, used) in zip(alphas, merges(recipes, scoring, cancel, scratch=scratch)):
+        for name, items in sets.items():
+            metrics = compare([reranker], items, batch_size=batch_size, max_length=max_length).metrics
+            yield SweepPoint(alpha, name, {k: v[0] for k, v in metrics.items()}), used
+
+
+def sweep_recipe(method: str, model_a: str, model_b: str, alpha: float) -> MergeRecipe:
+    """The recipe of the merge at α (validated like any recipe)."""
+    if method == "linear":
+        data = {"merge_method": "linear", "parameters": {"normalize": False},
+                # round: the form and YAML show 0.3, not 0.30000000000000004
+                "models": [{"model": model_a, "parameters": {"weight": round(1 - alpha, 12)}},
+                           {"model": model_b, "parameters": {"weight": alpha}}]}
+    elif method == "task_arithmetic":
+        data = {"merge_method": "task_arithmetic", "base_model": model_a,
+                "models": [{"model": model_b, "parameters": {"weight": alpha}}]}
+    elif method == "slerp":
+        data = {"merge_method": "slerp", "base_model": model_a, "models": [{"model": model_b}],
+                "parameters": {"t": alpha}}
+    else:
+        raise RerankError(f"unknown sweep method {method!r}: use one of {', '.join(SWEEP_METHODS)}")
+    return recipe_from_dict(data)
+
+
+def check_sweep(alphas, sets: dict, method: str, mode: str) -> list[float]:
+    """Every problem found before a model is loaded; the α's as floats."""
+    if method not in SWEEP_METHODS:
+        raise RerankError(f"unknown sweep method {method!r}: use one of {', '.join(SWEEP_METHODS)}")
+    if mode not in MODES:
+        raise RerankError(f"unknown sweep mode {mode!r}: use one of {', '.join(MODES)}")
+    alphas = [float(a) for a in alphas]
+    if not alphas:
+        raise RerankError("give at least one α to evaluate")
+    if method != "task_arithmetic" and any(not 0 <= a <= 1 for a in alphas):
+        raise RerankError(f"{method} needs every α in [0, 1] (got {alphas}); task_arithmetic extrapolates")
+    if not sets:
+        raise RerankError("give at least one labelled set to measure the merges on")
+    for name, items in sets.items():
+        if not items or any(item.labels is None for item in items):
+            raise RerankError(f"set {name!r}: every query needs labels (or pos/neg passages) to be measured")
+    return alphas
+
+
+def fits_in_memory(model: str, device: str, dtype: str | None, *, token: str | bool | None = None) -> bool:
+    """Whether model A, loaded, would take at most half of the device's free memory."""
+    target = parse_device(device)
+    checkpoint = Checkpoint.open(model, token=token)
+    try:
+        folder = checkpoint.folder
+        elements = sum(info.numel for info in checkpoint.tensors.values())
+    finally:
+        checkpoint.close()
+    loaded = elements * torch.empty((), dtype=pick_dtype(dtype, target, detect_kind(folder))).element_size()
+    free = torch.cuda.mem_get_info(target)[0] if target.type == "cuda" else psutil.virtual_memory().available
+    return loaded <= free / 2
+
+
+def merged_in_memory(recipes: list[MergeRecipe], scoring: Scoring, cancel: threading.Event | None, *,
+                     scratch: Path | None = None) -> Iterator[tuple[Reranker, str]]:
+    """(the merged model, "memory") per recipe: the first input loaded once, each merge copied into its weights.
+
+    The model yielded is the same object each time: score it before asking for the next one.
+    Falls back to merged_on_disk when the loaded model's tensor names or shapes differ from
+    the checkpoint's.
+    """
+    reranker = load_reranker(recipes[0].inputs()[0], device=scoring.device, dtype=scoring.dtype,
+                             max_length=scoring.max_length, cached=False, token=scoring.token)
+    model = reranker.model  # tied weights appear under each of their names
+    weights = {**dict(model.named_parameters(remove_duplicate=False)),
+               **dict(model.named_buffers(remove_duplicate=False))}
+    checkpoints = open_inputs(recipes[0], token=scoring.token)
+    try:
+        plans = [plan_for(recipe, checkpoints) for recipe in recipes]
+        if not weights_line_up(plans[0], weights):  # e.g. renamed on load: let the engine write real folders
+            del reranker, model, weights
+            yield from merged_on_disk(recipes, scoring, cancel, scratch=scratch)
+            return
+        for recipe, plan in zip(recipes, plans):
+            _stop_if_cancelled(cancel)
+            with torch.no_grad():
+                for job in plan.jobs:
+                    target, start = weights[job.name], 0
+                    for chunk in tensor_chunks(recipe, job, checkpoints, target.device, 0, cancel):
+                        rows = chunk.shape[0] if chunk.dim() and target.dim() else None
+                        (target[start:start + rows] if rows is not None else target).copy_(chunk)
+                        start += rows or 0
+            yield reranker, "memory"
+    finally:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
+
+
+def weights_line_up(plan: MergePlan, weights: dict[str, torch.Tensor]) -> bool:
+    """Every planned tensor has a same-shaped, materialized place in the loaded model."""
+    for job in plan.jobs:
+        target = weights.get(job.name)
+        if target is None or tuple(target.shape) != tuple(job.shape) or target.device.type == "meta":
+            return False
+    return True
+
+
+def merged_on_disk(recipes: list[MergeRecipe], scoring: Scoring, cancel: threading.Event | None, *,
+                   scratch: Path | None = None) -> Iterator[tuple[Reranker, str]]:
+    """(the merged model, "disk") per recipe: merged by the engine into a temporary folder made in `scratch`
+    (a dot-folder, which model lists skip), loaded; the folder is deleted once the caller asks for the next
+    one (or stops)."""
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".mergedesk-sweep-", dir=scratch))
+    try:
+        for step, recipe in enumerate(recipes):
+            _stop_if_cancelled(cancel)
+            folder = merge(recipe, scratch / f"merge-{step}", device=scoring.device, cancel=cancel,
+                           token=scoring.token)
+            reranker = load_reranker(str(folder), device=scoring.device, dtype=scoring.dtype,
+                                     max_length=scoring.max_length, cached=False)
+            yield reranker, "disk"
+            del reranker
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _stop_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise MergeCancelled("sweep stopped")
+
+
+def read_sets(files: list[tuple[str | None, str | Path]], *, pool: bool = False) -> dict[str, list[QueryItem]]:
+    """Labelled sets from (name, path) pairs; a name of None or "" is the file's (its folder's for eval/test/dev).
+
+    Names and paths are kept apart as data, never joined into one "NAME=PATH" string: a file
+    may have '=' in its name (an upload called `x=private.jsonl` must not open private.jsonl).
+    pool: rank each query against every passage of its set (core.rerank.compare.pooled).
+
+    Example:
+        >>> list(read_sets([(None, "assets/demo/cooking/eval.jsonl"), ("mine", "my_queries.jsonl")]))
+        ['cooking', 'mine']
+    """
+    sets: dict[str, list[QueryItem]] = {}
+    for name, path in files:
+        path = Path(path)
+        name = name or (path.parent.name if path.stem in ("eval", "test", "dev") and path.parent.name else path.stem)
+        if name in sets:
+            raise RerankError(f"two sets are called {name!r}: give them different names")
+        sets[name] = pooled(read_queries(path)) if pool else read_queries(path)
+    return sets

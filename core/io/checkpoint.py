@@ -1,0 +1,265 @@
+"""Read a checkpoint lazily: resolve a reference, list its tensors, read one tensor at a time.
+
+    ckpt = Checkpoint.open("./models/base")            # or a Hub id such as "BAAI/bge-reranker-base"
+    ckpt.tensors["model.norm.weight"].shape            # from headers only, nothing loaded
+    ckpt.read("model.norm.weight", device="cpu")       # one tensor, straight from the mmap
+    ckpt.read("lm_head.weight", rows=slice(0, 1024))   # or a block of rows
+
+safetensors files are memory-mapped and read through `torch.frombuffer`, so only the bytes a
+merge touches are paged in and they stay page cache (file-backed), not process memory.
+`.bin` pickles are opened only with `torch.load(weights_only=True, mmap=True)`; arbitrary
+code in a pickle is refused, never executed. Every file a checkpoint's own index names must
+lie inside its folder (`own_file`): a downloaded repo whose weight_map says `../../secret`
+or `/etc/x` is refused, in every mode. Hub ids are fetched with huggingface_hub; when the
+Hub cannot be reached the error says so in one line.
+"""
+from __future__ import annotations
+
+import mmap
+import re
+from pathlib import Path
+
+import torch
+
+from core.errors import CheckpointError
+from core.io.header import TensorInfo, read_header
+from core.io.json_input import parse_json
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SIDE_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "*.py", "1_Pooling/*", "2_Normalize/*"]
+
+
+class Checkpoint:
+    """One model's weights, listed from headers and read tensor by tensor."""
+
+    def __init__(self, ref: str, folder: Path):
+        self.ref = ref  # what the user wrote
+        self.folder = folder  # local folder holding the files
+        self.config = _read_json(folder / "config.json") if (folder / "config.json").exists() else {}
+        self.tensors: dict[str, TensorInfo] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._pickled: dict[str, torch.Tensor] = {}
+        self._list_tensors()
+
+    @classmethod
+    def open(cls, ref: str, *, token: str | bool | None = None) -> "Checkpoint":
+        """Open a local folder or a Hugging Face Hub id (token: as for resolve_reference)."""
+        return cls(ref, resolve_reference(ref, token=token))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def num_layers(self) -> int | None:
+        """The layer count from config.json, if it says."""
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            if isinstance(self.config.get(key), int):
+                return self.config[key]
+        return None
+
+    def read(self, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             rows: slice | None = None) -> torch.Tensor:
+        """One tensor (or rows[start:stop] of its first dimension) on `device`, cast to `dtype`."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise CheckpointError(f"{self.ref}: has no tensor {name!r}")
+        if name in self._pickled:
+            tensor = self._pickled[name]
+            tensor = tensor[rows] if rows is not None else tensor
+        else:
+            tensor = self._mapped(info, rows)
+        return tensor.to(device=device, dtype=dtype or tensor.dtype)
+
+    def close(self) -> None:
+        """Release the memory maps (tensors already read stay valid only if copied)."""
+        for mapping in self._maps.values():
+            try:
+                mapping.close()
+            except BufferError:  # a view still points into it; the OS frees it with the view
+                pass
+        self._maps.clear()
+        self._pickled.clear()
+
+    def _mapped(self, info: TensorInfo, rows: slice | None) -> torch.Tensor:
+        mapping = self._maps.get(info.file)
+        if mapping is None:
+            with open(info.file, "rb") as handle:
+                # ACCESS_COPY: writable for torch.frombuffer, yet pages stay file-backed until written.
+                mapping = self._maps[info.file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        shape, offset = list(info.shape), info.offset
+        if rows is not None and shape:
+            start, stop, _ = rows.indices(shape[0])
+            row_bytes = info.nbytes // shape[0] if shape[0] else 0
+            offset += start * row_bytes
+            shape[0] = max(0, stop - start)
+        count = 1
+        for dim in shape:
+            count *= dim
+        if count == 0:
+            return torch.empty(shape, dtype=info.dtype)
+        return torch.frombuffer(mapping, dtype=info.dtype, count=count, offset=offset).reshape(shape)
+
+    def _list_tensors(self) -> None:
+        files = sorted(self.folder.glob("*.safetensors"))
+        index = self.folder / "model.safetensors.index.json"
+        if index.exists():
+            files = index_files(self.folder, index, self.ref)
+        for file in files:
+            if not file.exists():
+                raise CheckpointError(f"{self.ref}: index lists {file.name}, which is missing")
+            found, _ = read_header(file)
+            self._add(found)
+        if not files:
+            self._list_pickles()
+        if not self.tensors:
+            raise CheckpointError(f"{self.ref}: no weights found in {self.folder} "
+                                  "(expected *.safetensors or pytorch_model.bin)")
+
+    def _list_pickles(self) -> None:
+        index = self.folder / "pytorch_model.bin.index.json"
+        if index.exists():
+            files = index_files(self.folder, index, self.ref)
+        else:
+            files = sorted(self.folder.glob("*.bin"))
+        for file in files:
+            state = _load_pickle(file)
+            self._pickled.update(state)
+            self._add({name: TensorInfo(name, tuple(t.shape), t.dtype, file, 0, t.numel() * t.element_size())
+                       for name, t in state.items()})
+
+    def _add(self, found: dict[str, TensorInfo]) -> None:
+        for name, info in found.items():
+            if name in self.tensors:
+                raise CheckpointError(f"{self.ref}: tensor {name!r} appears in both "
+                                      f"{self.tensors[name].file.name} and {info.file.name}")
+            self.tensors[name] = info
+
+
+def check_own_files(folder: Path, ref: str) -> None:
+    """Refuse a folder whose own files name files outside it, before transformers opens any of them:
+    the weight indexes' shards and tokenizer_config.json's `fast_tokenizer_files` (transformers joins
+    those names to the folder as they are)."""
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).exists():
+            index_files(folder, folder / index, ref)
+    if (folder / "tokenizer_config.json").exists():
+        names = _read_json(folder / "tokenizer_config.json").get("fast_tokenizer_files") or []
+        for name in names if isinstance(names, list) else [names]:
+            own_file(folder, name, ref, named_by="tokenizer_config.json")
+
+
+def index_files(folder: Path, index: Path, ref: str) -> list[Path]:
+    """The shard files a weight index (safetensors or .bin) names, each checked with own_file."""
+    weight_map = _read_json(index).get("weight_map", {})
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{ref}: {index.name} has no weight_map object")
+    return sorted({own_file(folder, name, ref, named_by=index.name) for name in weight_map.values()})
+
+
+def own_file(folder: Path, name: object, ref: str, *, named_by: str) -> Path:
+    """folder / name, when that stays inside folder; else a CheckpointError naming the model and the file.
+
+    Refused: absolute names, '..', backslashes, a folder on the way that links out, and a
+    file that links out, except a link into the Hugging Face cache's own blob store (that
+    cache keeps every snapshot file as such a link).
+
+    Example:
+        >>> own_file(Path("m"), "../../outside.safetensors", "org/evil", named_by="model.safetensors.index.json")
+        CheckpointError: org/evil: model.safetensors.index.json names '../../outside.safetensors', which lies …
+    """
+    refuse = CheckpointError(f"{ref}: {named_by} names {name!r}, which lies outside the model's folder: "
+                             "a model may only use its own files, so this one is refused")
+    text = name if isinstance(name, str) else ""
+    parts = Path(text).parts
+    if not text or "\\" in text or Path(text).is_absolute() or ".." in parts:
+        raise refuse
+    home, path = folder.resolve(), folder / text
+    allowed = [home] + ([home.parent.parent / "blobs"] if home.parent.name == "snapshots" else [])
+    links_out = path.is_symlink() and not lies_within(path.resolve(), allowed)
+    if links_out or not lies_within(path.parent.resolve(), [home]):
+        raise refuse
+    return path
+
+
+def lies_within(path: Path, folders: list[Path]) -> bool:
+    """Whether path is one of folders or inside one (compare resolved paths)."""
+    return any(path == folder or folder in path.parents for folder in folders)
+
+
+def resolve_reference(ref: str, *, token: str | bool | None = None) -> Path:
+    """A local folder for `ref`: the folder itself, or a Hub snapshot downloaded on demand.
+
+    token: None = whoever runs this process (huggingface_hub's HF_TOKEN or saved login, and
+    its cache when offline). A string (a visitor's token) or False (anonymous) is someone
+    else's access: it is the only token sent, and the Hub must confirm that it can read the
+    repo before any file, cached or not, is used; offline, such a request is refused.
+    """
+    path = Path(ref).expanduser()
+    if path.is_dir() and re.search(r"\.(partial|old-\d+)$", path.name):
+        raise CheckpointError(f"model {ref!r} is an unfinished or replaced merge output, not a model: "
+                              "run that merge again")
+    if path.is_dir():
+        return path.resolve()
+    if path.exists():
+        raise CheckpointError(f"model {ref!r} is a file: give the folder that holds config.json and the weights")
+    if not HUB_ID.match(ref):
+        raise CheckpointError(f"model {ref!r} not found: no such folder, and it is not a Hub id like 'org/name'")
+    return _download(ref, token)
+
+
+def _download(repo_id: str, token: str | bool | None) -> Path:
+    """Fetch the weights (safetensors preferred over .bin) and side files of a Hub model.
+
+    With a caller's own access (a token, or False for none), the Hub must confirm it first:
+    snapshot_download alone falls back to the local cache when the Hub refuses a token, and so
+    would serve a private repo that the server's own token once fetched. A gated repo lists its
+    files to anyone, so the check is auth_check, which refuses a visitor who has not accepted
+    the repo's terms (GatedRepoError).
+    """
+    from huggingface_hub import auth_check, list_repo_files, snapshot_download
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    try:
+        try:
+            if token is not None:
+                auth_check(repo_id, token=token)
+            names = list_repo_files(repo_id, token=token)
+            weights = ["*.safetensors"] if any(n.endswith(".safetensors") for n in names) else ["*.bin"]
+        except OfflineModeIsEnabled:  # HF_HUB_OFFLINE=1: use whatever the local cache holds
+            if token is not None:
+                raise CheckpointError(f"cannot get {repo_id!r}: this app is offline, so it cannot check that you "
+                                      "may read it; use a model under models/ or one of your merges") from None
+            weights = ["*.safetensors", "*.bin"]
+        return Path(snapshot_download(repo_id, allow_patterns=weights + SIDE_FILES, token=token))
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - network, auth, missing repo: all end the same way
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(f"cannot get {repo_id!r} from the Hugging Face Hub ({reason}); check the id "
+                              "and your network, or give a local folder") from None
+
+
+def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
+    """A .bin state dict, loaded so that no pickled code can run (weights_only=True)."""
+    try:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (pre-zipfile) format cannot be memory-mapped
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a safe state dict"
+        raise CheckpointError(f"{file}: not a plain tensor state dict that can be loaded safely "
+                              f"({str(error).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{file}: expected a dict of tensors")
+    return state
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"cannot read {path}: {error}") from None
+    data = parse_json(text, where=str(path), error=CheckpointError)  # deep nesting, huge ints: one line too
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data

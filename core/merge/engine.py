@@ -1,0 +1,299 @@
+"""The merge engine: plan → stream. For each planned tensor: read the inputs, run the method
+on the chosen device, hand the result to the writer, report progress.
+
+    for event in merge_events(recipe, "out/my-merge", device="cpu"):
+        print(event.step, "/", event.total, event.tensor)
+    merge(recipe, "out/my-merge", on_progress=print, cancel=threading.Event())  # same, as a call
+
+Memory stays bounded by the largest tensor times the number of inputs (elementwise methods:
+by a fixed chunk), never by model size: inputs are memory-mapped, one tensor (or block of
+rows) is merged at a time, and shards are streamed to disk. `cancel` is checked between
+tensors and chunks; a cancelled or failed merge leaves no output folder behind. Before
+anything is created, core.merge.preflight checks free disk and memory. Every float input block is
+checked for NaN/Inf, and so is every merged block after its cast to the output dtype (finite
+float16 inputs can sum past 65504): each finding is reported on the Progress event of its
+tensor (`nonfinite`), or, with refuse_nonfinite=True, stops the merge with a MergeDeskError.
+float8 inputs are upcast to float32 for the math (torch has no float8 arithmetic) and written
+back in float8 unless the recipe sets another dtype.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from numbers import Integral
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from core.devices import devices_for
+from core.errors import CheckpointError, MergeCancelled, RecipeError
+from core.io.card import model_card
+from core.io.checkpoint import Checkpoint, resolve_reference
+from core.io.staging import staged_output
+from core.io.writer import ShardWriter, copy_side_files
+from core.merge.nonfinite import NonFinite
+from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob, plan_merge
+from core.merge.preflight import check_resources
+from core.merge.recipe import DTYPES, MergeRecipe, to_yaml
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a merge, reported after each output tensor is written."""
+
+    step: int  # tensors done
+    total: int  # tensors planned
+    tensor: str  # the tensor just written
+    bytes_done: int  # output bytes written so far
+    bytes_total: int
+    elapsed: float  # seconds since the merge started
+    device: str  # where that tensor was computed
+    nonfinite: tuple[str, ...] = ()  # NaN/Inf in this tensor's inputs (one message per input) or in its output
+
+    @property
+    def eta(self) -> float:
+        """Seconds left, assuming the remaining bytes go as fast as the ones so far."""
+        rate = self.bytes_done / self.elapsed if self.elapsed > 0 else 0
+        return (self.bytes_total - self.bytes_done) / rate if rate else float("inf")
+
+
+MAX_SEED = 2**63 - 1  # torch.Generator's range is 64 bits; mergekit's numpy seeding allows far less
+
+
+def open_checkpoint(ref: str, *, token: str | bool | None = None) -> Checkpoint:
+    """Checkpoint.open, with the file system's own refusals (name too long, a symlink loop) as one line."""
+    if os.path.islink(ref) and not os.path.exists(ref):  # else a looping link reads as a Hub id to download
+        raise CheckpointError(f"model {ref!r} is a symbolic link that loops or leads nowhere: point it at a model folder")
+    try:
+        return Checkpoint.open(ref, token=token)
+    except OSError as error:
+        raise CheckpointError(f"model {ref!r} cannot be opened: {error.strerror or error}; "
+                              "check the path (each folder name at most 255 bytes)") from None
+
+
+def check_seed(seed: int | float) -> int:
+    """The seed as an int in [0, 2**63), or a RecipeError (the app's number box hands over floats)."""
+    whole = seed.is_integer() if isinstance(seed, float) else isinstance(seed, Integral) and not isinstance(seed, bool)
+    if not whole or not 0 <= seed <= MAX_SEED:
+        big = isinstance(seed, Integral) and int(seed).bit_length() > 64  # repr of a 5000-digit int would raise
+        shown = f"a {int(seed).bit_length()}-bit number" if big else repr(seed)
+        raise RecipeError(f"seed {shown} cannot be used: give a whole number from 0 to {MAX_SEED} (2**63 - 1)")
+    return int(seed)
+
+
+def open_inputs(recipe: MergeRecipe, *, token: str | bool | None = None) -> dict[str, Checkpoint]:
+    """Every input of the recipe, opened lazily (headers only), base first; token: for Hub ids,
+    as in checkpoint.resolve_reference (a hosted visitor's own, or False)."""
+    opened: dict[str, Checkpoint] = {}
+    try:
+        for ref in recipe.inputs():
+            opened[ref] = open_checkpoint(ref, token=token)
+    except BaseException:
+        for checkpoint in opened.values():
+            checkpoint.close()
+        raise
+    return opened
+
+
+def plan_for(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
+             shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergePlan:
+    """The MergePlan for opened inputs (layer count from the base's config when it has one)."""
+    first = checkpoints[recipe.inputs()[0]]
+    listings = {ref: ckpt.tensors for ref, ckpt in checkpoints.items()}
+    return plan_merge(recipe, listings, num_layers=first.num_layers(), shard_bytes=shard_bytes)
+
+
+def merge(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
+          seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, refuse_nonfinite: bool = False,
+          on_progress: Callable[[Progress], None] | None = None,
+          cancel: threading.Event | None = None, token: str | bool | None = None) -> Path:
+    """Merge into `out_dir` and return its path; see merge_events for the arguments."""
+    for event in merge_events(recipe, out_dir, device=device, overwrite=overwrite, seed=seed,
+                              shard_bytes=shard_bytes, refuse_nonfinite=refuse_nonfinite, cancel=cancel,
+                              token=token):
+        if on_progress:
+            on_progress(event)
+    return Path(out_dir).expanduser().resolve()
+
+
+def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
+                 seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, refuse_nonfinite: bool = False,
+                 cancel: threading.Event | None = None, token: str | bool | None = None) -> Iterator[Progress]:
+    """Merge, yielding a Progress after each tensor. Closing the iterator early cancels.
+
+    Args:
+        recipe: a validated MergeRecipe.
+        out_dir: the model folder to create (written as OUT.partial, renamed at the end).
+        device: "cpu", "auto" (GPUs, tensors spread over all of them), "cuda", "cuda:N", "mps".
+        overwrite: replace an existing out_dir (only once the new model is complete).
+        seed: seeds the random methods (DARE, DELLA); each tensor gets its own stream. A whole
+            number in [0, 2**63) (a whole float is accepted); anything else is a RecipeError.
+        shard_bytes: maximum size of one output safetensors file.
+        refuse_nonfinite: stop with a CheckpointError at the first input holding NaN or Inf, or a
+            RecipeError at the first merged block that overflows the output dtype (default: merge
+            anyway and report it in Progress.nonfinite).
+        cancel: set it to stop between tensors; raises MergeCancelled, nothing is left behind.
+        token: Hugging Face access for Hub ids (see checkpoint.resolve_reference); None = this
+            machine's own login, a hosted visitor's token or False = only theirs.
+    """
+    started = time.perf_counter()
+    seed = check_seed(seed)
+    devices = devices_for(device)
+    checkpoints = open_inputs(recipe, token=token)
+    try:
+        plan = plan_for(recipe, checkpoints, shard_bytes=shard_bytes)
+        check_resources(plan, out_dir, devices)
+        refs = recipe.inputs()
+        first = checkpoints[refs[0]]
+        tokenizer_from = _tokenizer_folder(recipe, token)
+        read = [c.folder for c in checkpoints.values()] + ([tokenizer_from] if tokenizer_from else [])
+        with staged_output(out_dir, overwrite=overwrite, inputs=tuple(read)) as staging:
+            writer = ShardWriter(staging, plan)
+            try:
+                done = 0
+                for step, job in enumerate(plan.jobs, 1):
+                    _stop_if_cancelled(cancel)
+                    target = devices[(step - 1) % len(devices)]
+                    findings = NonFinite(refuse_nonfinite)
+                    for chunk in tensor_chunks(recipe, job, checkpoints, target, seed, cancel, findings):
+                        if job.merged:
+                            findings.check_output(job.name, chunk)
+                        writer.write(job.name, chunk)
+                    done += job.nbytes
+                    yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
+                                   time.perf_counter() - started, str(target), findings.messages())
+                _stop_if_cancelled(cancel)  # a Stop during the last tensor still means no model
+                writer.finish()
+            finally:
+                writer.abort()
+            out_dtype = _main_dtype(plan)
+            copy_side_files(first.folder, staging, tokenizer_source=tokenizer_from, dtype=out_dtype)
+            (staging / "mergekit_config.yml").write_text(to_yaml(recipe), encoding="utf-8")
+            is_st = (first.folder / "modules.json").exists()
+            name = Path(out_dir).name
+            (staging / "README.md").write_text(model_card(recipe, name=name, sentence_transformers=is_st), encoding="utf-8")
+    finally:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
+
+
+def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
+                  device: torch.device, seed: int, cancel: threading.Event | None,
+                  findings: NonFinite | None = None) -> Iterator[torch.Tensor]:
+    """The output tensor of one job, as one tensor or as consecutive blocks of rows."""
+    refs = recipe.inputs()
+    if not job.merged:
+        yield checkpoints[refs[0]].read(job.name)
+        return
+    working = DTYPES.get(recipe.dtype or "")
+    rows = [checkpoints[e.model] for e in recipe.rows()]
+    base = checkpoints[recipe.base_model] if recipe.uses_base else None
+    findings = findings or NonFinite(refuse=False)
+    generator = None
+    if recipe.method.random:
+        generator = torch.Generator(device=device)
+        generator.manual_seed((seed * 1_000_003 + zlib.crc32(job.name.encode())) % 2**64)
+
+    if recipe.method.coefficients is not None:
+        models, base_coefficient = recipe.method.coefficients(job.params)
+        inputs = rows + ([base] if base is not None else [])
+        coefficients = models + ([base_coefficient] if base is not None else [])
+        if _sum_is_precise_enough(coefficients, job.out_dtype):
+            yield from _weighted_sum(job, inputs, coefficients, working, device, cancel, findings)
+            return
+
+    passes = 0  # a method may read the tensor more than once (TIES: twice for top-k, then to merge)
+
+    def read() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Every input's next block of rows as float32 on the device: (n, *block) models, (*block) base.
+
+        Inputs are checked for NaN/Inf on the first pass only, so each value is counted once."""
+        nonlocal passes
+        passes += 1
+        for piece in job.row_slices():
+            _stop_if_cancelled(cancel)
+            first = rows[0].read(job.name, device=device, dtype=working, rows=piece)
+            stack = torch.empty((len(rows), *first.shape), dtype=torch.float32, device=device)  # (n, *block)
+            stack[0].copy_(first)
+            for i, checkpoint in enumerate(rows[1:], 1):
+                stack[i].copy_(checkpoint.read(job.name, device=device, dtype=working, rows=piece))
+            if passes == 1:
+                findings.check(job.name, stack, rows)
+            base_block = None
+            if base is not None:
+                base_block = base.read(job.name, device=device, dtype=working, rows=piece).to(torch.float32)
+                if passes == 1:
+                    findings.check(job.name, base_block.unsqueeze(0), [base])
+            yield stack, base_block
+
+    for merged in recipe.method.merge_blocks(read, job.shape, generator=generator, **job.params):
+        yield merged.to(job.out_dtype)
+
+
+def _sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) -> bool:
+    """Whether Σ c_i·x_i in float32 is as good as base + Σ w_i(x_i − base) for this output.
+
+    Why: with large coefficients of both signs (c_base = 1 − λΣw, e.g. −3) the sum cancels big
+    terms and loses digits the delta form keeps. Below float32 output the loss is far under one
+    output ulp; a float32 (or wider) output takes the weighted sum only while Σ|c_i| ≤ 2.
+    """
+    return out_dtype.itemsize < 4 or sum(abs(c) for c in coefficients) <= 2
+
+
+def _weighted_sum(job: TensorJob, inputs: list[Checkpoint], coefficients: list[float], working: torch.dtype | None,
+                  device: torch.device, cancel: threading.Event | None, findings: NonFinite) -> Iterator[torch.Tensor]:
+    """Σ c_i·x_i block by block, each input added in its stored dtype into one float32 sum.
+
+    Why: it makes one pass per input where the general path copies every input into a
+    float32 stack first; at 3 × 1.5 GB that halves the merge's compute. NaN/Inf in any input
+    make the sum non-finite (0·NaN is NaN), so only the sum is checked, and the inputs are
+    counted when it fails.
+    """
+    for piece in job.row_slices():
+        _stop_if_cancelled(cancel)
+        merged = None
+        for checkpoint, coefficient in zip(inputs, coefficients):
+            block = _read_summable(checkpoint, job.name, device, working, piece)
+            if merged is None:
+                merged = torch.empty(block.shape, dtype=torch.float32, device=device).copy_(block)
+                if coefficient != 1:
+                    merged.mul_(coefficient)
+            else:
+                merged.add_(block, alpha=coefficient)
+        if not torch.isfinite(merged.sum()):
+            for checkpoint in inputs:
+                block = _read_summable(checkpoint, job.name, device, working, piece)
+                findings.check(job.name, block.unsqueeze(0), [checkpoint])
+        yield merged.to(job.out_dtype)
+
+
+def _read_summable(checkpoint: Checkpoint, name: str, device: torch.device, working: torch.dtype | None,
+                   piece: slice | None) -> torch.Tensor:
+    """A block as stored (or in `working`), float8 widened to float32: torch cannot add float8."""
+    block = checkpoint.read(name, device=device, dtype=working, rows=piece)
+    return block.to(torch.float32) if block.dtype.itemsize == 1 else block
+
+
+def _stop_if_cancelled(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise MergeCancelled("merge stopped: no output was written")
+
+
+def _tokenizer_folder(recipe: MergeRecipe, token: str | bool | None) -> Path | None:
+    source = recipe.tokenizer_source
+    if source in (None, "base"):
+        return None
+    return resolve_reference(source, token=token)
+
+
+def _main_dtype(plan: MergePlan) -> torch.dtype:
+    """The dtype most output bytes are in: what config.json should announce."""
+    totals: dict[torch.dtype, int] = {}
+    for job in plan.jobs:
+        if job.merged:
+            totals[job.out_dtype] = totals.get(job.out_dtype, 0) + job.nbytes
+    return max(totals, key=totals.get) if totals else torch.float32

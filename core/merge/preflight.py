@@ -1,0 +1,86 @@
+"""Preflight: will this merge fit on the destination disk and in the compute device's memory?
+
+`check_resources(plan, out_dir, devices)` runs before a merge creates anything (the engine
+calls it; `python -m core plan` shows its figures and fails the same way), so a merge that
+cannot fit is refused up front with how much it needs and how much there is, instead of
+dying halfway on a full disk or an out-of-memory kill.
+
+    resources = check_resources(plan, "out/merged", devices_for("cpu"))
+    resources.disk_free, resources.memory_free   # bytes, as measured
+
+Disk: the output's bytes plus 16 MB for side files, against the free space of the nearest
+existing folder on the output's path. Memory: the plan's peak working set (largest tensor ×
+inputs, float32) against available RAM (CPU, MPS) or the emptiest chosen GPU's free memory.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+
+from core.errors import OutputError, ResourceError
+from core.merge.plan import MergePlan, size_text
+
+SIDE_FILES_BYTES = 16 * 1024 * 1024  # config, tokenizer, card: generous for any tokenizer.json
+NAME_MAX = 255  # bytes in one file or folder name (ext4, APFS, NTFS in characters)
+WRITER_SUFFIX = len(".old-12345678901234567890")  # core.io.writer's longest temporary suffix
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a merge needs and what the machine has, in bytes."""
+
+    disk_needed: int
+    disk_free: int
+    disk_at: Path  # the existing folder the free space was measured at
+    memory_needed: int
+    memory_free: int
+    memory_of: str  # "RAM" or the GPU measured, e.g. "cuda:0"
+
+
+def output_path(out_dir: str | Path) -> Path:
+    """The output folder as an absolute path, or an OutputError when the file system cannot hold its name.
+
+    Checked here, before any folder is created: a name over NAME_MAX (255 bytes on Linux and
+    macOS) would otherwise fail deep inside the writer, which also needs room for the
+    `.partial` and `.old-N` names it gives the folder while it works.
+    """
+    target = Path(out_dir).expanduser().resolve()
+    too_long = next((part for part in target.parts if len(os.fsencode(part)) > NAME_MAX), None)
+    if too_long is None and len(os.fsencode(target.name)) > NAME_MAX - WRITER_SUFFIX:
+        too_long = target.name
+    if too_long is not None:
+        raise OutputError(f"output folder name {too_long[:40]!r}… is too long ({len(os.fsencode(too_long))} bytes; "
+                          f"the file system allows {NAME_MAX}, the output's own name at most "
+                          f"{NAME_MAX - WRITER_SUFFIX}): choose a shorter name")
+    return target
+
+
+def measure_resources(plan: MergePlan, out_dir: str | Path, devices: list[torch.device]) -> Resources:
+    """The figures check_resources compares, without judging them (for `plan`'s report)."""
+    target = output_path(out_dir)
+    existing = next(p for p in [target, *target.parents] if p.exists())
+    memory_free, memory_of = psutil.virtual_memory().available, "RAM"
+    gpus = [d for d in devices if d.type == "cuda"]
+    if gpus:
+        memory_free, memory_of = min((torch.cuda.mem_get_info(d)[0], str(d)) for d in gpus)
+    return Resources(plan.bytes_written + SIDE_FILES_BYTES, shutil.disk_usage(existing).free, existing,
+                     plan.peak_bytes, memory_free, memory_of)
+
+
+def check_resources(plan: MergePlan, out_dir: str | Path, devices: list[torch.device]) -> Resources:
+    """Measure, and raise ResourceError naming needed vs available if disk or memory is short."""
+    found = measure_resources(plan, out_dir, devices)
+    if found.disk_free < found.disk_needed:
+        raise ResourceError(f"not enough disk space at {found.disk_at}: the merge writes {size_text(found.disk_needed)}, "
+                            f"{size_text(found.disk_free)} free; free some space or choose another output folder")
+    if found.memory_free < found.memory_needed:
+        raise ResourceError(f"not enough memory: the merge needs ≈ {size_text(found.memory_needed)} of working memory, "
+                            f"{found.memory_of} has {size_text(found.memory_free)} available; close other programs, "
+                            "merge fewer models at once or choose a device with more memory")
+    return found
+

@@ -1,0 +1,1 @@
+"""Rerankers: loading and caching models, encoding batches, pooling, comparing two models, ranking metrics."""

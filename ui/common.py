@@ -1,0 +1,62 @@
+"""What every panel shares: the heavy-job lane, the private-event setting, who the visitor is.
+
+Panels import these from here, not from each other, so no panel depends on another's module.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import gradio as gr
+
+from core.app.workspace import Workspace, downloads_root, session_name, session_workspace
+from core.devices import list_devices
+
+QUEUE = "gpu"  # concurrency_id of every heavy job (merge, comparison, sweep, weights): one at a time on the machine
+PRIVATE = {"api_visibility": "private"}
+
+
+def session_id(request: gr.Request | None) -> str:
+    """The visitor's session as a safe folder name (the client picks gradio's session hash, so it is
+    cleaned: "../../home" becomes "home"); "local" for direct calls."""
+    return session_name(getattr(request, "session_hash", None) or "local")
+
+
+def request_workspace(workspace: Workspace, request: gr.Request | None) -> Workspace:
+    """Hosted: the visitor's own session workspace; local: the workspace, downloads in the session's own folder."""
+    if workspace.hosted:
+        return session_workspace(workspace, session_id(request))
+    return replace(workspace, downloads_dir=downloads_root(workspace) / session_id(request))
+
+
+def hub_token(workspace: Workspace, oauth_token: gr.OAuthToken | None) -> str | bool | None:
+    """The Hugging Face access for this visitor's Hub downloads. Hosted: their OAuth token when they
+    signed in, else False (anonymous) — never None, which would send the server's own HF_TOKEN.
+    Local: None, the saved login of whoever runs the app."""
+    if not workspace.hosted:
+        return None
+    return oauth_token.token if oauth_token else False
+
+
+def cache_owner(workspace: Workspace, request: gr.Request | None) -> str | None:
+    """Whose loaded models a handler sees and unloads: hosted, this session's; local, all of them."""
+    return session_id(request) if workspace.hosted else None
+
+
+def job_label(ws: Workspace, kind: str, detail: str) -> str:
+    """The memory gauge's name for a job ("merge my-model"). Every page polls the one gauge, so a
+    hosted job is named by its kind alone: its models and output are the visitor's own business."""
+    return kind if ws.hosted else f"{kind} {detail}"
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(label, spec) for every device of this machine; the playground uses the same list."""
+    return [(d.label, d.spec) for d in list_devices()]
+
+
+def device_update():
+    return gr.Dropdown(choices=device_choices())
+
+
+def on_space() -> bool:
+    return bool(os.environ.get("SPACE_ID"))

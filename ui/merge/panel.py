@@ -1,0 +1,311 @@
+"""The "Merge" tab: pick models and a method (or paste a recipe), check the plan, merge, get the result.
+
+    with gr.Blocks() as app:
+        build_merge_panel(app, default_workspace(hosted=False))
+
+Public API (gradio_client), both taking plain values:
+    /plan   (recipe_yaml, output_name, device)                 -> Markdown: ready or not, and why
+    /merge  (recipe_yaml, output_name, device, overwrite, seed) -> (status, log, output folder, model card)
+Every other event (form edits, YAML sync, stop, zip, push) is private: absent from the API.
+
+The form itself (model rows, parameters, YAML box) is ui/merge/form.py. Merges run one at a
+time in the "gpu" queue that the playground shares, so two visitors are queued, not mixed;
+Stop sets the running merge's cancel flag, which the engine checks between tensors. No
+tensor math here: the engine (core/) does the work, this file shows it.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+import psutil
+from gradio.utils import get_upload_folder
+
+from core.app.workspace import (Workspace, check_quota, check_recipe_refs, cleanup_stale_sessions, folder_bytes,
+                                output_folder, push_folder, remove_session, session_workspace, zip_folder)
+from core.devices import devices_for, list_devices
+from core.errors import MergeCancelled, MergeDeskError
+from core.merge.engine import Progress, merge_events, open_inputs, plan_for
+from core.merge.plan import MergePlan
+from core.merge.recipe import MergeRecipe, parse_recipe
+from core.monitor import MONITOR
+from core.units import human
+from ui.common import (PRIVATE, QUEUE, device_choices, device_update, hub_token, job_label, on_space, request_workspace,
+                       session_id)
+from ui.merge.form import FormControls, build_merge_form, refresh_models
+from ui.merge.weights_panel import build_weights_from_data
+
+ZIP_LIMIT = 2 * 1000**3  # bytes: larger outputs are pushed to the Hub or copied, not downloaded
+STALE_SESSION_S = 6 * 3600
+LOG_LINES = 400
+SCROLL_LOG_TO_END = "() => { const box = document.querySelector('.log textarea'); " \
+                    "if (box) requestAnimationFrame(() => { box.scrollTop = box.scrollHeight; }); }"
+_RUNNING: dict[str, threading.Event] = {}  # session → cancel flag of its running merge
+
+
+def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
+    """Add the Merge tab's contents to the current Blocks; `app` gives the page's load/unload events.
+    Returns the form, which other tabs may fill (the Sweep tab's "Use this α")."""
+    ws = gr.State(workspace)
+    last_output = gr.State(None)  # the folder of this session's latest merge (server side, trusted)
+    form = build_merge_form(app, workspace, ws)
+
+    with gr.Row(equal_height=True):
+        device = gr.Dropdown(device_choices(), value="auto", label="Device", elem_id="merge-device",
+                             info="where the math runs; GPUs show their free memory")
+        output_name = gr.Textbox("my-merge", label="Output name", info="a new folder under outputs/",
+                                 elem_id="output-name")
+    build_weights_from_data(form, device, ws)
+    with gr.Accordion("More options", open=False):
+        with gr.Row():
+            seed = gr.Number(0, precision=0, label="Seed", info="for the random drops of DARE and DELLA")
+            overwrite = gr.Checkbox(False, label="Replace the output folder if it exists")
+    with gr.Row():
+        check_button = gr.Button("Check", variant="secondary")
+        merge_button = gr.Button("Merge", variant="primary")
+        stop_button = gr.Button("Stop", variant="stop")
+    status = gr.Markdown("Check shows what the merge will read, write and need before anything runs.",
+                         elem_classes="status", elem_id="merge-status")
+    log = gr.Textbox(label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_classes="log")
+
+    with gr.Accordion("Result", open=True):
+        folder = gr.Textbox(label="Output folder", interactive=False, elem_id="output-folder")
+        card = gr.Markdown(elem_classes="model-card")
+        with gr.Row():
+            zip_button = gr.Button("Download as .zip", size="sm")
+            zip_file = gr.File(label="Download", visible=False)
+        with gr.Row(equal_height=True):
+            repo = gr.Textbox(label="Hub repository", placeholder="name or org/name")
+            private = gr.Checkbox(True, label="Private")
+            if workspace.hosted and on_space():
+                gr.LoginButton()
+                token = gr.Textbox(visible=False)
+            else:
+                token = gr.Textbox(label="Hugging Face token", type="password",
+                                   placeholder="write token" if workspace.hosted else "empty: your saved login")
+        push_button = gr.Button("Push to the Hub", size="sm")
+        push_status = gr.Markdown()
+
+    check_button.click(plan, [form.recipe_yaml, output_name, device, ws], status, api_name="plan",
+                       concurrency_limit=4)
+    merge_button.click(merge, [form.recipe_yaml, output_name, device, overwrite, seed, ws],
+                       [status, log, folder, card, last_output], api_name="merge",
+                       concurrency_limit=1, concurrency_id=QUEUE).success(
+        refresh_models, [ws, form.layout], [form.choices, form.layout, form.base], **PRIVATE)
+    stop_button.click(stop, None, status, concurrency_limit=None, **PRIVATE)
+    log.change(None, js=SCROLL_LOG_TO_END)  # browser only: autoscroll skips a read-only box
+    zip_button.click(make_zip, [last_output, ws], zip_file, **PRIVATE)
+    push_button.click(push, [repo, private, token, last_output, ws], push_status, **PRIVATE)
+    app.load(device_update, None, device, **PRIVATE)
+    if workspace.hosted:
+        def on_unload(request: gr.Request):
+            end_session(workspace, request)
+
+        app.unload(on_unload)
+    return form
+
+
+def plan(recipe_yaml: str, output_name: str, device: str, workspace: Workspace,
+         request: gr.Request | None = None, oauth_token: gr.OAuthToken | None = None) -> str:
+    """Check a recipe without running it: can these models merge, and what will it take?
+
+    Returns Markdown: "✓ Ready" with tensors, bytes, memory and disk, or "✗ Not ready: …"
+    with the one-line reason (bad YAML, unknown model, mismatched architectures, bad name).
+    """
+    ws = request_workspace(workspace, request)
+    try:
+        recipe, out = _prepare(recipe_yaml, output_name, ws)
+        devices = devices_for(device)
+        merge_plan = plan_merge(recipe, hub_token(workspace, oauth_token))
+    except MergeDeskError as error:
+        return f"**✗ Not ready:** {error}"
+    return plan_markdown(recipe, merge_plan, out, [str(d) for d in devices], ws)
+
+
+def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed: float, workspace: Workspace,
+          request: gr.Request | None = None, oauth_token: gr.OAuthToken | None = None):
+    """Run the merge, yielding (status, log, output folder, model card, folder path) as it goes.
+
+    Stop (or closing the page) ends it after the current tensor and removes the partial
+    output; any problem ends it with a one-line gr.Error and no folder left behind. Hub ids
+    are fetched with the visitor's own access (hub_token), never the server's.
+    """
+    ws = request_workspace(workspace, request)
+    token = hub_token(workspace, oauth_token)
+    session = session_id(request)
+    lines: list[str] = []
+    warnings: list[str] = []  # NaN/Inf found in the inputs (the engine merges anyway and says so)
+    events = None
+    try:
+        recipe, out = _prepare(recipe_yaml, output_name, ws)
+        if ws.hosted:
+            cleanup_stale_sessions(workspace, STALE_SESSION_S)
+            check_quota(ws, plan_merge(recipe, token).bytes_written, replacing=out if overwrite else None)
+        cancel = _RUNNING[session] = threading.Event()
+        yield "Opening the models…", "", "", "", None
+        with MONITOR.job(job_label(ws, "merge", out.name)):
+            events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=seed or 0,
+                                  cancel=cancel, token=token)
+            shown = 0.0
+            for event in events:
+                lines.append(f"{event.step}/{event.total}  {event.tensor}  ({event.device})")
+                found = [f"⚠ {message}" for message in event.nonfinite]
+                lines += found
+                warnings += found
+                if time.monotonic() - shown > 0.25 or event.step == event.total:
+                    shown = time.monotonic()
+                    yield progress_markdown(event), _tail(lines), "", "", None
+    except MergeCancelled:
+        yield "**■ Stopped.** The partial output was removed.", _tail(lines + ["stopped"]), "", "", None
+        return
+    except MergeDeskError as error:
+        yield f"**✗ Merge failed:** {error}", _tail(lines), "", "", None
+        raise gr.Error(str(error), print_exception=False) from None
+    finally:
+        if events is not None:
+            events.close()
+        _RUNNING.pop(session, None)
+    shown_path = str(out.relative_to(ws.root)) if ws.hosted else str(out)
+    overflows = sum(w.startswith("⚠ merged tensor") for w in warnings)  # the output check's lines (core.merge.nonfinite)
+    caution = (f" **⚠ {len(warnings) - overflows} input tensor(s) hold NaN/Inf**, so the merge does too there: "
+               "see the log." if len(warnings) > overflows else "")
+    caution += (f" **⚠ {overflows} merged tensor(s) overflow to NaN/Inf** in the output dtype: see the log."
+                if overflows else "")
+    yield (f"**✓ Merged** {len(lines) - len(warnings)} tensors into `{shown_path}`.{caution}",
+           _tail(lines + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # warnings again: not scrolled away
+
+
+def stop(request: gr.Request | None = None) -> str:
+    """Ask this session's running merge to stop after its current tensor."""
+    cancel = _RUNNING.get(session_id(request))
+    if cancel is None:
+        return "Nothing is running."
+    cancel.set()
+    return "Stopping after the current tensor…"
+
+
+def make_zip(folder: str | None, workspace: Workspace, request: gr.Request | None = None):
+    """A .zip of the latest output in the visitor's downloads folder (below ZIP_LIMIT, and counted in the
+    hosted size cap: the archive is as big as the folder)."""
+    if not folder:
+        gr.Warning("Merge a model first.")
+        return gr.File(visible=False)
+    ws = request_workspace(workspace, request)
+    for old in ws.downloads_dir.glob("*.zip") if ws.downloads_dir.is_dir() else []:
+        old.unlink()  # one archive per session at a time
+    try:
+        check_quota(ws, folder_bytes(Path(folder)), job="the .zip")
+        archive = zip_folder(Path(folder), ws.downloads_dir / f"{Path(folder).name}.zip", max_bytes=ZIP_LIMIT)
+    except MergeDeskError as error:
+        gr.Warning(str(error))
+        return gr.File(visible=False)
+    return gr.File(str(archive), visible=True)
+
+
+def push(repo: str, private: bool, token: str, folder: str | None, workspace: Workspace,
+         oauth_token: gr.OAuthToken | None = None) -> str:
+    """Upload the latest output to a Hub model repo (private by default); Markdown result."""
+    if not folder:
+        return "**✗** Merge a model first."
+    secret = oauth_token.token if oauth_token else (token or "").strip() or (False if workspace.hosted else None)
+    if secret is False:
+        return "**✗** Log in with Hugging Face (or paste a write token) to push."
+    try:
+        url = push_folder(Path(folder), repo or Path(folder).name, private=bool(private), token=secret)
+    except MergeDeskError as error:
+        return f"**✗** {error}"
+    return f"**✓ Pushed** to [{url}]({url})" + (" (private)" if private else "")
+
+
+def serve_downloads_in_place(workspace: Workspace) -> Workspace:
+    """The workspace with its downloads (zips, recipes) in gradio's upload folder, unless it names a folder.
+
+    gradio serves a returned file from that folder as it is; from anywhere else it first copies
+    the file there (a second 2 GB for a big zip), where no size cap or page close would see it.
+    """
+    if workspace.downloads_dir is not None:
+        return workspace
+    return replace(workspace, downloads_dir=Path(get_upload_folder()) / "mergedesk-downloads")
+
+
+def end_session(workspace: Workspace, request: gr.Request) -> None:
+    """Hosted: a visitor closed the page: stop their merge and delete their outputs and downloads."""
+    session = session_id(request)
+    if session in _RUNNING:
+        _RUNNING[session].set()
+    remove_session(session_workspace(workspace, session))
+
+
+def plan_markdown(recipe: MergeRecipe, merge_plan: MergePlan, out: Path, devices: list[str], ws: Workspace) -> str:
+    """The plan as a short table, with warnings for what would stop or endanger the merge."""
+    merged = sum(job.merged for job in merge_plan.jobs)
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    free_disk = shutil.disk_usage(existing).free
+    ram = psutil.virtual_memory().available
+    gpu_free = {d.spec: d.free_bytes for d in list_devices() if d.free_bytes is not None}
+    memory = f"≈ {human(merge_plan.peak_bytes)} on {', '.join(devices)} · RAM {human(ram)} available"
+    memory += "".join(f" · {spec} {human(gpu_free[spec])} free" for spec in devices if spec in gpu_free)
+    rows = [("Method", f"{recipe.method.label} over {len(recipe.inputs())} models"),
+            ("Tensors", f"{len(merge_plan.jobs)} ({merged} merged, {len(merge_plan.jobs) - merged} copied)"),
+            ("Reads", human(merge_plan.bytes_read)),
+            ("Writes", f"{human(merge_plan.bytes_written)} in {len(merge_plan.shards)} file(s) → `{out.name}`"),
+            ("Working memory", memory), ("Free disk", human(free_disk))]
+    warnings = []
+    if out.exists():
+        warnings.append(f"`{out.name}` already exists: pick another name or tick *Replace* under More options.")
+    if merge_plan.bytes_written > free_disk:
+        warnings.append("Not enough free disk for the output.")
+    limit = min([ram] + [gpu_free[s] for s in devices if s in gpu_free])
+    if merge_plan.peak_bytes > limit:
+        warnings.append("The working memory may not fit: pick a bigger device or fewer models.")
+    if ws.max_output_bytes is not None:
+        try:
+            check_quota(ws, merge_plan.bytes_written, replacing=out if out.exists() else None)
+        except MergeDeskError as error:
+            warnings.append(str(error))
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    head = "**✓ Ready to merge.**" if not warnings else "**⚠ Check the warnings below.**"
+    return f"{head}\n\n| | |\n|---|---|\n{table}\n" + "".join(f"\n- ⚠ {w}" for w in warnings)
+
+
+def progress_markdown(event: Progress) -> str:
+    """One line: a bar, tensor i/n, throughput and time left."""
+    done = event.step / event.total if event.total else 1.0
+    filled = round(24 * done)
+    rate = event.bytes_done / event.elapsed if event.elapsed > 0 else 0
+    eta = "—" if event.eta == float("inf") else (f"{event.eta:.0f} s" if event.eta < 120 else f"{event.eta / 60:.0f} min")
+    return (f"`{'█' * filled}{'░' * (24 - filled)}` {done:.0%} · tensor {event.step}/{event.total} · "
+            f"{human(int(rate))}/s · {eta} left")
+
+
+def card_markdown(folder: Path) -> str:
+    """The output's model card without its YAML front matter (the Hub shows that as tags)."""
+    card = Path(folder) / "README.md"
+    text = card.read_text(encoding="utf-8") if card.exists() else ""
+    if text.startswith("---"):
+        text = text.split("---", 2)[-1]
+    return text.strip()
+
+
+def _prepare(recipe_yaml: str, output_name: str, ws: Workspace) -> tuple[MergeRecipe, Path]:
+    """Validate the recipe, its model references (workspace policy) and the output name."""
+    recipe = check_recipe_refs(parse_recipe(recipe_yaml or "", source="the recipe"), ws)
+    return recipe, output_folder(output_name, ws)
+
+
+def plan_merge(recipe: MergeRecipe, token: str | bool | None) -> MergePlan:
+    """The engine's plan for `recipe` (headers only; Hub ids fetched with `token`), inputs closed after."""
+    checkpoints = open_inputs(recipe, token=token)
+    try:
+        return plan_for(recipe, checkpoints)
+    finally:
+        for checkpoint in checkpoints.values():
+            checkpoint.close()
+
+
+def _tail(lines: list[str]) -> str:
+    return "\n".join(lines[-LOG_LINES:])

@@ -1,0 +1,1 @@
+"""The α-sweep tab: its panel and its plot."""

@@ -1,0 +1,232 @@
+"""The "Sweep" tab: merge two models at α = 0 … 1, measure every merge, pick the α to keep.
+
+    build_sweep_panel(workspace, form)   # form: the Merge tab's FormControls, which "Use α" fills
+
+Model A is α = 0 (the base or general model), B is α = 1 (the fine-tune). Each α's merge is
+measured on labelled sets — the demo sets in assets/demo/*/eval.jsonl and/or uploaded JSONL —
+and drawn as nDCG@10 / MRR@10 curves, one per set (ui/sweep/plot.py): the in-domain gain
+against the general loss, as in the LM-Cocktail paper. Clicking a point (or picking a swept α and
+"Use this α") writes that merge's recipe into the Merge tab's form (weights 1 − α and α for
+linear). gr.Plot reports no clicks in Gradio 6, so a few lines of JS (CLICK_JS) pass plotly's
+click to a hidden text box whose change event does the rest.
+
+The work runs in core.cocktail.sweep (in memory when the model fits, else streamed to a temporary
+folder); this file only shows it. Events are private and share the "gpu" queue; Stop sets
+the running sweep's cancel flag, checked between two α's.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import gradio as gr
+import gradio.utils as gr_utils
+import pandas as pd
+
+from core import ASSETS
+from core.app.workspace import Workspace, check_model_ref, check_pairs, check_quota
+from core.cocktail.sweep import DEFAULT_ALPHAS, SHOWN_METRICS, SweepResult, read_sets, sweep_points, sweep_recipe
+from core.errors import MergeCancelled, MergeDeskError, RerankError
+from core.merge.recipe import to_yaml
+from core.monitor import MONITOR
+from ui.common import PRIVATE, QUEUE, device_choices, hub_token, job_label, request_workspace, session_id
+from ui.merge.form import FormControls, show_form
+from ui.merge.panel import plan_merge
+from ui.merge.recipe_form import FormState, yaml_to_form
+from ui.playground import default_pair, model_choices
+from ui.sweep.plot import sweep_figure
+
+DEMO_SETS = ASSETS / "demo"
+METHOD_CHOICES = [("linear: (1 − α)·A + α·B", "linear"),
+                  ("task arithmetic: A + α·(B − A)", "task_arithmetic"), ("SLERP at t = α", "slerp")]
+HELP = """Mix model **A** (α = 0, e.g. the base) with model **B** (α = 1, e.g. your fine-tune) at each α and
+measure every mix on labelled sets — in-domain and general — to see what α costs and buys. Click a point (or
+pick the α below the table and **Use this α**) to put that merge into the Merge tab."""
+_RUNNING: dict[str, threading.Event] = {}  # session → cancel flag of its running sweep
+# gr.Plot has no click event: once plotly has drawn the figure, its plotly_click writes "α@time" into
+# the hidden #sweep-clicked box and dispatches "input", which gradio turns into the box's change event
+# (the time makes a second click on the same point a change too).
+CLICK_JS = """() => {
+  const attach = (tries) => {
+    const graph = document.querySelector('#sweep-plot .js-plotly-plot');
+    if (!graph || !graph.on) { if (tries > 0) setTimeout(() => attach(tries - 1), 200); return; }
+    if (graph.dataset.sweepClick) return;
+    graph.dataset.sweepClick = '1';
+    graph.on('plotly_click', (event) => {
+      const box = document.querySelector('#sweep-clicked textarea, #sweep-clicked input');
+      if (!box || !event.points.length) return;
+      box.value = `${event.points[0].x}@${Date.now()}`;
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+    });
+  };
+  attach(25);
+}"""
+
+
+def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
+    """Add the Sweep tab's contents to the current Blocks; "Use this α" updates `form`."""
+    ws = gr.State(workspace)
+    last = gr.State(None)  # SweepResult.to_dict() of this session's latest sweep
+    gr.Markdown(HELP, elem_classes="help")
+    first, second = default_pair(workspace)
+    choices = model_choices(workspace)
+    with gr.Row():
+        model_a = gr.Dropdown(choices, value=first, label="Model A (α = 0)", allow_custom_value=True, scale=3)
+        model_b = gr.Dropdown(choices, value=second, label="Model B (α = 1)", allow_custom_value=True, scale=3)
+        method = gr.Dropdown(METHOD_CHOICES, value="linear", label="Mix", scale=2)
+        device = gr.Dropdown(device_choices(), value="cpu", label="Device", scale=1)
+    with gr.Row():
+        demo = gr.CheckboxGroup(demo_set_names(), value=demo_set_names(), label="Demo sets (assets/demo/*/eval.jsonl)")
+        uploads = gr.File(label="…and/or your labelled JSONL files", file_count="multiple",
+                          file_types=[".jsonl", ".json"])
+        alphas = gr.Textbox(", ".join(f"{a:g}" for a in DEFAULT_ALPHAS), label="α values",
+                            info="comma-separated; task arithmetic may go beyond 1")
+    with gr.Row():
+        run = gr.Button("Run the sweep", variant="primary", scale=0)
+        stop = gr.Button("Stop", variant="stop", scale=0)
+    status = gr.Markdown()
+    plot = gr.Plot(label="Metrics against α (click a point to use its α)", elem_id="sweep-plot")
+    clicked = gr.Textbox(visible="hidden", elem_id="sweep-clicked")  # "α@time", written by CLICK_JS
+    table = gr.Dataframe(label="Metrics per α", interactive=False)
+    with gr.Row(equal_height=True):
+        pick = gr.Dropdown([], label="α to keep", info="the swept values", scale=1)
+        use = gr.Button("Use this α in the Merge tab", scale=0)
+    used = gr.Markdown()
+
+    run.click(run_sweep, [model_a, model_b, method, device, demo, uploads, alphas, ws],
+              [status, plot, table, pick, last], concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
+    stop.click(stop_sweep, None, status, concurrency_limit=None, **PRIVATE)
+
+    def on_use(result: dict | None, alpha: float | None, layout: int):
+        message, new = use_alpha(result, alpha)
+        return message, *(show_form(new, layout) if new is not None else (gr.skip(),) * len(form.shown))
+
+    use.click(on_use, [last, pick, form.layout], [used, *form.shown], **PRIVATE)
+    plot.change(None, js=CLICK_JS, **PRIVATE)
+    clicked.change(clicked_alpha, clicked, pick, **PRIVATE).then(
+        on_use, [last, pick, form.layout], [used, *form.shown], **PRIVATE)
+
+
+def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[str], uploads: list[str] | None,
+              alphas_text: str, workspace: Workspace, request: gr.Request | None = None,
+              oauth_token: gr.OAuthToken | None = None):
+    """Yield (status, figure, table, α picker, result dict) after each α; one gr.Error line on bad input."""
+    ws = request_workspace(workspace, request)
+    session = session_id(request)
+    try:
+        refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
+        sets = read_sets(set_files(demo, uploads, ws))
+        alphas = parse_alphas(alphas_text)
+        passages = sum(len(item.docs) for items in sets.values() for item in items)
+        check_pairs(passages * len(alphas), ws, job=f"this sweep ({passages:,} passages × {len(alphas)} α's)")
+        if ws.hosted:  # a streamed sweep writes one merge at a time into the visitor's folder
+            scratch = plan_merge(sweep_recipe(method, *refs, alphas[0]), hub_token(workspace, oauth_token))
+            check_quota(ws, scratch.bytes_written, job="the sweep's scratch merge")
+    except MergeDeskError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    cancel = _RUNNING[session] = threading.Event()
+    points, mode, result = [], "", None
+    yield f"Merging A and B at α = {alphas[0]:g}…", None, None, gr.Dropdown(choices=[], value=None), None
+    try:
+        with MONITOR.job(job_label(ws, "sweep", f"{Path(refs[0]).name} → {Path(refs[1]).name}")):
+            for point, mode in sweep_points(*refs, sets, alphas=alphas, method=method, device=device, cancel=cancel,
+                                            scratch=ws.outputs_dir if ws.hosted else None,
+                                            token=hub_token(workspace, oauth_token)):
+                points.append(point)
+                if len(points) % len(sets) == 0:
+                    done = alphas[:len(points) // len(sets)]
+                    result = SweepResult(*refs, method, mode, done, list(sets), points)
+                    following = f" · merging at α = {alphas[len(done)]:g}…" if len(done) < len(alphas) else ""
+                    yield (f"{len(done)}/{len(alphas)} α's measured (merges made in {mode}){following}",
+                           sweep_figure(result), metrics_table(result), _picker(result), result.to_dict())
+    except MergeCancelled:
+        yield "**■ Stopped.** The α's measured so far are shown.", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return
+    except MergeDeskError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    finally:
+        _RUNNING.pop(session, None)
+    yield f"**✓ Swept** {len(alphas)} α's on {len(sets)} set(s), merges made in {mode}.", *(gr.skip(),) * 4
+
+
+def stop_sweep(request: gr.Request | None = None) -> str:
+    """Ask this session's running sweep to stop before its next α."""
+    cancel = _RUNNING.get(session_id(request))
+    if cancel is None:
+        return "Nothing is running."
+    cancel.set()
+    return "Stopping after the current α…"
+
+
+def use_alpha(result: dict | None, alpha: float | None) -> tuple[str, FormState | None]:
+    """(message, the Merge form holding the recipe of the merge at α) — None when there is nothing to use."""
+    if not result:
+        return "✗ Run a sweep first.", None
+    if alpha is None:
+        return "✗ Pick the α to keep.", None
+    recipe = sweep_recipe(result["method"], result["model_a"], result["model_b"], float(alpha))
+    form = yaml_to_form(to_yaml(recipe))
+    message = f"✓ The Merge tab now holds the {result['method']} merge at α = {float(alpha):g}: check it and merge."
+    return message, form
+
+
+def clicked_alpha(text: str):
+    """The α picker set to the clicked point's α ("0.3@1712345678" → 0.3); unchanged on anything else."""
+    try:
+        return float(str(text).split("@")[0])
+    except ValueError:
+        return gr.skip()
+
+
+def metrics_table(result: SweepResult) -> pd.DataFrame:
+    """One row per α; a column per set and metric, rounded to 4 places."""
+    frame = pd.DataFrame({"α": result.alphas})
+    for name in result.set_names:
+        for metric in SHOWN_METRICS:
+            frame[f"{name} {metric}"] = [round(v, 4) for v in result.values(name, metric)]
+    return frame
+
+
+def set_files(demo: list[str] | None, uploads: list[str] | None, ws: Workspace) -> list[tuple[str, str]]:
+    """(name, path) for read_sets: the chosen demo sets, then each upload named after its file, cleaned.
+
+    The upload's file name is the visitor's to choose: it is only a label (letters, digits, '.',
+    '_', '-'), never parsed for a path (`x=private.jsonl` → "x_private"). A demo name must be one
+    of the demo sets, and hosted, an upload's path must lie in gradio's upload folder: nothing
+    else on the server is opened, and the refusal reads the same whether such a file exists or not.
+    """
+    known = demo_set_names()
+    files = []
+    for name in demo or []:
+        if name not in known:
+            raise RerankError(f"unknown demo set {str(name)!r}: choose from {', '.join(known)}")
+        files.append((name, str(DEMO_SETS / name / "eval.jsonl")))
+    uploaded = Path(gr_utils.get_upload_folder()).resolve()
+    for path in uploads or []:
+        label = re.sub(r"[^\w.-]+", "_", Path(path).stem).strip("._")[:60] or "upload"
+        if ws.hosted and uploaded not in Path(path).resolve().parents:
+            raise RerankError(f"set file {label!r} is not an uploaded file: upload the JSONL file again")
+        files.append((label, str(path)))
+    if not files:
+        raise RerankError("choose a demo set or upload a labelled JSONL file to measure the merges on")
+    return files
+
+
+def parse_alphas(text: str) -> list[float]:
+    """'0, 0.25, 0.5' → [0.0, 0.25, 0.5]; one line on anything else."""
+    try:
+        alphas = [float(part) for part in str(text or "").replace(";", ",").split(",") if part.strip()]
+    except ValueError:
+        raise RerankError(f"α values {text!r}: write numbers separated by commas, e.g. 0, 0.5, 1") from None
+    if not alphas:
+        raise RerankError("give at least one α, e.g. 0, 0.5, 1")
+    return alphas
+
+
+def demo_set_names() -> list[str]:
+    return sorted(p.parent.name for p in DEMO_SETS.glob("*/eval.jsonl"))
+
+
+def _picker(result: SweepResult):
+    return gr.Dropdown(choices=[(f"{a:g}", a) for a in result.alphas], value=None)
