@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from core.app.workspace import (Workspace, check_model_ref, check_quota, check_recipe_refs, cleanup_stale_sessions,
-                                find_models, folder_bytes, output_folder, packaged_minilm, push_folder, remove_session,
-                                session_workspace, zip_folder)
+from core.app.export import push_folder, zip_folder
+from core.app.models import find_models
+from core.app.paths import check_model_ref, check_recipe_refs
+from core.app.quota import check_quota, folder_bytes
+from core.app.sessions import cleanup_stale_sessions, remove_session, session_workspace
+from core.app.workspace import Workspace, output_folder, packaged_minilm
 from core.errors import MergeDeskError
 from core.merge.recipe import parse_recipe
 

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 import gradio as gr
 
-from core.app.workspace import Workspace, downloads_root, session_name, session_workspace
+from core.app.sessions import downloads_root, session_name, session_workspace
+from core.app.workspace import Workspace
 from core.devices import list_devices
 
 QUEUE = "gpu"  # concurrency_id of every heavy job (merge, comparison, sweep, weights): one at a time on the machine

@@ -20,7 +20,10 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core import ASSETS
-from core.app.workspace import Workspace, check_model_ref, check_pairs, find_models, packaged_minilm
+from core.app.models import find_models
+from core.app.paths import check_model_ref
+from core.app.quota import check_pairs
+from core.app.workspace import Workspace, packaged_minilm
 from core.demo.build import demo_pair
 from core.errors import MergeDeskError
 from core.io.safe_yaml import load_yaml

@@ -25,7 +25,8 @@ import torch
 import yaml
 
 from core import ASSETS
-from core.app.workspace import Workspace, find_models, packaged_minilm
+from core.app.models import find_models
+from core.app.workspace import Workspace, packaged_minilm
 from core.demo.train import TrainConfig, Trained, read_training_set, train_bi_encoder, train_cross_encoder
 from core.errors import CheckpointError
 from core.io.staging import staged_output

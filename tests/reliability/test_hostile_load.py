@@ -23,7 +23,8 @@ import ui.merge.form
 import ui.merge.weights_panel
 import ui.playground
 import ui.sweep.panel
-from core.app.workspace import Workspace, cleanup_stale_sessions, default_workspace, session_workspace
+from core.app.sessions import cleanup_stale_sessions, session_workspace
+from core.app.workspace import Workspace, default_workspace
 from core.errors import MergeDeskError
 from tests.app_server import launched, local_workspace
 from ui.merge.form import export_recipe

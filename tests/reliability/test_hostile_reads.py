@@ -22,7 +22,9 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from safetensors.torch import load_file
 
 import core.rerank.model
-from core.app.workspace import Workspace, find_models, session_workspace
+from core.app.models import find_models
+from core.app.sessions import session_workspace
+from core.app.workspace import Workspace
 from core.errors import MergeDeskError
 from core.io.checkpoint import Checkpoint
 from core.rerank.model import load_reranker

@@ -22,7 +22,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from core.__main__ import main
-from core.app.workspace import Workspace, check_model_ref, find_models
+from core.app.models import find_models
+from core.app.paths import check_model_ref
+from core.app.workspace import Workspace
 from core.errors import MergeDeskError
 from core.merge.methods import METHODS
 from tests.reliability.merge_helpers import figures, one_line

@@ -2,7 +2,7 @@
 
 Attacks go through the entry points a visitor reaches (the merge tab's plan/merge, the
 playground's rerank_compare, and the launched app's queue with hand-made requests), not only
-through core.app.workspace. Each break-out is paired with a control showing that the same input
+through core.app (paths.py, sessions.py, quota.py). Each break-out is paired with a control showing that the same input
 does work where it is allowed (local mode, or the visitor's own folder), so a refusal is the
 sandbox's doing and not a broken fixture. Run with -s to see the counts.
 """
@@ -21,7 +21,10 @@ from gradio_client import Client
 from safetensors.torch import load_file
 
 import ui.playground
-from core.app.workspace import Workspace, check_model_ref, find_models, session_workspace
+from core.app.models import find_models
+from core.app.paths import check_model_ref
+from core.app.sessions import session_workspace
+from core.app.workspace import Workspace
 from core.errors import MergeDeskError
 from core.io.checkpoint import Checkpoint
 from core.rerank.model import load_reranker

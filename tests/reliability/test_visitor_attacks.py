@@ -15,7 +15,9 @@ import pytest
 import ui.merge.panel
 import ui.playground
 import ui.sweep.panel
-from core.app.workspace import Workspace, session_workspace, visitor_bytes
+from core.app.quota import visitor_bytes
+from core.app.sessions import session_workspace
+from core.app.workspace import Workspace
 from core.errors import CheckpointError
 from tests.app_server import launched
 from ui.gauge import refresh_gauge

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from core import ASSETS
-from core.app.workspace import RECIPE_EXPORT_BYTES, Workspace, find_models, packaged_minilm
+from core.app.models import find_models
+from core.app.workspace import RECIPE_EXPORT_BYTES, Workspace, packaged_minilm
 from core.demo.build import demo_pair
 from core.errors import RecipeError
 from core.merge.methods import METHODS

@@ -25,8 +25,11 @@ import gradio as gr
 import psutil
 from gradio.utils import get_upload_folder
 
-from core.app.workspace import (Workspace, check_quota, check_recipe_refs, cleanup_stale_sessions, folder_bytes,
-                                output_folder, push_folder, remove_session, session_workspace, zip_folder)
+from core.app.export import push_folder, zip_folder
+from core.app.paths import check_recipe_refs
+from core.app.quota import check_quota, folder_bytes
+from core.app.sessions import cleanup_stale_sessions, remove_session, session_workspace
+from core.app.workspace import Workspace, output_folder
 from core.devices import devices_for, list_devices
 from core.errors import MergeCancelled, MergeDeskError
 from core.merge.engine import Progress, merge_events, open_inputs, plan_for

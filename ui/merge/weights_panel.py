@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core.app.workspace import Workspace, check_model_ref, check_pairs
+from core.app.paths import check_model_ref
+from core.app.quota import check_pairs
+from core.app.workspace import Workspace
 from core.cocktail.weights import DEFAULT_TAU, DataWeights, data_weights, read_examples
 from core.errors import MergeDeskError
 from core.merge.methods import METHODS

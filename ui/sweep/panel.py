@@ -25,7 +25,9 @@ import gradio.utils as gr_utils
 import pandas as pd
 
 from core import ASSETS
-from core.app.workspace import Workspace, check_model_ref, check_pairs, check_quota
+from core.app.paths import check_model_ref
+from core.app.quota import check_pairs, check_quota
+from core.app.workspace import Workspace
 from core.cocktail.sweep import DEFAULT_ALPHAS, SHOWN_METRICS, SweepResult, read_sets, sweep_points, sweep_recipe
 from core.errors import MergeCancelled, MergeDeskError, RerankError
 from core.merge.recipe import to_yaml
