@@ -15,7 +15,14 @@ fake trees so the checker is seen failing.
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 from pathlib import Path
+
+import core.demo.build
+from core.app.models import find_models
+from core.app.workspace import Workspace
+from core.demo.build import demo_pair
+from tests.test_demo_panel import fake_demo_models
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = ("app.py", "core", "ui")
@@ -157,6 +164,16 @@ def test_no_import_cycles():
 def test_no_module_imports_another_ones_private_names():
     bad = private_imports(RAW, GRAPH)
     assert not bad, "private names used across modules (make them public or move them):\n" + "\n".join(bad)
+
+
+def test_core_finds_the_demo_pair_from_folders_not_from_picker_labels(tmp_path, monkeypatch):
+    ws = Workspace(tmp_path, tmp_path / "models", tmp_path / "outputs")
+    fake_demo_models(ws.models_dir)
+    pair = demo_pair(ws)
+    assert pair is not None and [Path(ref).name for ref in pair] == ["general-ce", "cooking-ce"]
+    relabelled = [replace(choice, label=f"★ {choice.label} ★") for choice in find_models(ws)]
+    monkeypatch.setattr(core.demo.build, "find_models", lambda ws: relabelled)
+    assert demo_pair(ws) == pair  # the picker may word its labels as it likes
 
 
 # --- the checker itself, on fake trees ---

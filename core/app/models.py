@@ -1,6 +1,6 @@
 """The models the pickers offer: the packaged MiniLM, models/, earlier outputs, the HF cache (local only).
 
-    find_models(ws)                           # [ModelChoice(label, ref, source), …]
+    find_models(ws)                           # [ModelChoice(label, ref, source, folder), …]
 
 The Hugging Face cache is listed only locally: hosted, it also holds what the server's own
 token fetched (private or gated repos), and offline nothing proves a repo public, so a
@@ -22,6 +22,7 @@ class ModelChoice:
     label: str  # what a person reads
     ref: str  # what goes into the recipe
     source: str  # "packaged" | "models" | "hf-cache" | "outputs"
+    folder: Path | None = None  # where it was found (None for a Hub id): what code compares, never the label
 
 
 def find_models(ws: Workspace, *, hub_cache: Path | None = None) -> list[ModelChoice]:
@@ -33,10 +34,10 @@ def find_models(ws: Workspace, *, hub_cache: Path | None = None) -> list[ModelCh
     found = []
     packaged = packaged_minilm()
     if packaged is not None:
-        found.append(ModelChoice("all-MiniLM-L6-v2 (packaged)", str(packaged), "packaged"))
+        found.append(ModelChoice("all-MiniLM-L6-v2 (packaged)", str(packaged), "packaged", packaged))
     for source, folder, note in (("models", ws.models_dir, ""), ("outputs", ws.outputs_dir, " (earlier merge)")):
         for model in _model_folders(folder):
-            found.append(ModelChoice(f"{source}/{model.relative_to(folder)}{note}", _ref_for(model, ws), source))
+            found.append(ModelChoice(f"{source}/{model.relative_to(folder)}{note}", _ref_for(model, ws), source, model))
     if not ws.hosted:
         found += [ModelChoice(f"{repo} (Hugging Face cache)", repo, "hf-cache")
                   for repo in _cached_hub_models(hub_cache)]

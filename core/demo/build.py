@@ -104,9 +104,9 @@ def demo_pair(ws: Workspace) -> tuple[str, str] | None:
 
     The app's defaults: the Merge tab mixes these two, the Playground compares them.
     """
-    wanted = [f"models/{DEMO_FOLDER}/{name}" for name in ("general-ce", "cooking-ce")]
-    refs = {choice.label: choice.ref for choice in find_models(ws) if choice.source == "models"}
-    return (refs[wanted[0]], refs[wanted[1]]) if all(label in refs for label in wanted) else None
+    wanted = [demo_folder(ws.models_dir, name) for name in ("general-ce", "cooking-ce")]
+    refs = {choice.folder: choice.ref for choice in find_models(ws) if choice.source == "models"}
+    return (refs[wanted[0]], refs[wanted[1]]) if all(folder in refs for folder in wanted) else None
 
 
 def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, device: str = "cpu",
