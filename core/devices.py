@@ -69,20 +69,19 @@ class DeviceInfo:
     spec: str  # what parse_device accepts, e.g. "cuda:0"
     label: str  # what a person reads, e.g. "cuda:0 · NVIDIA H100 · 75.2 / 79.1 GB free"
     free_bytes: int | None  # free accelerator memory; None for the CPU (see monitor for RAM)
-    total_bytes: int | None
 
 
 def list_devices() -> list[DeviceInfo]:
     """Every device this machine offers, CPU first, then "auto", each GPU, and mps."""
-    found = [DeviceInfo("cpu", "CPU", None, None), DeviceInfo("auto", "auto (best available)", None, None)]
+    found = [DeviceInfo("cpu", "CPU", None), DeviceInfo("auto", "auto (best available)", None)]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(index)
             name = torch.cuda.get_device_name(index)
             label = f"cuda:{index} · {name} · {free / 1e9:.1f} / {total / 1e9:.1f} GB free"
-            found.append(DeviceInfo(f"cuda:{index}", label, free, total))
+            found.append(DeviceInfo(f"cuda:{index}", label, free))
     if _mps_available():
-        found.append(DeviceInfo("mps", "mps (Apple GPU)", None, None))
+        found.append(DeviceInfo("mps", "mps (Apple GPU)", None))
     return found
 
 

@@ -136,13 +136,10 @@ def read_queries(path: str | Path) -> list[QueryItem]:
     """Queries from a JSONL file (one JSON object per line; blank lines are skipped)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise RerankError(f"cannot read {path}: {error}") from None
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            items.append(_parse_line(line, f"{path}:{number}"))
+    items = parse_queries(text, source=str(path))
     if not items:
         raise RerankError(f"{path} holds no queries: expected lines like "
                           '{"query": "…", "docs": ["…", "…"], "labels": [1, 0]}')
@@ -170,7 +167,7 @@ def pooled(items: list[QueryItem]) -> list[QueryItem]:
 
 
 def parse_queries(text: str, *, source: str = "input") -> list[QueryItem]:
-    """Queries from JSONL text (the playground's upload and paste box)."""
+    """Queries from JSONL text, each error naming `source:line` (read_queries reads a file through it)."""
     return [_parse_line(line, f"{source}:{n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
