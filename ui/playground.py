@@ -8,7 +8,7 @@ leading "+" marks a relevant one, which turns on MRR / nDCG) or uploaded as JSON
 several queries. The scoring runs in core.rerank.model (models stay loaded between runs); this
 file only turns its Comparison into a table, a chart and a metrics table. The public API
 name is `rerank_compare`; unloading and refreshing are UI-only (private) events. Hosted, the
-"Loaded:" line and "Unload models" are the session's own (ui.merge.form.cache_owner): a
+"Loaded:" line and "Unload models" are the session's own (ui.common.cache_owner): a
 visitor never sees or frees another's models, and Hub ids are fetched with their own access.
 """
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""The demo kit: two small MiniLM rerankers trained on the packaged data, to try merging on real models."""
+"""The demo kit: five small MiniLM models (build.py says which) trained on the packaged data (train.py),
+to try merging on real models."""

@@ -8,7 +8,7 @@
 The first model is the reference: deltas and rank changes are "model i minus model 0".
 Input lines are `{"query": str, "docs": [str, …], "labels": [int, …]?}` or FlagEmbedding's
 training format `{"query": str, "pos": [str, …], "neg": [str, …]}` (labels 1 for pos, 0 for neg).
-This module scores through Reranker.score_pairs and computes metrics through rank_metrics;
+This module scores through Reranker.score_pairs and computes metrics through core.rerank.metrics;
 it loads nothing itself.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     encoder = read_pooling(Path("all-MiniLM-L6-v2"))
     encoder.modes, encoder.max_seq_length      # ("mean",), 256
-    vectors = encoder.embed(batch)             # (b, hidden) — called by rerank_batches.run_batches
+    vectors = encoder.embed(batch)             # (b, hidden) — called by core.rerank.encode.run_batches
 
 A sentence-transformers folder says it in modules.json (Transformer → Pooling → Normalize):
 1_Pooling/config.json holds either the legacy booleans (`pooling_mode_mean_tokens: true`) or
