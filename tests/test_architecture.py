@@ -3,7 +3,10 @@
 - core/ never imports gradio, nor the command line (core.cli); only core/cli/ and core/__main__.py may;
 - ui/ and app.py never import core.cli;
 - no import cycles among the project's modules;
-- no module imports another module's private names (a leading underscore).
+- no module imports another module's private names (a leading underscore);
+- a UI panel imports no other panel: what panels share lives in ui/common.py (or in core). The one
+  exception is the Merge form (ui.merge.form, ui.merge.recipe_form), which the Sweep tab, the
+  demo strip and weights-from-data fill in.
 
 The graph is read with ast, not by importing: every `import` and `from … import` anywhere in a
 file counts (a function-level import is still a dependency, it only hides it). `from pkg import x`
@@ -139,6 +142,22 @@ def private_imports(raw: dict[str, list[tuple[str, str]]], graph: dict[str, set[
             and module in graph and module != importer]
 
 
+PANELS = ("ui.merge", "ui.sweep", "ui.playground", "ui.demo_panel", "ui.methods_panel", "ui.gauge")
+SHARED_FORM = ("ui.merge.form", "ui.merge.recipe_form")  # what other panels may fill in
+# Edges waiting for another step of issue 12, each with what removes it; the test fails once one is gone.
+PENDING = {("ui.sweep.panel", "ui.merge.panel"): "plan_merge: the sweep's plan comes from core's preview (step 2)"}
+
+
+def panel_of(module: str) -> str | None:
+    return next((panel for panel in PANELS if within(module, panel)), None)
+
+
+def cross_panel_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) where one panel's module imports another panel's, the shared form aside."""
+    return [(importer, target) for importer, imported in sorted(graph.items()) for target in sorted(imported)
+            if panel_of(importer) and panel_of(target) not in (None, panel_of(importer)) and target not in SHARED_FORM]
+
+
 # --- the project's own graph ---
 
 GRAPH, RAW = import_graph(ROOT)
@@ -174,6 +193,14 @@ def test_core_finds_the_demo_pair_from_folders_not_from_picker_labels(tmp_path, 
     relabelled = [replace(choice, label=f"★ {choice.label} ★") for choice in find_models(ws)]
     monkeypatch.setattr(core.demo.build, "find_models", lambda ws: relabelled)
     assert demo_pair(ws) == pair  # the picker may word its labels as it likes
+
+
+def test_panels_share_through_ui_common_not_through_each_other():
+    found = cross_panel_imports(GRAPH)
+    bad = [f"{a} -> {b}" for a, b in found if (a, b) not in PENDING]
+    assert not bad, "a panel imports another panel (move the shared piece to ui/common.py or core):\n" + "\n".join(bad)
+    gone = [f"{a} -> {b} ({why})" for (a, b), why in PENDING.items() if (a, b) not in found]
+    assert not gone, "PENDING lists an import that is gone, delete it there:\n" + "\n".join(gone)
 
 
 # --- the checker itself, on fake trees ---
@@ -227,3 +254,14 @@ def test_checker_sees_private_names_taken_from_another_module(tmp_path):
     })
     graph, raw = import_graph(root)
     assert private_imports(raw, graph) == ["ui.b imports _SECRET from ui.a"]
+
+
+def test_checker_sees_one_panel_importing_another(tmp_path):
+    root = _tree(tmp_path, {
+        "ui/__init__.py": "", "ui/common.py": "", "ui/playground.py": "from ui.common import QUEUE\n",
+        "ui/merge/__init__.py": "", "ui/merge/form.py": "", "ui/merge/panel.py": "from ui.merge.form import X\n",
+        "ui/sweep/__init__.py": "",
+        "ui/sweep/panel.py": "from ui.merge import form\nfrom ui.playground import default_pair\nimport ui.merge.panel\n",
+    })
+    assert cross_panel_imports(import_graph(root)[0]) == [("ui.sweep.panel", "ui.merge.panel"),
+                                                         ("ui.sweep.panel", "ui.playground")]

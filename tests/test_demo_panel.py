@@ -4,9 +4,9 @@ from pathlib import Path
 
 from core.app.workspace import Workspace
 from core.demo.build import DEMO_MODELS, DemoProgress, demo_folder
+from ui.common import default_pair
 from ui.demo_panel import needs_demo, progress_markdown
 from ui.merge.form import start_form
-from ui.playground import default_pair
 
 
 def workspace(root: Path, *, hosted: bool = False) -> Workspace:

@@ -6,7 +6,8 @@ import pytest
 
 from core.app.workspace import Workspace
 from core.rerank.model import load_reranker, loaded_rerankers
-from ui.playground import default_pair, parse_passages, rerank_compare, unload_all
+from ui.common import default_pair
+from ui.playground import parse_passages, rerank_compare, unload_all
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""What every panel shares: the heavy-job lane, the private-event setting, who the visitor is.
+"""What every panel shares: the heavy-job lane, the private-event setting, who the visitor is, the model pickers.
 
 Panels import these from here, not from each other, so no panel depends on another's module.
 """
@@ -9,9 +9,13 @@ from dataclasses import replace
 
 import gradio as gr
 
+from core.app.models import find_models
 from core.app.sessions import downloads_root, session_name, session_workspace
-from core.app.workspace import Workspace
+from core.app.workspace import Workspace, packaged_minilm
+from core.demo.build import demo_pair
 from core.devices import list_devices
+from core.errors import MergeDeskError
+from core.io.safe_yaml import load_yaml
 
 QUEUE = "gpu"  # concurrency_id of every heavy job (merge, comparison, sweep, weights): one at a time on the machine
 PRIVATE = {"api_visibility": "private"}
@@ -53,6 +57,27 @@ def job_label(ws: Workspace, kind: str, detail: str) -> str:
 def device_choices() -> list[tuple[str, str]]:
     """(label, spec) for every device of this machine; the playground uses the same list."""
     return [(d.label, d.spec) for d in list_devices()]
+
+
+def model_choices(ws: Workspace) -> list[tuple[str, str]]:
+    """(label, reference) for every model picker: what core.app.models.find_models offers this workspace."""
+    return [(choice.label, choice.ref) for choice in find_models(ws)]
+
+
+def default_pair(ws: Workspace) -> tuple[str | None, str | None]:
+    """Where the Playground's and the Sweep's A and B pickers start: (base of the latest merge, latest merge);
+    else the demo's general-ce and cooking-ce; else the packaged model twice."""
+    recipes = sorted(ws.outputs_dir.glob("*/mergekit_config.yml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    merges = [recipe.parent for recipe in recipes]
+    fallback = str(packaged_minilm()) if packaged_minilm() else None
+    if not merges:
+        return demo_pair(ws) or (fallback, fallback)
+    try:
+        recipe = load_yaml((merges[0] / "mergekit_config.yml").read_text(encoding="utf-8"), source="a merge") or {}
+        base = recipe.get("base_model") or recipe["models"][0]["model"]
+    except (OSError, UnicodeDecodeError, MergeDeskError, AttributeError, KeyError, IndexError, TypeError):
+        base = fallback
+    return base, str(merges[0])
 
 
 def device_update():

@@ -20,17 +20,15 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core import ASSETS
-from core.app.models import find_models
 from core.app.paths import check_model_ref
 from core.app.quota import check_pairs
-from core.app.workspace import Workspace, packaged_minilm
-from core.demo.build import demo_pair
+from core.app.workspace import Workspace
 from core.errors import MergeDeskError
-from core.io.safe_yaml import load_yaml
 from core.monitor import MONITOR
 from core.rerank.compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
 from core.rerank.model import load_reranker, loaded_rerankers, unload
-from ui.common import PRIVATE, QUEUE, cache_owner, device_choices, hub_token, job_label, request_workspace
+from ui.common import (PRIVATE, QUEUE, cache_owner, default_pair, device_choices, hub_token, job_label, model_choices,
+                       request_workspace)
 
 EXAMPLES = ASSETS / "playground"
 UP, DOWN = "#2e7d4f", "#b3412e"  # rank change colours: moved up / moved down
@@ -183,25 +181,6 @@ def unload_all(workspace: Workspace, request: gr.Request | None = None) -> str:
     owner = cache_owner(workspace, request)
     unload(owner=owner)
     return loaded_markdown(owner)
-
-
-def model_choices(ws: Workspace) -> list[tuple[str, str]]:
-    return [(choice.label, choice.ref) for choice in find_models(ws)]
-
-
-def default_pair(ws: Workspace) -> tuple[str | None, str | None]:
-    """(base of the latest merge, latest merge); else the demo's general-ce and cooking-ce; else the packaged model."""
-    recipes = sorted(ws.outputs_dir.glob("*/mergekit_config.yml"), key=lambda p: p.stat().st_mtime, reverse=True)
-    merges = [recipe.parent for recipe in recipes]
-    fallback = str(packaged_minilm()) if packaged_minilm() else None
-    if not merges:
-        return demo_pair(ws) or (fallback, fallback)
-    try:
-        recipe = load_yaml((merges[0] / "mergekit_config.yml").read_text(encoding="utf-8"), source="a merge") or {}
-        base = recipe.get("base_model") or recipe["models"][0]["model"]
-    except (OSError, UnicodeDecodeError, MergeDeskError, AttributeError, KeyError, IndexError, TypeError):
-        base = fallback
-    return base, str(merges[0])
 
 
 def refresh_pair(workspace: Workspace, request: gr.Request | None = None):

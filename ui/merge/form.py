@@ -23,13 +23,12 @@ from dataclasses import dataclass
 import gradio as gr
 
 from core import ASSETS
-from core.app.models import find_models
 from core.app.workspace import RECIPE_EXPORT_BYTES, Workspace, packaged_minilm
 from core.demo.build import demo_pair
 from core.errors import RecipeError
 from core.merge.methods import METHODS
 from core.merge.recipe import DTYPES
-from ui.common import request_workspace
+from ui.common import model_choices, request_workspace
 from ui.merge.recipe_form import (FormState, add_row, base_help, change_method, check_form, form_to_yaml, global_params,
                                   is_number, needs_text, new_form, remove_row, row_params, set_field, set_param,
                                   set_row_model, setting_text, shown_value, shows_base, slider_range, yaml_to_form)
@@ -150,10 +149,6 @@ def start_form(workspace: Workspace | None = None) -> FormState:
         return new_form("linear", models=pair)
     packaged = packaged_minilm()
     return new_form("linear", models=(str(packaged) if packaged else "", ""))
-
-
-def model_choices(workspace: Workspace) -> list[tuple[str, str]]:
-    return [(choice.label, choice.ref) for choice in find_models(workspace)]
 
 
 def refresh_models(workspace: Workspace, layout: int, request: gr.Request | None = None):

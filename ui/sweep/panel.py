@@ -32,11 +32,11 @@ from core.cocktail.sweep import DEFAULT_ALPHAS, SHOWN_METRICS, SweepResult, read
 from core.errors import MergeCancelled, MergeDeskError, RerankError
 from core.merge.recipe import to_yaml
 from core.monitor import MONITOR
-from ui.common import PRIVATE, QUEUE, device_choices, hub_token, job_label, request_workspace, session_id
+from ui.common import (PRIVATE, QUEUE, default_pair, device_choices, hub_token, job_label, model_choices,
+                       request_workspace, session_id)
 from ui.merge.form import FormControls, show_form
 from ui.merge.panel import plan_merge
 from ui.merge.recipe_form import FormState, yaml_to_form
-from ui.playground import default_pair, model_choices
 from ui.sweep.plot import sweep_figure
 
 DEMO_SETS = ASSETS / "demo"
