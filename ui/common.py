@@ -1,6 +1,7 @@
 """What every panel shares: the heavy-job lane, the private-event setting, who the visitor is, the model pickers.
 
-Panels import these from here, not from each other, so no panel depends on another's module.
+Panels import these from here, not from each other, so no panel depends on another's module (the Merge
+form, which other panels fill in, aside; tests/test_architecture.py checks it).
 """
 from __future__ import annotations
 
