@@ -14,13 +14,13 @@ from core.app.workspace import Workspace
 from core.errors import GenerationError
 from core.llm.generate import NO_TEMPLATE, TokenStream, build_prompt, generate, stream_pair
 from core.llm.likelihood import read_texts, score_texts
-from core.llm.model import find_decoders, load_causal_lm
+from core.llm.model import find_decoders, load_causal_lm, loaded_causal_lms
 from core.llm.settings import HOSTED, GenerationSettings
 from core.merge.engine import merge
 from core.merge.recipe import recipe_from_dict
 from tests.app_server import launched, local_workspace
 from tests.model_factory import build_family
-from ui.generation import decoder_pair, generate_compare, likelihood_compare
+from ui.generation import decoder_pair, generate_compare, likelihood_compare, unload_all
 
 PROMPT = "the model said hello to the"
 TEXTS = ["the model said hello to the world", "hello", "you can see the world and the model will work for you now"]
@@ -190,6 +190,10 @@ def test_hosted_refuses_absolute_paths_and_long_answers(merged_ws):
                                               hosted))[-1]
     assert status.startswith("✓ Done") and text_a == generate(load_causal_lm(str(merged_ws.models_dir / "llama-0")),
                                                                PROMPT, GenerationSettings(8)).text
+    with pytest.raises(gr.Error, match="unloading is for the local app"):
+        unload_all(hosted)  # the cached pair may be another visitor's too
+    assert loaded_causal_lms()
+    assert unload_all(merged_ws) == "Models unloaded." and not loaded_causal_lms()
 
 
 def test_bad_input_is_one_line(bert_cls_family, llama_family, tmp_path):

@@ -9,8 +9,8 @@ template when it has one, with the same settings and seed; the answers stream si
 work happens in core.llm; this file turns its results into text and a table. Both jobs run in the
 heavy lane (one at a time); their public API names are `generate_compare` and
 `likelihood_compare`, every other event is private. Hosted, model references pass
-check_model_ref, Hub ids are fetched with the visitor's own access, and the bounds are tighter
-(core.llm.settings.HOSTED).
+check_model_ref, Hub ids are fetched with the visitor's own access (before the shared two-model
+cache is looked at), the bounds are tighter (core.llm.settings.HOSTED), and there is no Unload.
 """
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def build_generation(workspace: Workspace) -> None:
     with gr.Row():
         run = gr.Button("Generate", variant="primary", scale=0)
         refresh = gr.Button("Refresh model lists", scale=0, min_width=260)
-        unload_button = gr.Button("Unload models", scale=0)
+        # The two cached decoders are shared by every visitor, so hosted, nobody frees another's: no button.
+        unload_button = gr.Button("Unload models", scale=0, visible=not workspace.hosted)
     status = gr.Markdown()
     with gr.Row():
         text_a = gr.Textbox(label="A writes", lines=12, interactive=False, buttons=["copy"])
@@ -85,7 +86,7 @@ def build_generation(workspace: Workspace) -> None:
                 [likelihood_status, table], api_name="likelihood_compare", concurrency_id=QUEUE,
                 concurrency_limit=1, show_progress_on=likelihood_status)
     refresh.click(refresh_decoders, ws, [model_a, model_b], **PRIVATE)
-    unload_button.click(unload_all, None, status, **PRIVATE)
+    unload_button.click(unload_all, ws, status, **PRIVATE)
 
 
 def generate_compare(model_a: str, model_b: str, prompt: str, max_new_tokens: float, temperature: float,
@@ -179,7 +180,11 @@ def refresh_decoders(workspace: Workspace, request: gr.Request | None = None):
     return gr.Dropdown(choices=choices, value=first), gr.Dropdown(choices=choices, value=second)
 
 
-def unload_all() -> str:
+def unload_all(workspace: Workspace) -> str:
+    """Free the cached decoders (local app only: hosted, they may be another visitor's too)."""
+    if workspace.hosted:
+        raise gr.Error("unloading is for the local app: on a shared app the last two models stay loaded",
+                       print_exception=False)
     unload_causal_lms()
     return "Models unloaded."
 
