@@ -63,7 +63,8 @@ class GenerationSettings:
 
 
 def _whole(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value != int(value):
         raise GenerationError(f"{name} must be a whole number, got {value!r}")
     return int(value)
 
