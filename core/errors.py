@@ -61,3 +61,7 @@ class RerankError(MergeDeskError):
 
 class MergeCancelled(MergeDeskError):
     """The user stopped the merge; the partial output has been removed."""
+
+
+class GenerationError(MergeDeskError):
+    """A model cannot be loaded as a causal LM, or a prompt, text set or generation setting is unusable."""

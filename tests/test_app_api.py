@@ -1,4 +1,5 @@
-"""The launched app through gradio_client: /plan, /merge and /rerank_compare work, UI-only events stay off the API."""
+"""The launched app through gradio_client: /plan, /merge and /rerank_compare work, UI-only events stay off the API
+(/generate_compare and /likelihood_compare: tests/test_llm_playground.py)."""
 import uuid
 
 import pytest
@@ -58,7 +59,7 @@ def test_only_plan_merge_and_rerank_compare_are_public(served):
     _, client, _ = served
     api = client.view_api(print_info=False, return_format="dict")
     named = set(api["named_endpoints"])
-    assert named == {"/plan", "/merge", "/rerank_compare"}
+    assert named == {"/plan", "/merge", "/rerank_compare", "/generate_compare", "/likelihood_compare"}
     hidden = {"/refresh_gauge", "/refresh_models", "/on_yaml", "/on_method", "/on_example", "/stop", "/push",
               "/make_zip", "/export_recipe", "/handler", "/lambda", "/draw_rows"}
     assert not named & hidden

@@ -13,6 +13,7 @@ import gradio as gr
 from core.app.workspace import Workspace
 from ui.demo_panel import build_demo_panel, wire_demo
 from ui.gauge import build_gauge
+from ui.generation import build_generation
 from ui.merge.panel import build_merge_panel
 from ui.methods_panel import build_methods_panel
 from ui.playground import build_playground
@@ -40,5 +41,7 @@ def build_app(workspace: Workspace) -> gr.Blocks:
                 build_playground(workspace)
             with gr.Tab("Sweep"):
                 build_sweep_panel(workspace, form)
+            with gr.Tab("Generate"):
+                build_generation(workspace)
         build_methods_panel()
     return app
