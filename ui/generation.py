@@ -27,8 +27,7 @@ from core.llm.likelihood import mean_score, read_texts, score_texts
 from core.llm.model import CausalLM, find_decoders, is_causal_lm, load_causal_lm, unload_causal_lms
 from core.llm.settings import HOSTED, LOCAL, GenerationSettings
 from core.monitor import MONITOR
-from ui.common import PRIVATE, QUEUE, device_choices, hub_token, job_label, request_workspace
-from ui.playground import default_pair
+from ui.common import PRIVATE, QUEUE, default_pair, device_choices, hub_token, job_label, request_workspace
 
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 LIKELIHOOD_COLUMNS = ["text", "tokens", "A log-likelihood", "A perplexity", "B log-likelihood", "B perplexity",
