@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import DeviceError
+from core.units import human
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 
@@ -67,7 +68,7 @@ class DeviceInfo:
     """One choice for a device picker."""
 
     spec: str  # what parse_device accepts, e.g. "cuda:0"
-    label: str  # what a person reads, e.g. "cuda:0 · NVIDIA H100 · 75.2 / 79.1 GB free"
+    label: str  # what a person reads, e.g. "cuda:0 · NVIDIA H100 · 75.2 GB / 79.1 GB free"
     free_bytes: int | None  # free accelerator memory; None for the CPU (see monitor for RAM)
     total_bytes: int | None
 
@@ -79,7 +80,7 @@ def list_devices() -> list[DeviceInfo]:
         for index in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(index)
             name = torch.cuda.get_device_name(index)
-            label = f"cuda:{index} · {name} · {free / 1e9:.1f} / {total / 1e9:.1f} GB free"
+            label = f"cuda:{index} · {name} · {human(free)} / {human(total)} free"
             found.append(DeviceInfo(f"cuda:{index}", label, free, total))
     if _mps_available():
         found.append(DeviceInfo("mps", "mps (Apple GPU)", None, None))

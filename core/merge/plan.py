@@ -18,6 +18,7 @@ import torch
 from core.errors import CheckpointError
 from core.io.header import TensorInfo
 from core.merge.recipe import DTYPES, MergeRecipe, resolve_params
+from core.units import human
 
 DEFAULT_SHARD_BYTES = 2 * 1000**3  # "2GB" as transformers counts it
 # Blockwise methods work on ≤ 2 MB (float32) per input at a time. Small on purpose: blocks this
@@ -64,8 +65,8 @@ class MergePlan:
     def summary(self) -> str:
         merged = sum(job.merged for job in self.jobs)
         return (f"{len(self.jobs)} tensors ({merged} merged, {len(self.jobs) - merged} copied) from "
-                f"{self.inputs} models · read {size_text(self.bytes_read)} · write {size_text(self.bytes_written)} in "
-                f"{len(self.shards)} shard(s) · peak working memory ≈ {size_text(self.peak_bytes)}")
+                f"{self.inputs} models · read {human(self.bytes_read)} · write {human(self.bytes_written)} in "
+                f"{len(self.shards)} shard(s) · peak working memory ≈ {human(self.peak_bytes)}")
 
 
 def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], *,
@@ -198,8 +199,3 @@ def _working_bytes(job: TensorJob, inputs: int) -> int:
     if job.rows_per_chunk is not None:
         elements = elements // job.shape[0] * job.rows_per_chunk
     return elements * 4 * (inputs + 3) + job.nbytes
-
-
-def size_text(nbytes: int) -> str:
-    """Bytes as a person reads them: GB from 0.1 GB up, else MB (decimal units)."""
-    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
