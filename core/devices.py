@@ -21,6 +21,7 @@ from core.errors import DeviceError
 from core.units import human
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
+DEVICE_HELP = "cpu | auto | cuda | cuda:N | mps (default cpu)"  # every --device of the CLI: the spellings above
 
 
 def parse_device(spec: str) -> torch.device:
