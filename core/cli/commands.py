@@ -135,11 +135,7 @@ def methods_command(sub, common) -> None:
 
 def _methods(args) -> None:
     for method in METHODS.values():
-        count = f"{method.min_inputs}" + ("+" if method.max_inputs is None else
-                                          ("" if method.max_inputs == method.min_inputs else f"-{method.max_inputs}"))
-        print(f"{method.name}: {method.label} — base {method.base}, {count} model(s) besides the base"
-              if method.base == "required" else
-              f"{method.name}: {method.label} — base {method.base}, {count} model(s)")
+        print(f"{method.name}: {method.label} — takes {method.needs()}")
         print(f"    {method.paper}")
         for param in method.params:
             scope = "per model" if param.per_model else "global"

@@ -205,10 +205,8 @@ def _check_count(recipe: MergeRecipe) -> None:
     count = len(recipe.rows())
     if low <= count and (high is None or count <= high):
         return
-    extra = 1 if method.base == "required" else 0
-    wanted = f"exactly {low + extra}" if low == high else f"at least {low + extra}"
-    scope = " including the base_model" if extra else (" besides the base_model" if recipe.uses_base else "")
-    raise RecipeError(f"{recipe.merge_method} needs {wanted} models{scope}, got {count + extra}")
+    listed = f"{count} {'model' if count == 1 else 'models'}" + (" besides the base_model" if recipe.uses_base else "")
+    raise RecipeError(f"{recipe.merge_method} takes {method.needs()}; the recipe lists {listed}")
 
 
 def _unknown_param(method: Method, name: str, where: str) -> str:
