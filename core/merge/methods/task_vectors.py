@@ -6,9 +6,10 @@ DARE, DELLA, Model Breadcrumbs — one formula with a sparsifier and an optional
 `TaskVectors(sparsifier, consensus)` is one member of the family as the registered function: called
 on one whole tensor it merges it; its `stream(read, shape, …)` (`task_vector_blocks`) merges the
 same tensor given as consecutive blocks of rows and yields the merged blocks: the engine streams a
-large tensor this way, so memory stays at a few blocks whatever the tensor's size. Everything but the sparsifier is elementwise; a
-ranked sparsifier (TIES, Breadcrumbs) needs the whole tensor's magnitude ranks, which
-`sparsify.rank_pruners` finds in two counting passes over the blocks before they are merged.
+large tensor this way, so memory stays at a few blocks whatever the tensor's size. Everything but
+the sparsifier is elementwise; a ranked sparsifier (TIES, Breadcrumbs) needs the whole tensor's
+magnitude ranks, which `sparsify.rank_pruners` finds in two counting passes over the blocks before
+they are merged.
 A random sparsifier (DARE, DELLA) and L1 rescaling need the whole tensor as one block.
 A whole tensor is `task_vector_blocks` over a single block, so both give the same numbers.
 The parameters arrive as `**params` ("lambda" cannot be a keyword argument), so a member names
