@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import DeviceError
+from core.units import human
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
+DEVICE_HELP = "cpu | auto | cuda | cuda:N | mps (default cpu)"  # every --device of the CLI: the spellings above
 
 
 def parse_device(spec: str) -> torch.device:
@@ -67,7 +69,7 @@ class DeviceInfo:
     """One choice for a device picker."""
 
     spec: str  # what parse_device accepts, e.g. "cuda:0"
-    label: str  # what a person reads, e.g. "cuda:0 · NVIDIA H100 · 75.2 / 79.1 GB free"
+    label: str  # what a person reads, e.g. "cuda:0 · NVIDIA H100 · 75.2 GB / 79.1 GB free"
     free_bytes: int | None  # free accelerator memory; None for the CPU (see monitor for RAM)
 
 
@@ -78,7 +80,7 @@ def list_devices() -> list[DeviceInfo]:
         for index in range(torch.cuda.device_count()):
             free, total = torch.cuda.mem_get_info(index)
             name = torch.cuda.get_device_name(index)
-            label = f"cuda:{index} · {name} · {free / 1e9:.1f} / {total / 1e9:.1f} GB free"
+            label = f"cuda:{index} · {name} · {human(free)} / {human(total)} free"
             found.append(DeviceInfo(f"cuda:{index}", label, free))
     if _mps_available():
         found.append(DeviceInfo("mps", "mps (Apple GPU)", None))

@@ -1,15 +1,24 @@
-"""Sizes as people read and write them: one format for every byte count MergeDesk prints.
+"""Sizes and dtype names as people read and write them: each written once, for every part of MergeDesk.
 
-Decimal units throughout (1 GB = 10⁹ bytes), as transformers' max_shard_size and disk vendors use.
+Sizes use decimal units throughout (1 GB = 10⁹ bytes), as transformers' max_shard_size and disk vendors
+do; `human` is the one format for every byte count MergeDesk prints (CLI, errors, UI, gauge).
+DTYPES is the one list of dtype names a recipe, the reranker and the UI offer: it lives here, beside the
+sizes, because both are plain facts about numbers in memory that core and ui read without pulling in
+the merge engine or the reranker.
 """
 from __future__ import annotations
 
+import torch
+
 from core.errors import RecipeError
+
+KB, MB, GB = 10**3, 10**6, 10**9
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # name → torch dtype
 
 
 def parse_size(text: str) -> int:
     """'500MB', '2GB', '1.5G', '1000' → bytes (decimal units, as transformers' max_shard_size)."""
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "K": 10**3, "M": 10**6, "G": 10**9, "B": 1}
+    units = {"KB": KB, "MB": MB, "GB": GB, "TB": 10**12, "K": KB, "M": MB, "G": GB, "B": 1}
     cleaned = str(text).strip().upper()
     for suffix in sorted(units, key=len, reverse=True):
         if cleaned.endswith(suffix):
@@ -27,7 +36,15 @@ def parse_size(text: str) -> int:
 
 
 def human(nbytes: int) -> str:
-    for unit, factor in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if nbytes >= factor:
-            return f"{nbytes / factor:.2f} {unit}"
+    """Bytes in the largest decimal unit they reach, to three significant digits (negative: a drop).
+
+    Example:
+        >>> human(150_000_000), human(1_234_567_890), human(2_000_000), human(-186_000_000), human(512)
+        ('150 MB', '1.23 GB', '2.00 MB', '-186 MB', '512 B')
+    """
+    for unit, factor in (("GB", GB), ("MB", MB), ("KB", KB)):
+        if abs(nbytes) >= factor:
+            value = nbytes / factor
+            decimals = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+            return f"{value:.{decimals}f} {unit}"
     return f"{nbytes} B"

@@ -41,4 +41,4 @@ def test_gpus_are_parsed_listed_and_spread(two_gpus):
     assert devices_for("cuda:1") == [torch.device("cuda", 1)]
     labels = {d.spec: d.label for d in list_devices()}
     assert list(labels)[:2] == ["cpu", "auto"]
-    assert labels["cuda:1"] == "cuda:1 · Fake GPU 1 · 30.0 / 80.0 GB free"
+    assert labels["cuda:1"] == "cuda:1 · Fake GPU 1 · 30.0 GB / 80.0 GB free"

@@ -72,9 +72,9 @@ def test_summary_line():
     job = JobState("merge my-model", started=100.0, finished=None, start_anon=412 * MB,
                    peak_anon=598 * MB, peak_gpu_allocated=(2 * GB, 0))
     text = gauge_text(sample(gpus=(GPU_SEEN, GPU_NO_NVML)), job)
-    assert text.startswith("Process **412 MB** real + 1.2 GB mapped · RAM 3.1 GB / 24.0 GB (cgroup)")
-    assert "GPU 0 30.0 GB / 80.0 GB, 2.0 GB ours · GPU 1 ? / 24.0 GB" in text
-    assert text.endswith('running "merge my-model": peak 598 MB real (+186 MB), GPU 2.0 GB / 0 MB')
+    assert text.startswith("Process **412 MB** real + 1.20 GB mapped · RAM 3.10 GB / 24.0 GB (cgroup)")
+    assert "GPU 0 30.0 GB / 80.0 GB, 2.00 GB ours · GPU 1 ? / 24.0 GB" in text
+    assert text.endswith('running "merge my-model": peak 598 MB real (+186 MB), GPU 2.00 GB / 0 B')
     assert " · " not in gauge_text(sample(), None).split("RAM")[1]
 
 

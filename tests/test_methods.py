@@ -266,7 +266,7 @@ def test_every_method_declares_what_the_ui_needs():
 
 
 def test_registration_refuses_declarations_it_cannot_honour():
-    weight = Param("weight", float, 1.0, True, "w", low=0, high=1)
+    weight = Param(name="weight", kind=float, default=1.0, per_model=True, help="w", low=0, high=1)
     with pytest.raises(ValueError, match="already registered"):
         register("linear", label="x", paper="http://x", params=(), base="unused")(lambda tensors, base: tensors)
     with pytest.raises(ValueError, match="base must be one of"):
@@ -281,5 +281,5 @@ def test_registration_refuses_declarations_it_cannot_honour():
         register("new4", label="x", paper="http://x", params=(), base="unused", min_inputs=3, max_inputs=2)(
             lambda tensors, base: tensors)
     with pytest.raises(TypeError, match="outside its range"):
-        Param("density", float, 2.0, True, "d", low=0, high=1)
+        Param(name="density", kind=float, default=2.0, per_model=True, help="d", low=0, high=1)
     assert not {"new1", "new2", "new3", "new4"} & set(METHODS)

@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from core.monitor import MONITOR, JobState, MemoryMonitor, MemorySample
+from core.units import GB, MB, human
 
-GB, MB = 1e9, 1e6  # decimal units, as core.devices labels GPUs
 REAL, MAPPED, USED, FREE = "#3b6ea8", "#a8c5e6", "#b0b0b0", "#ececec"
 GPU_MINE, GPU_CACHED = "#d9822b", "#f2c89b"
 HEIGHT = 220  # px: the gauge sits above the panels and must not push them down
@@ -37,19 +37,19 @@ def gauge_text(sample: MemorySample, job: JobState | None) -> str:
     """One line of Markdown.
 
     Example:
-        Process **412 MB** real + 1.2 GB mapped · RAM 3.1 GB / 24.0 GB (cgroup) · running
+        Process **412 MB** real + 1.20 GB mapped · RAM 3.10 GB / 24.0 GB (cgroup) · running
         "merge my-model": peak 598 MB real (+186 MB)
     """
-    parts = [f"Process **{_size(sample.anon)}** real + {_size(sample.file)} mapped",
-             f"RAM {_size(sample.ram_used)} / {_size(sample.ram_limit)} ({sample.ram_source})"]
+    parts = [f"Process **{human(sample.anon)}** real + {human(sample.file)} mapped",
+             f"RAM {human(sample.ram_used)} / {human(sample.ram_limit)} ({sample.ram_source})"]
     for gpu in sample.gpus:
-        used = "?" if gpu.used is None else _size(gpu.used)
-        parts.append(f"GPU {gpu.index} {used} / {_size(gpu.total)}, {_size(gpu.allocated)} ours")
+        used = "?" if gpu.used is None else human(gpu.used)
+        parts.append(f"GPU {gpu.index} {used} / {human(gpu.total)}, {human(gpu.allocated)} ours")
     if job is not None:
         status = "running" if job.finished is None else "last job"
-        peak = f'{status} "{job.label}": peak {_size(job.peak_anon)} real (+{_size(job.peak_anon - job.start_anon)})'
+        peak = f'{status} "{job.label}": peak {human(job.peak_anon)} real (+{human(job.peak_anon - job.start_anon)})'
         if job.peak_gpu_allocated:
-            peak += ", GPU " + " / ".join(_size(p) for p in job.peak_gpu_allocated)
+            peak += ", GPU " + " / ".join(human(p) for p in job.peak_gpu_allocated)
         parts.append(peak)
     return " · ".join(parts)
 
@@ -109,7 +109,7 @@ def _now_bars(sample: MemorySample) -> list[go.Bar]:
                  ["file-backed = mmap'ed checkpoints: page cache, reclaimable"]),
         _segment("RAM used", [ram], [sample.ram_used], USED, [ram_note]),
         _segment("RAM free", [ram], [max(sample.ram_limit - sample.ram_used, 0)], FREE,
-                 [f"free up to the limit of {_size(sample.ram_limit)}"]),
+                 [f"free up to the limit of {human(sample.ram_limit)}"]),
     ]
     gpus = sample.gpus
     if gpus:
@@ -133,7 +133,7 @@ def _now_bars(sample: MemorySample) -> list[go.Bar]:
 def _segment(name: str, rows: list[str], values: list[int], color: str, notes: list[str]) -> go.Bar:
     """A horizontal bar segment in GB with a hover note per row."""
     return go.Bar(name=name, y=rows, x=[value / GB for value in values], orientation="h",
-                  marker_color=color, text=[_size(value) for value in values], textposition="inside",
+                  marker_color=color, text=[human(value) for value in values], textposition="inside",
                   textangle=0,  # a label too long for its segment is hidden (uniformtext), not turned on its side
                   customdata=notes, hovertemplate="<b>%{fullData.name}</b>: %{text}<br>%{customdata}<extra></extra>")
 
@@ -150,7 +150,7 @@ def _add_timeline(figure: go.Figure, samples: list[MemorySample], job: JobState)
                                     line={"color": GPU_MINE, "width": 2},
                                     hovertemplate="%{x:.1f} s: %{y:,.0f} MB on GPUs<extra></extra>"), row=1, col=2)
     figure.add_hline(y=job.peak_anon / MB, line={"dash": "dot", "color": REAL, "width": 1}, row=1, col=2,
-                     annotation_text=f"peak {_size(job.peak_anon)}", annotation_position="top left")
+                     annotation_text=f"peak {human(job.peak_anon)}", annotation_position="top left")
     figure.update_xaxes(title_text="seconds since the job started", row=1, col=2)
     figure.update_yaxes(title_text="MB", rangemode="tozero", row=1, col=2)  # from 0: noise stays small
 
@@ -162,8 +162,3 @@ def _titles(samples: list[MemorySample], job: JobState | None) -> list[str]:
         last = samples[-1].time if samples else job.started
         return ["Memory now", f"{job.label} · running {last - job.started:.0f} s"]
     return ["Memory now", f"{job.label} · done in {job.finished - job.started:.0f} s"]
-
-
-def _size(nbytes: int) -> str:
-    """Bytes as a person reads them: "412 MB" below a gigabyte, "1.2 GB" above."""
-    return f"{nbytes / MB:.0f} MB" if nbytes < GB else f"{nbytes / GB:.1f} GB"

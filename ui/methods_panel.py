@@ -14,9 +14,7 @@ def methods_markdown() -> str:
     """A Markdown table per method, generated from the declarations."""
     parts = []
     for method in METHODS.values():
-        base = {"required": "needs a base model", "optional": "base model optional",
-                "unused": "no base model"}[method.base]
-        parts.append(f"### {method.label} — `{method.name}`\n[paper]({method.paper}) · {base}\n")
+        parts.append(f"### {method.label} — `{method.name}`\n[paper]({method.paper}) · takes {method.needs()}\n")
         parts.append("| parameter | scope | default | range | what it does |\n|---|---|---|---|---|")
         for p in method.params:
             default = "required" if p.default is None else str(p.default)

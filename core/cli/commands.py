@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from core.devices import DEVICE_HELP
 from core.errors import MergeCancelled
 from core.merge.methods import METHODS
 from core.units import human, parse_size
@@ -20,7 +21,7 @@ def merge_command(sub, common) -> None:
                             epilog=f"methods: {', '.join(METHODS)} (python -m core methods for their parameters)")
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("out_dir", help="model folder to create")
-    parser.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N | mps (default cpu)")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     parser.add_argument("--seed", type=int, default=0, help="seed for random methods (DARE, DELLA)")
     parser.add_argument("--shard-size", default="2GB", help="largest output file, e.g. 500MB, 2GB")
@@ -65,7 +66,7 @@ def plan_command(sub, common) -> None:
     parser = sub.add_parser("plan", parents=[common], help="show what a merge will need, without running it")
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("--out", default=".", help="where the output would go (for the free-disk check)")
-    parser.add_argument("--device", default="cpu", help="device the merge would run on")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--shard-size", default="2GB", help="largest output file")
     parser.set_defaults(run=_plan)
 
@@ -134,11 +135,7 @@ def methods_command(sub, common) -> None:
 
 def _methods(args) -> None:
     for method in METHODS.values():
-        count = f"{method.min_inputs}" + ("+" if method.max_inputs is None else
-                                          ("" if method.max_inputs == method.min_inputs else f"-{method.max_inputs}"))
-        print(f"{method.name}: {method.label} — base {method.base}, {count} model(s) besides the base"
-              if method.base == "required" else
-              f"{method.name}: {method.label} — base {method.base}, {count} model(s)")
+        print(f"{method.name}: {method.label} — takes {method.needs()}")
         print(f"    {method.paper}")
         for param in method.params:
             scope = "per model" if param.per_model else "global"

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.devices import DEVICE_HELP
 from core.errors import MergeCancelled
 
 
@@ -21,7 +22,7 @@ def demo_command(sub, common) -> None:
     parser.add_argument("--models-dir", help="where models live (default: the app's models/ folder)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data order, sampling and dropout (default 0)")
     parser.add_argument("--force", action="store_true", help="rebuild models that already exist")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps (default cpu)")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=_demo)

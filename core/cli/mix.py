@@ -15,6 +15,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from core.cocktail.sweep import DEFAULT_ALPHAS, DEFAULT_METHOD, MODES, SWEEP_FORMULAS, SWEEP_METHODS
+from core.cocktail.weights import DEFAULT_TAU
+from core.devices import DEVICE_HELP
+from core.units import DTYPES
+
 
 def weights_command(sub, common) -> None:
     parser = sub.add_parser("weights", parents=[common], help="merge weights from a few examples (LM-Cocktail)",
@@ -22,8 +27,9 @@ def weights_command(sub, common) -> None:
     parser.add_argument("--model", action="append", required=True, help="candidate model; repeat for each")
     parser.add_argument("--examples", required=True,
                         help='JSONL: {"input", "output"} (decoders) or {"query", "pos", "neg"} (embedders, rerankers)')
-    parser.add_argument("--tau", type=float, default=5.0, help="softmax temperature (default 5, as LM-Cocktail)")
-    parser.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N | mps (default cpu)")
+    parser.add_argument("--tau", type=float, default=DEFAULT_TAU,
+                        help=f"softmax temperature (default {DEFAULT_TAU:g}, as LM-Cocktail)")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per forward pass")
     parser.add_argument("--max-length", type=int, help="tokens per pair (decoders: per example, default 2048)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -58,14 +64,14 @@ def sweep_command(sub, common) -> None:
                         help="labelled JSONL ({query, docs, labels} or {query, pos, neg}); repeat for more")
     parser.add_argument("--pool", action="store_true",
                         help="rank each query against every passage of its set, not only its own (retrieval-style)")
-    parser.add_argument("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
-                        help="comma-separated α values (default 0, 0.1, …, 1)")
-    parser.add_argument("--method", default="linear", choices=["linear", "task_arithmetic", "slerp"],
-                        help="(1-α)A + αB (default), A + α(B - A), or slerp at t = α")
-    parser.add_argument("--mode", default="auto", choices=["auto", "memory", "disk"],
+    parser.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+                        help="comma-separated α values (default %(default)s)")
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=SWEEP_METHODS,
+                        help="; ".join(f"{name}: {formula}" for name, formula in SWEEP_FORMULAS.items()))
+    parser.add_argument("--mode", default=MODES[0], choices=MODES,
                         help="merge in memory, or stream each merge to a temporary folder (default: auto)")
-    parser.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N | mps (default cpu)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: by device")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    parser.add_argument("--dtype", choices=list(DTYPES), help="default: by device")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (default 32)")
     parser.add_argument("--max-length", type=int, help="tokens per pair (default 512; bi-encoders: their own)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")

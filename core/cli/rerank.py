@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 
+from core.devices import DEVICE_HELP
 from core.errors import RerankError
+from core.rerank.model import KINDS
+from core.units import DTYPES
 
 
 def _scoring_options(parser) -> None:
     parser.add_argument("--model", action="append", required=True,
                         help="model folder or Hub id; repeat to compare (the first is the reference)")
     parser.add_argument("--input", help="JSONL: {query, docs, labels?} or {query, pos, neg} per line")
-    parser.add_argument("--device", default="cpu", help="cpu | auto | cuda | cuda:N | mps (default cpu)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    parser.add_argument("--dtype", choices=list(DTYPES),
                         help="default: float32 on CPU, float16 on GPU (bfloat16 for LLMs)")
-    parser.add_argument("--kind", choices=["cross-encoder", "bi-encoder", "llm"], help="default: detected")
+    parser.add_argument("--kind", choices=KINDS, help="default: detected")
     parser.add_argument("--batch-size", type=int, default=32, help="pairs per forward pass (default 32)")
     parser.add_argument("--max-length", type=int, help="tokens per pair (default 512; bi-encoders: their own)")
     parser.add_argument("--normalize", action="store_true", help="sigmoid of the logits, in (0, 1)")

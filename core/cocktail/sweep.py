@@ -43,7 +43,9 @@ from core.rerank.compare import QueryItem, compare, pooled, read_queries
 from core.rerank.model import Reranker, detect_kind, load_reranker, pick_dtype
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, …, 1
-SWEEP_METHODS = ("linear", "task_arithmetic", "slerp")
+SWEEP_FORMULAS = {"linear": "(1 − α)·A + α·B", "task_arithmetic": "A + α·(B − A)",
+                  "slerp": "spherical interpolation at t = α"}
+SWEEP_METHODS = tuple(SWEEP_FORMULAS)  # the CLI's --method choices and the Sweep tab's "Mix" dropdown
 DEFAULT_METHOD = "linear"
 MODES = ("auto", "memory", "disk")
 SHOWN_METRICS = ("nDCG@10", "MRR@10")

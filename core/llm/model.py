@@ -31,6 +31,7 @@ from core.devices import parse_device
 from core.errors import GenerationError
 from core.io.checkpoint import check_own_files, resolve_reference
 from core.rerank.model import pick_dtype
+from core.units import human
 
 CACHE_MODELS = 2  # the A/B pair of the Generate tab
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM, GPT2LMHeadModel, …
@@ -58,9 +59,9 @@ class CausalLM:
         return int(positions) if isinstance(positions, int) and positions > 0 else 2048
 
     def describe(self) -> str:
-        """One line for a status bar, e.g. "LlamaForCausalLM on cpu (float32, 0.03 GB)"."""
+        """One line for a status bar, e.g. "LlamaForCausalLM on cpu (float32, 30.1 MB)"."""
         return (f"{type(self.model).__name__} on {self.device} "
-                f"({str(self.dtype).removeprefix('torch.')}, {self.nbytes / 1e9:.2f} GB)")
+                f"({str(self.dtype).removeprefix('torch.')}, {human(self.nbytes)})")
 
 
 def is_causal_lm(folder: Path) -> bool:

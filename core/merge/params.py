@@ -1,6 +1,6 @@
 """Method parameters: declared once, validated from that declaration, resolved per tensor.
 
-A `Param` is plain data (name, type, default, range, per-model or global, help). Recipe
+A `Param` is plain data (name, type, default, range, UI slider range, per-model or global, help). Recipe
 validation, the CLI's `methods` listing and the UI form all read these declarations; nothing
 else describes a parameter.
 
@@ -26,9 +26,15 @@ from core.errors import RecipeError
 Setting = Any  # float | bool | list[float] | list[dict]  (the YAML value as written)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Param:
-    """Declaration of one method parameter."""
+    """Declaration of one method parameter, written by keyword so each field reads as what it is.
+
+    Example:
+        >>> Param(name="weight", kind=float, default=None, per_model=True, help="how much of this model",
+        ...       low=-10, high=10, ui_low=-1, ui_high=2).ui_range()
+        (-1.0, 2.0)
+    """
 
     name: str
     kind: type  # float or bool
@@ -37,7 +43,7 @@ class Param:
     help: str
     low: float | None = None  # inclusive bounds checked on every resolved value (None: unbounded)
     high: float | None = None
-    ui_low: float | None = None  # slider range when it is narrower than the valid range
+    ui_low: float | None = None  # slider range when it is narrower than the valid range (inside it)
     ui_high: float | None = None
 
     def __post_init__(self):
@@ -49,6 +55,14 @@ class Param:
             raise TypeError(f"parameter {self.name!r}: default {self.default} is outside its range")
         if self.kind is bool and self.default is not None and not isinstance(self.default, bool):
             raise TypeError(f"parameter {self.name!r}: default of a bool parameter must be a bool")
+        if any(end is not None and not self._in_range(end) for end in (self.ui_low, self.ui_high)):
+            raise TypeError(f"parameter {self.name!r}: its UI range lies outside its valid range")
+
+    def ui_range(self) -> tuple[float, float]:
+        """A slider's ends: the declared UI range, else the valid range, else ±10 where that is unbounded."""
+        low = self.ui_low if self.ui_low is not None else (self.low if self.low is not None else -10.0)
+        high = self.ui_high if self.ui_high is not None else (self.high if self.high is not None else 10.0)
+        return float(low), float(high)
 
     def _in_range(self, value: float) -> bool:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)

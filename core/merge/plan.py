@@ -192,8 +192,3 @@ def _working_bytes(job: TensorJob, inputs: int) -> int:
     if job.rows_per_chunk is not None:
         elements = elements // job.shape[0] * job.rows_per_chunk
     return elements * 4 * (inputs + 3) + job.nbytes
-
-
-def size_text(nbytes: int) -> str:
-    """Bytes as a person reads them: GB from 0.1 GB up, else MB (decimal units)."""
-    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"

@@ -23,7 +23,8 @@ import psutil
 import torch
 
 from core.errors import OutputError, ResourceError
-from core.merge.plan import MergePlan, size_text
+from core.merge.plan import MergePlan
+from core.units import human
 
 SIDE_FILES_BYTES = 16 * 1024 * 1024  # config, tokenizer, card: generous for any tokenizer.json
 NAME_MAX = 255  # bytes in one file or folder name (ext4, APFS, NTFS in characters)
@@ -76,11 +77,11 @@ def check_resources(plan: MergePlan, out_dir: str | Path, devices: list[torch.de
     """Measure, and raise ResourceError naming needed vs available if disk or memory is short."""
     found = measure_resources(plan, out_dir, devices)
     if found.disk_free < found.disk_needed:
-        raise ResourceError(f"not enough disk space at {found.disk_at}: the merge writes {size_text(found.disk_needed)}, "
-                            f"{size_text(found.disk_free)} free; free some space or choose another output folder")
+        raise ResourceError(f"not enough disk space at {found.disk_at}: the merge writes {human(found.disk_needed)}, "
+                            f"{human(found.disk_free)} free; free some space or choose another output folder")
     if found.memory_free < found.memory_needed:
-        raise ResourceError(f"not enough memory: the merge needs ≈ {size_text(found.memory_needed)} of working memory, "
-                            f"{found.memory_of} has {size_text(found.memory_free)} available; close other programs, "
+        raise ResourceError(f"not enough memory: the merge needs ≈ {human(found.memory_needed)} of working memory, "
+                            f"{found.memory_of} has {human(found.memory_free)} available; close other programs, "
                             "merge fewer models at once or choose a device with more memory")
     return found
 

@@ -24,15 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import yaml
 
 from core.errors import RecipeError
 from core.io.safe_yaml import load_yaml
 from core.merge.methods import METHODS, Method
 from core.merge.params import Setting, resolve_setting
+from core.units import DTYPES
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
 NOT_YET = {"slices": "list the models under 'models:' instead",
            "modules": "list the models under 'models:' instead",
@@ -206,10 +205,8 @@ def _check_count(recipe: MergeRecipe) -> None:
     count = len(recipe.rows())
     if low <= count and (high is None or count <= high):
         return
-    extra = 1 if method.base == "required" else 0
-    wanted = f"exactly {low + extra}" if low == high else f"at least {low + extra}"
-    scope = " including the base_model" if extra else (" besides the base_model" if recipe.uses_base else "")
-    raise RecipeError(f"{recipe.merge_method} needs {wanted} models{scope}, got {count + extra}")
+    listed = f"{count} {'model' if count == 1 else 'models'}" + (" besides the base_model" if recipe.uses_base else "")
+    raise RecipeError(f"{recipe.merge_method} takes {method.needs()}; the recipe lists {listed}")
 
 
 def _unknown_param(method: Method, name: str, where: str) -> str:

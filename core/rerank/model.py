@@ -37,10 +37,10 @@ from core.errors import RerankError
 from core.io.checkpoint import check_own_files, resolve_reference
 from core.rerank.encode import encode_cross_pairs, encode_llm_pairs, encode_texts, run_batches
 from core.rerank.pooling import SentenceEncoder, read_pooling
+from core.units import DTYPES, human
 
 KINDS = ("cross-encoder", "bi-encoder", "llm")
 SCORE_LABELS = {"cross-encoder": "logit", "bi-encoder": "cosine", "llm": "logit of 'Yes'"}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CACHE_BYTES = 8 * 1000**3  # weights the cache keeps loaded, all owners together; one bigger model stays alone
 
 __all__ = ["KINDS", "Reranker", "RerankError", "detect_kind", "load_reranker", "loaded_rerankers", "needs_spreading",
@@ -73,7 +73,7 @@ class Reranker:
 
     def describe(self) -> str:
         """One line for a status bar, e.g. "cross-encoder on cuda:0 (float16, 1.14 GB)"."""
-        return f"{self.kind} on {self.device} ({str(self.dtype).removeprefix('torch.')}, {self.nbytes / 1e9:.2f} GB)"
+        return f"{self.kind} on {self.device} ({str(self.dtype).removeprefix('torch.')}, {human(self.nbytes)})"
 
     def score(self, query: str, docs: list[str], *, batch_size: int = 32, max_length: int | None = None,
               normalize: bool = False) -> list[float]:

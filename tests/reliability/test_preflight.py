@@ -15,8 +15,8 @@ from core.errors import ResourceError
 from core.io.checkpoint import Checkpoint
 from core.merge import preflight
 from core.merge.engine import merge, open_inputs, plan_for
-from core.merge.plan import size_text
 from core.merge.recipe import recipe_from_dict
+from core.units import human
 from tests.reliability.merge_helpers import build_models, figures, linear_recipe, one_line, write_recipe
 
 Usage = namedtuple("Usage", "total used free")
@@ -48,7 +48,7 @@ def test_too_little_disk_is_refused_naming_needed_and_free(models, tmp_path, mon
         merge(recipe_from_dict(linear_recipe(models, [1, 1])), tmp_path / "merged")
     message = str(caught.value)
     assert one_line(message) and message.startswith(f"not enough disk space at {tmp_path}")
-    assert f"writes {size_text(needed)}, {size_text(free)} free" in message
+    assert f"writes {human(needed)}, {human(free)} free" in message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -60,7 +60,7 @@ def test_too_little_memory_is_refused_naming_needed_and_available(models, tmp_pa
         merge(recipe_from_dict(linear_recipe(models, [1, 1])), tmp_path / "merged")
     message = str(caught.value)
     assert one_line(message)
-    assert f"needs ≈ {size_text(needed)} of working memory, RAM has {size_text(available)} available" in message
+    assert f"needs ≈ {human(needed)} of working memory, RAM has {human(available)} available" in message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -79,7 +79,7 @@ def test_plan_reports_the_figures_and_fails_the_same_way(models, tmp_path, monke
                 patch.setattr(preflight.psutil, "virtual_memory", memory)
             assert main(["plan", str(recipe_file), "--out", str(out)]) == 1
         error = capsys.readouterr().err
-        assert one_line(error) and error.startswith(f"error: not enough {what}") and "0.0 MB" in error
+        assert one_line(error) and error.startswith(f"error: not enough {what}") and "1.00 KB" in error
     figures("3 preflight", short_of_disk_or_memory_tried=4, refused_before_writing=4,
             messages_naming_needed_and_available=4)
 

@@ -27,7 +27,7 @@ from core.app.workspace import RECIPE_EXPORT_BYTES, Workspace, packaged_minilm
 from core.demo.build import demo_pair
 from core.errors import RecipeError
 from core.merge.methods import METHODS
-from core.merge.recipe import DTYPES
+from core.units import DTYPES
 from ui.common import model_choices, request_workspace
 from ui.merge.recipe_form import (FormState, add_row, base_help, change_method, check_form, form_to_yaml, global_params,
                                   is_number, needs_text, new_form, remove_row, row_params, set_field, set_param,

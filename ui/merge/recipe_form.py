@@ -217,8 +217,7 @@ def starting_value(param: Param) -> float | bool:
 
 def slider_range(param: Param, value: object = None) -> tuple[float, float]:
     """The slider's ends: the declared UI range (else the valid one), widened to show `value`."""
-    low = param.ui_low if param.ui_low is not None else (param.low if param.low is not None else -10.0)
-    high = param.ui_high if param.ui_high is not None else (param.high if param.high is not None else 10.0)
+    low, high = param.ui_range()
     if is_number(value):
         low, high = min(low, value), max(high, value)
     return float(low), float(high)
@@ -247,11 +246,5 @@ def base_help(method: str) -> str:
 
 
 def needs_text(method: str) -> str:
-    """How many models the method takes, e.g. "a base model + at least 1 other model"."""
-    spec = METHODS[method]
-    count = (f"exactly {spec.min_inputs}" if spec.min_inputs == spec.max_inputs else
-             f"at least {spec.min_inputs}" if spec.max_inputs is None else f"{spec.min_inputs} to {spec.max_inputs}")
-    noun = "model" if spec.min_inputs == 1 else "models"
-    if spec.base == "required":
-        return f"a base model + {count} other {noun}"
-    return f"{count} {noun}" + (" (+ an optional base)" if spec.base == "optional" else "")
+    """How many models the method named `method` takes (Method.needs), e.g. "a base model + at least 1 other model"."""
+    return METHODS[method].needs()

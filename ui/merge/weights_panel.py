@@ -35,7 +35,7 @@ def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.Stat
         with gr.Row(equal_height=True):
             examples = gr.File(label="Examples (JSONL)", file_types=[".jsonl", ".json"], scale=3)
             tau = gr.Number(DEFAULT_TAU, label="τ (temperature)", minimum=0.01, scale=1,
-                            info="larger: flatter weights (LM-Cocktail: 5)")
+                            info=f"larger: flatter weights (LM-Cocktail: {DEFAULT_TAU:g})")
             fill = gr.Button("Fill the weights from data", scale=1)
         outcome = gr.Markdown()
 

@@ -28,7 +28,8 @@ from core import ASSETS
 from core.app.paths import check_model_ref
 from core.app.quota import check_pairs, check_quota
 from core.app.workspace import Workspace
-from core.cocktail.sweep import DEFAULT_ALPHAS, SHOWN_METRICS, SweepResult, read_sets, sweep_points, sweep_recipe
+from core.cocktail.sweep import (DEFAULT_ALPHAS, DEFAULT_METHOD, SHOWN_METRICS, SWEEP_FORMULAS, SweepResult, read_sets,
+                                 sweep_points, sweep_recipe)
 from core.errors import MergeCancelled, MergeDeskError, RerankError
 from core.merge.recipe import to_yaml
 from core.monitor import MONITOR
@@ -40,8 +41,7 @@ from ui.merge.recipe_form import FormState, yaml_to_form
 from ui.sweep.plot import sweep_figure
 
 DEMO_SETS = ASSETS / "demo"
-METHOD_CHOICES = [("linear: (1 − α)·A + α·B", "linear"),
-                  ("task arithmetic: A + α·(B − A)", "task_arithmetic"), ("SLERP at t = α", "slerp")]
+METHOD_CHOICES = [(f"{name.replace('_', ' ')}: {formula}", name) for name, formula in SWEEP_FORMULAS.items()]
 HELP = """Mix model **A** (α = 0, e.g. the base) with model **B** (α = 1, e.g. your fine-tune) at each α and
 measure every mix on labelled sets — in-domain and general — to see what α costs and buys. Click a point (or
 pick the α below the table and **Use this α**) to put that merge into the Merge tab."""
@@ -76,7 +76,7 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
     with gr.Row():
         model_a = gr.Dropdown(choices, value=first, label="Model A (α = 0)", allow_custom_value=True, scale=3)
         model_b = gr.Dropdown(choices, value=second, label="Model B (α = 1)", allow_custom_value=True, scale=3)
-        method = gr.Dropdown(METHOD_CHOICES, value="linear", label="Mix", scale=2)
+        method = gr.Dropdown(METHOD_CHOICES, value=DEFAULT_METHOD, label="Mix", scale=2)
         device = gr.Dropdown(device_choices(), value="cpu", label="Device", scale=1)
     with gr.Row():
         demo = gr.CheckboxGroup(demo_set_names(), value=demo_set_names(), label="Demo sets (assets/demo/*/eval.jsonl)")

@@ -1,7 +1,17 @@
-"""Merge methods: the registry (registry.py) and the methods it declares.
+"""Merge methods: the registry (registry.py) and the methods it declares, one family per file.
 
-Import `METHODS` and `Method` from here; importing this package registers every method.
+Import `METHODS`, `Method` and `register` from here; importing this package registers every method.
+Each family registers on import, and METHODS (so the UI) lists the methods in that order: linear,
+the task-arithmetic family, slerp and nuslerp, model stock. Hence the unsorted imports below.
 """
+# isort: off
+from core.merge.methods import linear
+from core.merge.methods import task_arithmetic
+from core.merge.methods import spherical
+from core.merge.methods import model_stock
+# isort: on
 from core.merge.methods.registry import METHODS, Method, register
 
-__all__ = ["METHODS", "Method", "register"]
+FAMILIES = (linear, task_arithmetic, spherical, model_stock)  # the family modules, in registration order
+
+__all__ = ["FAMILIES", "METHODS", "Method", "register"]

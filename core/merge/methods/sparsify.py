@@ -19,14 +19,21 @@ bias) is handled, not an assertion or NaN.
 `rescale=True` matches the L1 norm of the kept entries to the original delta's (mergekit's
 RescaleNorm.l1), which is how DARE/DELLA compensate for dropped mass; it needs the whole
 delta at once.
+
+Each sparsifier is also declared as data (`Sparsifier`: its function, the extra per-model
+parameters it takes, whether it is random, an extra rule), so the task-arithmetic family
+(core/merge/methods/task_arithmetic.py) registers each member by naming its sparsifier.
 """
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 
 from core.merge.methods.topk import TopK, top_k_cuts
+from core.merge.params import Param
 
 Band = tuple[int, int] | None  # keep ranks [lo, hi) of |delta|, largest first; None: keep all
 
@@ -140,3 +147,50 @@ def _masked(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float =
     if before < eps or after < eps:
         return kept
     return kept.mul_(before / after)
+
+
+@dataclass(frozen=True)
+class Sparsifier:
+    """One way of dropping entries of a task vector, as the family's registrations read it.
+
+    Ranked (random=False): `prune(count, density, **extra) -> Band`, applied through rank_pruners,
+    so a tensor can be pruned block by block unless rescale needs its whole L1 norm.
+    Random: `prune(delta, density, *, rescale, generator, **extra)` zeroes a whole delta in place.
+    `params` are the per-model parameters beyond density and rescale that `prune` takes by name;
+    declaring one it cannot take is refused here, at import time.
+    """
+
+    name: str
+    prune: Callable
+    random: bool  # draws from the generator: the whole tensor as one block, results depend on the seed
+    params: tuple[Param, ...] = ()
+    check: Callable[[dict], str | None] | None = None  # extra rule on resolved params → problem text
+
+    def __post_init__(self):
+        keywords = inspect.signature(self.prune).parameters
+        missing = [p.name for p in self.params if p.name not in keywords]
+        if missing:
+            raise TypeError(f"sparsifier {self.name!r}: {self.prune.__name__} cannot receive parameter(s) {missing}")
+
+    def blockwise(self, params: dict) -> bool:
+        """Whether a tensor with these resolved params may be pruned block by block."""
+        return not self.random and not params["rescale"]
+
+
+def _della_band(params: dict) -> str | None:
+    """DELLA draws keep-probabilities in density ± epsilon; that band must lie inside (0, 1)."""
+    for density, epsilon in zip(params["density"], params["epsilon"]):
+        if density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+            return f"density {density} ± epsilon {epsilon} must stay inside (0, 1): lower epsilon"
+    return None
+
+
+GAMMA = Param(name="gamma", kind=float, default=0.01, per_model=True,
+              help="fraction of the largest changes dropped as outliers", low=0, high=1)
+EPSILON = Param(name="epsilon", kind=float, default=0.15, per_model=True,
+                help="spread of keep-probabilities around density, by magnitude rank", low=0, high=0.5)
+
+MAGNITUDE = Sparsifier("magnitude", magnitude, random=False)  # TIES
+OUTLIERS = Sparsifier("magnitude_outliers", magnitude_outliers, random=False, params=(GAMMA,))  # Breadcrumbs
+BERNOULLI = Sparsifier("bernoulli", bernoulli, random=True)  # DARE
+MAGPRUNE = Sparsifier("della_magprune", della_magprune, random=True, params=(EPSILON,), check=_della_band)  # DELLA

@@ -3,25 +3,31 @@ DARE, DELLA, Model Breadcrumbs — one formula with a sparsifier and an optional
 
     base + λ · mix(w_i · sparsify(x_i − base))
 
-`task_vectors(tensors, base, …)` merges one whole tensor (the registered method function).
-`task_vector_blocks(read, shape, …)` merges the same tensor given as consecutive blocks of rows
-and yields the merged blocks: the engine streams a large tensor this way, so memory stays at
-a few blocks whatever the tensor's size. Everything but the sparsifier is elementwise; a
-ranked sparsifier (TIES, Breadcrumbs) needs the whole tensor's magnitude ranks, which
-`sparsify.rank_pruners` finds in two counting passes over the blocks before they are merged.
+`TaskVectors(sparsifier, consensus)` is one member of the family as the registered function: called
+on one whole tensor it merges it; its `stream(read, shape, …)` (`task_vector_blocks`) merges the
+same tensor given as consecutive blocks of rows and yields the merged blocks: the engine streams a
+large tensor this way, so memory stays at a few blocks whatever the tensor's size. Everything but
+the sparsifier is elementwise; a ranked sparsifier (TIES, Breadcrumbs) needs the whole tensor's
+magnitude ranks, which `sparsify.rank_pruners` finds in two counting passes over the blocks before
+they are merged.
 A random sparsifier (DARE, DELLA) and L1 rescaling need the whole tensor as one block.
-`task_vectors` is `task_vector_blocks` over a single block, so both give the same numbers.
+A whole tensor is `task_vector_blocks` over a single block, so both give the same numbers.
+The parameters arrive as `**params` ("lambda" cannot be a keyword argument), so a member names
+what it reads in `accepts`, which `register` checks every declaration against.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import torch
 
 from core.merge.methods import sparsify
+from core.merge.methods.sparsify import Sparsifier
 
-RANKED = (sparsify.magnitude, sparsify.magnitude_outliers)  # sparsifiers that can prune block by block
+FORMULA_PARAMS = ("weight", "lambda", "normalize", "int8_mask")  # int8_mask: accepted for mergekit, no effect
+SPARSE_PARAMS = ("density", "rescale")  # read by every member with a sparsifier
 Read = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # → ((n, *block) models, (*block) base) in order
 
 
@@ -30,14 +36,38 @@ def column(values: list[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).reshape(-1, *[1] * (like.dim() - 1))
 
 
-def task_vectors(tensors, base, *, sparsifier=None, consensus=False, generator=None, **params):
-    """base + λ · mix(w_i · sparsify(x_i − base)) over one whole tensor; see task_vector_blocks."""
-    return next(iter(task_vector_blocks(lambda: [(tensors, base)], base.shape, sparsifier=sparsifier,
-                                        consensus=consensus, generator=generator, **params)))
+@dataclass(frozen=True)
+class TaskVectors:
+    """One member of the family: base + λ · mix(w_i · sparsify(x_i − base)), as a merge function."""
+
+    sparsifier: Sparsifier | None = None  # None: every change is kept (task arithmetic)
+    consensus: bool = False  # TIES sign election
+
+    @property
+    def accepts(self) -> frozenset[str]:
+        """Every parameter this member reads: what its registration may declare, and no more."""
+        extra = (*SPARSE_PARAMS, *(p.name for p in self.sparsifier.params)) if self.sparsifier else ()
+        return frozenset((*FORMULA_PARAMS, *extra))
+
+    def __call__(self, tensors, base, *, generator=None, **params) -> torch.Tensor:
+        """Merge one whole tensor: (n, *shape) models and (*shape) base → (*shape)."""
+        return next(iter(self.stream(lambda: [(tensors, base)], base.shape, generator=generator, **params)))
+
+    def stream(self, read: Read, shape: tuple[int, ...], *, generator=None, **params) -> Iterator[torch.Tensor]:
+        """Merge a tensor read as blocks of rows (see task_vector_blocks)."""
+        unknown = sorted(set(params) - self.accepts)
+        if unknown:
+            raise TypeError(f"this task-vector merge reads {sorted(self.accepts)}, not {unknown}")
+        return task_vector_blocks(read, shape, sparsifier=self.sparsifier, consensus=self.consensus,
+                                  generator=generator, **params)
+
+    def blockwise(self, params: dict) -> bool:
+        """Whether a tensor with these resolved params may be merged block by block."""
+        return self.sparsifier is None or self.sparsifier.blockwise(params)
 
 
-def task_vector_blocks(read: Read, shape: tuple[int, ...], *, sparsifier=None, consensus=False, generator=None,
-                       **params) -> Iterator[torch.Tensor]:
+def task_vector_blocks(read: Read, shape: tuple[int, ...], *, sparsifier: Sparsifier | None = None,
+                       consensus: bool = False, generator=None, **params) -> Iterator[torch.Tensor]:
     """Merge a tensor of `shape` read as blocks of rows; yields (*block) float32 merged blocks.
 
     1. deltas  d_i = x_i − base, sparsified per model (if the method does);
@@ -76,21 +106,17 @@ def task_vector_blocks(read: Read, shape: tuple[int, ...], *, sparsifier=None, c
         yield mixed.add_(base)
 
 
-def _pruners(read: Read, shape: tuple[int, ...], sparsifier, generator, params) -> list[Callable]:
+def _pruners(read: Read, shape: tuple[int, ...], sparsifier: Sparsifier | None, generator,
+             params: dict) -> list[Callable]:
     """One in-place pruning function per model, applied to that model's delta blocks in order."""
     if sparsifier is None:
         return []
-    extras = [{k: params[k][i] for k in ("gamma", "epsilon") if k in params} for i in range(len(params["weight"]))]
-    if sparsifier in RANKED:
+    extras = [{p.name: params[p.name][i] for p in sparsifier.params} for i in range(len(params["weight"]))]
+    if not sparsifier.random:
         count = math.prod(shape)
-        bands = [sparsifier(count, density, **extra) for density, extra in zip(params["density"], extras)]
+        bands = [sparsifier.prune(count, density, **extra) for density, extra in zip(params["density"], extras)]
         magnitudes = lambda: ((tensors - base).abs_() for tensors, base in read())  # noqa: E731 - (n, *block)
         return sparsify.rank_pruners(bands, magnitudes, rescale=params["rescale"])
-    return [lambda delta, density=density, extra=extra: sparsifier(delta, density, rescale=params["rescale"],
-                                                                   generator=generator, **extra)
+    return [lambda delta, density=density, extra=extra: sparsifier.prune(delta, density, rescale=params["rescale"],
+                                                                         generator=generator, **extra)
             for density, extra in zip(params["density"], extras)]
-
-
-def blockwise(sparsifier) -> Callable[[dict], bool]:
-    """Whether task_vector_blocks may get a tensor with these params in several blocks."""
-    return lambda params: sparsifier is None or (sparsifier in RANKED and not params["rescale"])
