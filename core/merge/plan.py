@@ -61,12 +61,6 @@ class MergePlan:
     bytes_written: int
     peak_bytes: int  # estimated working memory on the compute device, largest job
 
-    def summary(self) -> str:
-        merged = sum(job.merged for job in self.jobs)
-        return (f"{len(self.jobs)} tensors ({merged} merged, {len(self.jobs) - merged} copied) from "
-                f"{self.inputs} models · read {size_text(self.bytes_read)} · write {size_text(self.bytes_written)} in "
-                f"{len(self.shards)} shard(s) · peak working memory ≈ {size_text(self.peak_bytes)}")
-
 
 def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], *,
                num_layers: int | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergePlan:
