@@ -59,7 +59,8 @@ def test_the_weights_sink_gets_bitwise_the_shard_files_tensors(llama_family, tmp
     written = read_tensors(merge(recipe, tmp_path / "out", seed=1234))
     weights = empty_weights(recipe)
     events = list(merge_into(recipe, weights, seed=1234))
-    assert [e.step for e in events] == list(range(1, len(written) + 1)) and events[-1].bytes_done == events[-1].bytes_total
+    assert [e.step for e in events] == list(range(1, len(written) + 1))
+    assert events[-1].bytes_done == events[-1].bytes_total
     assert set(weights) == set(written)
     for name, tensor in written.items():
         assert weights[name].dtype == tensor.dtype and torch.equal(weights[name], tensor), name

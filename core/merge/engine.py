@@ -163,8 +163,9 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
 
 def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
                   device: torch.device, seed: int, cancel: threading.Event | None,
-                  findings: NonFinite | None = None) -> Iterator[torch.Tensor]:
-    """The output tensor of one job, as one tensor or as consecutive blocks of rows."""
+                  findings: NonFinite) -> Iterator[torch.Tensor]:
+    """The output tensor of one job, as one tensor or as consecutive blocks of rows; NaN/Inf in the inputs
+    go to `findings`."""
     refs = recipe.inputs()
     if not job.merged:
         yield checkpoints[refs[0]].read(job.name)
@@ -172,7 +173,6 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
     working = DTYPES.get(recipe.dtype or "")
     rows = [checkpoints[e.model] for e in recipe.rows()]
     base = checkpoints[recipe.base_model] if recipe.uses_base else None
-    findings = findings or NonFinite(refuse=False)
     generator = None
     if recipe.method.random:
         generator = torch.Generator(device=device)

@@ -248,15 +248,15 @@ def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[
     Free disk and memory, and whether they suffice, are the preview's (core.merge.preflight's rule),
     so Check warns exactly when Merge would refuse.
     """
-    merge_plan, resources = found.plan, found.resources
+    merge_plan, free = found.plan, found.resources.memory
     merged = sum(job.merged for job in merge_plan.jobs)
-    memory = f"≈ {human(merge_plan.peak_bytes)} on {', '.join(devices)} · RAM {human(resources.memory['RAM'])} available"
-    memory += "".join(f" · {spec} {human(resources.memory[spec])} free" for spec in devices if spec in resources.memory)
+    memory = f"≈ {human(merge_plan.peak_bytes)} on {', '.join(devices)} · RAM {human(free['RAM'])} available"
+    memory += "".join(f" · {spec} {human(free[spec])} free" for spec in devices if spec in free)
     rows = [("Method", f"{recipe.method.label} over {len(recipe.inputs())} models"),
             ("Tensors", f"{len(merge_plan.jobs)} ({merged} merged, {len(merge_plan.jobs) - merged} copied)"),
             ("Reads", human(merge_plan.bytes_read)),
             ("Writes", f"{human(merge_plan.bytes_written)} in {len(merge_plan.shards)} file(s) → `{out.name}`"),
-            ("Working memory", memory), ("Free disk", human(resources.disk_free))]
+            ("Working memory", memory), ("Free disk", human(found.resources.disk_free))]
     warnings = []
     if out.exists():
         warnings.append(f"`{out.name}` already exists: pick another name or tick *Replace* under More options.")
