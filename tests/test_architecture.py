@@ -142,10 +142,8 @@ def private_imports(raw: dict[str, list[tuple[str, str]]], graph: dict[str, set[
             and module in graph and module != importer]
 
 
-PANELS = ("ui.merge", "ui.sweep", "ui.playground", "ui.demo_panel", "ui.methods_panel", "ui.gauge")
+PANELS = ("ui.merge", "ui.sweep", "ui.playground", "ui.generation", "ui.demo_panel", "ui.methods_panel", "ui.gauge")
 SHARED_FORM = ("ui.merge.form", "ui.merge.recipe_form")  # what other panels may fill in
-# Edges waiting for another step of issue 12, each with what removes it; the test fails once one is gone.
-PENDING = {("ui.sweep.panel", "ui.merge.panel"): "plan_merge: the sweep's plan comes from core's preview (step 2)"}
 
 
 def panel_of(module: str) -> str | None:
@@ -197,10 +195,8 @@ def test_core_finds_the_demo_pair_from_folders_not_from_picker_labels(tmp_path, 
 
 def test_panels_share_through_ui_common_not_through_each_other():
     found = cross_panel_imports(GRAPH)
-    bad = [f"{a} -> {b}" for a, b in found if (a, b) not in PENDING]
+    bad = [f"{a} -> {b}" for a, b in found]
     assert not bad, "a panel imports another panel (move the shared piece to ui/common.py or core):\n" + "\n".join(bad)
-    gone = [f"{a} -> {b} ({why})" for (a, b), why in PENDING.items() if (a, b) not in found]
-    assert not gone, "PENDING lists an import that is gone, delete it there:\n" + "\n".join(gone)
 
 
 # --- the checker itself, on fake trees ---

@@ -73,19 +73,13 @@ def plan_command(sub, common) -> None:
 
 def _plan(args) -> None:
     from core.devices import devices_for
-    from core.merge.engine import open_inputs, plan_for
-    from core.merge.preflight import check_resources, measure_resources
+    from core.merge.preview import preview
     from core.merge.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     devices = devices_for(args.device)
-    checkpoints = open_inputs(recipe)
-    try:
-        plan = plan_for(recipe, checkpoints, shard_bytes=parse_size(args.shard_size))
-    finally:
-        for checkpoint in checkpoints.values():
-            checkpoint.close()
-    found = measure_resources(plan, args.out, devices)
+    found = preview(recipe, args.out, devices, shard_bytes=parse_size(args.shard_size))
+    plan, resources = found.plan, found.resources
     print(f"method      {recipe.merge_method} ({recipe.method.label})")
     print(f"models      {len(recipe.inputs())}: " + ", ".join(recipe.inputs()))
     print(f"tensors     {len(plan.jobs)} ({sum(j.merged for j in plan.jobs)} merged)")
@@ -93,9 +87,10 @@ def _plan(args) -> None:
     print(f"write       {human(plan.bytes_written)} in {len(plan.shards)} shard(s)")
     where = ", ".join(str(d) for d in devices)
     print(f"peak memory ≈ {human(plan.peak_bytes)} on {where} (largest tensor × inputs, float32)")
-    print(f"memory      {human(found.memory_free)} available ({found.memory_of})")
-    print(f"disk        {human(found.disk_free)} free at {found.disk_at}, {human(found.disk_needed)} needed")
-    check_resources(plan, args.out, devices)  # the same check merge makes: an error names what is short
+    print(f"memory      {human(resources.memory_free)} available ({resources.memory_of})")
+    print(f"disk        {human(resources.disk_free)} free at {resources.disk_at}, "
+          f"{human(resources.disk_needed)} needed")
+    found.check()  # the same verdict merge reaches: an error names what is short
 
 
 def inspect_command(sub, common) -> None:
@@ -105,10 +100,9 @@ def inspect_command(sub, common) -> None:
 
 
 def _inspect(args) -> None:
-    from core.merge.engine import open_checkpoint
+    from core.merge.preview import open_checkpoint
 
-    checkpoint = open_checkpoint(args.model)
-    try:
+    with open_checkpoint(args.model) as checkpoint:
         dtypes: dict[str, int] = {}
         for info in checkpoint.tensors.values():
             key = str(info.dtype).removeprefix("torch.")
@@ -124,8 +118,6 @@ def _inspect(args) -> None:
         print("dtypes        " + ", ".join(f"{k} {human(v)}" for k, v in sorted(dtypes.items())))
         kind = "sentence-transformers" if (checkpoint.folder / "modules.json").exists() else "transformers"
         print(f"format        {kind}")
-    finally:
-        checkpoint.close()
 
 
 def methods_command(sub, common) -> None:

@@ -13,8 +13,8 @@ models `python -m core merge` would write. This is the trade-off curve of the LM
 
 Two ways to get each merge (`merged_in_memory`, `merged_on_disk`), same numbers (a test checks it):
 - "memory": A is loaded once as a private copy (not the playground's cached one); for each α the
-  engine computes every merged tensor from the memory-mapped inputs and copies it into that
-  model's weights. Nothing is written to disk.
+  engine's loop computes every merged tensor from the memory-mapped inputs and copies it into that
+  model's weights (core.merge.engine.merge_into). Nothing is written to disk.
 - "disk": each merge is streamed by the engine into a temporary folder (in `scratch`, e.g. a hosted
   visitor's own folder, so their size cap counts it and closing the page removes it), loaded, scored, deleted.
   Used when the model's names do not line up with its checkpoint's, or when "auto" finds that
@@ -36,8 +36,9 @@ import torch
 from core.devices import parse_device
 from core.errors import MergeCancelled, RerankError
 from core.io.checkpoint import Checkpoint
-from core.merge.engine import merge, open_inputs, plan_for, tensor_chunks
+from core.merge.engine import merge, merge_into
 from core.merge.plan import MergePlan
+from core.merge.preview import plan_inputs
 from core.merge.recipe import MergeRecipe, recipe_from_dict
 from core.rerank.compare import QueryItem, compare, pooled, read_queries
 from core.rerank.model import Reranker, detect_kind, load_reranker, pick_dtype
@@ -199,12 +200,9 @@ def check_sweep(alphas, sets: dict, method: str, mode: str) -> list[float]:
 def fits_in_memory(model: str, device: str, dtype: str | None, *, token: str | bool | None = None) -> bool:
     """Whether model A, loaded, would take at most half of the device's free memory."""
     target = parse_device(device)
-    checkpoint = Checkpoint.open(model, token=token)
-    try:
+    with Checkpoint.open(model, token=token) as checkpoint:
         folder = checkpoint.folder
         elements = sum(info.numel for info in checkpoint.tensors.values())
-    finally:
-        checkpoint.close()
     loaded = elements * torch.empty((), dtype=pick_dtype(dtype, target, detect_kind(folder))).element_size()
     free = torch.cuda.mem_get_info(target)[0] if target.type == "cuda" else psutil.virtual_memory().available
     return loaded <= free / 2
@@ -223,26 +221,15 @@ def merged_in_memory(recipes: list[MergeRecipe], scoring: Scoring, cancel: threa
     model = reranker.model  # tied weights appear under each of their names
     weights = {**dict(model.named_parameters(remove_duplicate=False)),
                **dict(model.named_buffers(remove_duplicate=False))}
-    checkpoints = open_inputs(recipes[0], token=scoring.token)
-    try:
-        plans = [plan_for(recipe, checkpoints) for recipe in recipes]
-        if not weights_line_up(plans[0], weights):  # e.g. renamed on load: let the engine write real folders
-            del reranker, model, weights
-            yield from merged_on_disk(recipes, scoring, cancel, scratch=scratch)
-            return
-        for recipe, plan in zip(recipes, plans):
-            _stop_if_cancelled(cancel)
-            with torch.no_grad():
-                for job in plan.jobs:
-                    target, start = weights[job.name], 0
-                    for chunk in tensor_chunks(recipe, job, checkpoints, target.device, 0, cancel):
-                        rows = chunk.shape[0] if chunk.dim() and target.dim() else None
-                        (target[start:start + rows] if rows is not None else target).copy_(chunk)
-                        start += rows or 0
-            yield reranker, "memory"
-    finally:
-        for checkpoint in checkpoints.values():
-            checkpoint.close()
+    if not weights_line_up(plan_inputs(recipes[0], token=scoring.token), weights):
+        del reranker, model, weights  # e.g. renamed on load: let the engine write real folders
+        yield from merged_on_disk(recipes, scoring, cancel, scratch=scratch)
+        return
+    for recipe in recipes:
+        _stop_if_cancelled(cancel)
+        for _ in merge_into(recipe, weights, cancel=cancel, token=scoring.token):
+            pass
+        yield reranker, "memory"
 
 
 def weights_line_up(plan: MergePlan, weights: dict[str, torch.Tensor]) -> bool:

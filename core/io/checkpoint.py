@@ -4,6 +4,7 @@
     ckpt.tensors["model.norm.weight"].shape            # from headers only, nothing loaded
     ckpt.read("model.norm.weight", device="cpu")       # one tensor, straight from the mmap
     ckpt.read("lm_head.weight", rows=slice(0, 1024))   # or a block of rows
+    with Checkpoint.open(ref) as ckpt: ...             # memory maps closed at the end of the block
 
 safetensors files are memory-mapped and read through `torch.frombuffer`, so only the bytes a
 merge touches are paged in and they stay page cache (file-backed), not process memory.
@@ -69,6 +70,12 @@ class Checkpoint:
         else:
             tensor = self._mapped(info, rows)
         return tensor.to(device=device, dtype=dtype or tensor.dtype)
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         """Release the memory maps (tensors already read stay valid only if copied)."""

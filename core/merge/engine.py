@@ -1,24 +1,26 @@
-"""The merge engine: plan → stream. For each planned tensor: read the inputs, run the method
-on the chosen device, hand the result to the writer, report progress.
+"""The merge engine: preview → stream → sink. For each planned tensor: read the inputs, run the
+method on the chosen device, hand the result to a sink, report progress.
 
     for event in merge_events(recipe, "out/my-merge", device="cpu"):
         print(event.step, "/", event.total, event.tensor)
     merge(recipe, "out/my-merge", on_progress=print, cancel=threading.Event())  # same, as a call
+    for event in merge_into(recipe, dict(model.named_parameters())): ...     # into a loaded model instead
 
-Memory stays bounded by the largest tensor times the number of inputs (elementwise methods:
-by a fixed chunk), never by model size: inputs are memory-mapped, one tensor (or block of
-rows) is merged at a time, and shards are streamed to disk. `cancel` is checked between
-tensors and chunks; a cancelled or failed merge leaves no output folder behind. Before
-anything is created, core.merge.preflight checks free disk and memory. Every float input block is
-checked for NaN/Inf, and so is every merged block after its cast to the output dtype (finite
-float16 inputs can sum past 65504): each finding is reported on the Progress event of its
-tensor (`nonfinite`), or, with refuse_nonfinite=True, stops the merge with a MergeDeskError.
-float8 inputs are upcast to float32 for the math (torch has no float8 arithmetic) and written
-back in float8 unless the recipe sets another dtype.
+There is one loop (`stream`); the sink decides where tensors go (core.merge.sinks): a new model
+folder (ShardSink: merge_events) or a loaded model's weights (WeightsSink: merge_into, the
+sweep's in-memory mode). Memory stays bounded by the largest tensor times the number of inputs
+(elementwise methods: by a fixed chunk), never by model size: inputs are memory-mapped, one
+tensor (or block of rows) is merged at a time, and shards are streamed to disk. `cancel` is
+checked between tensors and chunks; a cancelled or failed merge leaves no output folder behind.
+Before anything is created, the merge's Preview (core.merge.preview: the plan, free disk and
+memory) must fit. Every float input block is checked for NaN/Inf, and so is every merged block
+after its cast to the output dtype (finite float16 inputs can sum past 65504): each finding is
+reported on the Progress event of its tensor (`nonfinite`), or, with refuse_nonfinite=True,
+stops the merge with a MergeDeskError. float8 inputs are upcast to float32 for the math (torch
+has no float8 arithmetic) and written back in float8 unless the recipe sets another dtype.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 import zlib
@@ -30,15 +32,13 @@ from typing import Callable, Iterator
 import torch
 
 from core.devices import devices_for
-from core.errors import CheckpointError, MergeCancelled, RecipeError
-from core.io.card import model_card
-from core.io.checkpoint import Checkpoint, resolve_reference
-from core.io.staging import staged_output
-from core.io.writer import ShardWriter, copy_side_files
+from core.errors import MergeCancelled, RecipeError
+from core.io.checkpoint import Checkpoint
 from core.merge.nonfinite import NonFinite
-from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob, plan_merge
-from core.merge.preflight import check_resources
-from core.merge.recipe import DTYPES, MergeRecipe, to_yaml
+from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob
+from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
+from core.merge.recipe import DTYPES, MergeRecipe
+from core.merge.sinks import ShardSink, WeightsSink
 
 
 @dataclass(frozen=True)
@@ -64,17 +64,6 @@ class Progress:
 MAX_SEED = 2**63 - 1  # torch.Generator's range is 64 bits; mergekit's numpy seeding allows far less
 
 
-def open_checkpoint(ref: str, *, token: str | bool | None = None) -> Checkpoint:
-    """Checkpoint.open, with the file system's own refusals (name too long, a symlink loop) as one line."""
-    if os.path.islink(ref) and not os.path.exists(ref):  # else a looping link reads as a Hub id to download
-        raise CheckpointError(f"model {ref!r} is a symbolic link that loops or leads nowhere: point it at a model folder")
-    try:
-        return Checkpoint.open(ref, token=token)
-    except OSError as error:
-        raise CheckpointError(f"model {ref!r} cannot be opened: {error.strerror or error}; "
-                              "check the path (each folder name at most 255 bytes)") from None
-
-
 def check_seed(seed: int | float) -> int:
     """The seed as an int in [0, 2**63), or a RecipeError (the app's number box hands over floats)."""
     whole = seed.is_integer() if isinstance(seed, float) else isinstance(seed, Integral) and not isinstance(seed, bool)
@@ -83,28 +72,6 @@ def check_seed(seed: int | float) -> int:
         shown = f"a {int(seed).bit_length()}-bit number" if big else repr(seed)
         raise RecipeError(f"seed {shown} cannot be used: give a whole number from 0 to {MAX_SEED} (2**63 - 1)")
     return int(seed)
-
-
-def open_inputs(recipe: MergeRecipe, *, token: str | bool | None = None) -> dict[str, Checkpoint]:
-    """Every input of the recipe, opened lazily (headers only), base first; token: for Hub ids,
-    as in checkpoint.resolve_reference (a hosted visitor's own, or False)."""
-    opened: dict[str, Checkpoint] = {}
-    try:
-        for ref in recipe.inputs():
-            opened[ref] = open_checkpoint(ref, token=token)
-    except BaseException:
-        for checkpoint in opened.values():
-            checkpoint.close()
-        raise
-    return opened
-
-
-def plan_for(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
-             shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergePlan:
-    """The MergePlan for opened inputs (layer count from the base's config when it has one)."""
-    first = checkpoints[recipe.inputs()[0]]
-    listings = {ref: ckpt.tensors for ref, ckpt in checkpoints.items()}
-    return plan_merge(recipe, listings, num_layers=first.num_layers(), shard_bytes=shard_bytes)
 
 
 def merge(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
@@ -122,7 +89,8 @@ def merge(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", over
 
 def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu", overwrite: bool = False,
                  seed: int = 0, shard_bytes: int = DEFAULT_SHARD_BYTES, refuse_nonfinite: bool = False,
-                 cancel: threading.Event | None = None, token: str | bool | None = None) -> Iterator[Progress]:
+                 cancel: threading.Event | None = None, token: str | bool | None = None,
+                 admit: Callable[[Preview], None] | None = None) -> Iterator[Progress]:
     """Merge, yielding a Progress after each tensor. Closing the iterator early cancels.
 
     Args:
@@ -139,52 +107,65 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
         cancel: set it to stop between tensors; raises MergeCancelled, nothing is left behind.
         token: Hugging Face access for Hub ids (see checkpoint.resolve_reference); None = this
             machine's own login, a hosted visitor's token or False = only theirs.
+        admit: called with the merge's Preview before anything is created; it may raise to refuse
+            the merge (the hosted size cap), so the inputs are opened and planned once.
     """
-    started = time.perf_counter()
     seed = check_seed(seed)
     devices = devices_for(device)
-    checkpoints = open_inputs(recipe, token=token)
-    try:
-        plan = plan_for(recipe, checkpoints, shard_bytes=shard_bytes)
-        check_resources(plan, out_dir, devices)
-        refs = recipe.inputs()
-        first = checkpoints[refs[0]]
-        tokenizer_from = _tokenizer_folder(recipe, token)
-        read = [c.folder for c in checkpoints.values()] + ([tokenizer_from] if tokenizer_from else [])
-        with staged_output(out_dir, overwrite=overwrite, inputs=tuple(read)) as staging:
-            writer = ShardWriter(staging, plan)
-            try:
-                done = 0
-                for step, job in enumerate(plan.jobs, 1):
-                    _stop_if_cancelled(cancel)
-                    target = devices[(step - 1) % len(devices)]
-                    findings = NonFinite(refuse_nonfinite)
-                    for chunk in tensor_chunks(recipe, job, checkpoints, target, seed, cancel, findings):
-                        if job.merged:
-                            findings.check_output(job.name, chunk)
-                        writer.write(job.name, chunk)
-                    done += job.nbytes
-                    yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
-                                   time.perf_counter() - started, str(target), findings.messages())
-                _stop_if_cancelled(cancel)  # a Stop during the last tensor still means no model
-                writer.finish()
-            finally:
-                writer.abort()
-            out_dtype = _main_dtype(plan)
-            copy_side_files(first.folder, staging, tokenizer_source=tokenizer_from, dtype=out_dtype)
-            (staging / "mergekit_config.yml").write_text(to_yaml(recipe), encoding="utf-8")
-            is_st = (first.folder / "modules.json").exists()
-            name = Path(out_dir).name
-            (staging / "README.md").write_text(model_card(recipe, name=name, sentence_transformers=is_st), encoding="utf-8")
-    finally:
-        for checkpoint in checkpoints.values():
-            checkpoint.close()
+    with open_inputs(recipe, token=token) as inputs:
+        found = preview_inputs(recipe, inputs, out_dir, devices, shard_bytes=shard_bytes)
+        if admit is not None:
+            admit(found)
+        found.check()
+        with ShardSink(recipe, out_dir, inputs, found.plan, overwrite=overwrite, token=token) as sink:
+            yield from stream(recipe, inputs, found.plan, sink, devices=devices, seed=seed,
+                              refuse_nonfinite=refuse_nonfinite, cancel=cancel)
+            sink.finish()
+
+
+def merge_into(recipe: MergeRecipe, weights: dict[str, torch.Tensor], *, seed: int = 0,
+               cancel: threading.Event | None = None, token: str | bool | None = None) -> Iterator[Progress]:
+    """Merge into a loaded model's weights (name → parameter or buffer), yielding a Progress after each tensor.
+
+    Every planned tensor must have a same-shaped place in `weights` (core.cocktail.sweep checks it
+    first); the math runs where the weights are and nothing is written to disk (the sweep's
+    in-memory mode). The other arguments are merge_events'.
+    """
+    with open_inputs(recipe, token=token) as inputs:
+        plan = plan_for(recipe, inputs)
+        sink = WeightsSink(weights)
+        devices = [weights[plan.jobs[0].name].device] if plan.jobs else [torch.device("cpu")]
+        yield from stream(recipe, inputs, plan, sink, devices=devices, seed=check_seed(seed), cancel=cancel)
+        sink.finish()
+
+
+def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, sink: ShardSink | WeightsSink, *,
+           devices: list[torch.device], seed: int = 0, refuse_nonfinite: bool = False,
+           cancel: threading.Event | None = None) -> Iterator[Progress]:
+    """The one merge loop: each planned tensor computed (tensors spread over `devices` in turn), checked for
+    NaN/Inf and handed to `sink` chunk by chunk; a Progress after each. Cancel is checked between tensors
+    and chunks, and once more after the last (a Stop during the last tensor still means no model)."""
+    started = time.perf_counter()
+    done = 0
+    for step, job in enumerate(plan.jobs, 1):
+        _stop_if_cancelled(cancel)
+        target = devices[(step - 1) % len(devices)]
+        findings = NonFinite(refuse_nonfinite)
+        for chunk in tensor_chunks(recipe, job, inputs, target, seed, cancel, findings):
+            if job.merged:
+                findings.check_output(job.name, chunk)
+            sink.write(job.name, chunk)
+        done += job.nbytes
+        yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
+                       time.perf_counter() - started, str(target), findings.messages())
+    _stop_if_cancelled(cancel)
 
 
 def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
                   device: torch.device, seed: int, cancel: threading.Event | None,
-                  findings: NonFinite | None = None) -> Iterator[torch.Tensor]:
-    """The output tensor of one job, as one tensor or as consecutive blocks of rows."""
+                  findings: NonFinite) -> Iterator[torch.Tensor]:
+    """The output tensor of one job, as one tensor or as consecutive blocks of rows; NaN/Inf in the inputs
+    go to `findings`."""
     refs = recipe.inputs()
     if not job.merged:
         yield checkpoints[refs[0]].read(job.name)
@@ -192,7 +173,6 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
     working = DTYPES.get(recipe.dtype or "")
     rows = [checkpoints[e.model] for e in recipe.rows()]
     base = checkpoints[recipe.base_model] if recipe.uses_base else None
-    findings = findings or NonFinite(refuse=False)
     generator = None
     if recipe.method.random:
         generator = torch.Generator(device=device)
@@ -281,19 +261,3 @@ def _read_summable(checkpoint: Checkpoint, name: str, device: torch.device, work
 def _stop_if_cancelled(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise MergeCancelled("merge stopped: no output was written")
-
-
-def _tokenizer_folder(recipe: MergeRecipe, token: str | bool | None) -> Path | None:
-    source = recipe.tokenizer_source
-    if source in (None, "base"):
-        return None
-    return resolve_reference(source, token=token)
-
-
-def _main_dtype(plan: MergePlan) -> torch.dtype:
-    """The dtype most output bytes are in: what config.json should announce."""
-    totals: dict[torch.dtype, int] = {}
-    for job in plan.jobs:
-        if job.merged:
-            totals[job.out_dtype] = totals.get(job.out_dtype, 0) + job.nbytes
-    return max(totals, key=totals.get) if totals else torch.float32

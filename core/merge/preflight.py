@@ -1,11 +1,11 @@
 """Preflight: will this merge fit on the destination disk and in the compute device's memory?
 
-`check_resources(plan, out_dir, devices)` runs before a merge creates anything (the engine
-calls it; `python -m core plan` shows its figures and fails the same way), so a merge that
-cannot fit is refused up front with how much it needs and how much there is, instead of
-dying halfway on a full disk or an out-of-memory kill.
+`measure_resources(plan, out_dir, devices)` and `shortage(found)` are what core.merge.preview
+reads before a merge creates anything (the engine, `python -m core plan` and the app's Check
+all go through it), so a merge that cannot fit is refused up front with how much it needs and
+how much there is, instead of dying halfway on a full disk or an out-of-memory kill.
 
-    resources = check_resources(plan, "out/merged", devices_for("cpu"))
+    resources = check_resources(plan, "out/merged", devices_for("cpu"))   # or a ResourceError
     resources.disk_free, resources.memory_free   # bytes, as measured
 
 Disk: the output's bytes plus 16 MB for side files, against the free space of the nearest
@@ -41,6 +41,7 @@ class Resources:
     memory_needed: int
     memory_free: int
     memory_of: str  # "RAM" or the GPU measured, e.g. "cuda:0"
+    memory: dict[str, int]  # free bytes of RAM ("RAM") and of each chosen GPU ("cuda:0"), for display
 
 
 def output_path(out_dir: str | Path) -> Path:
@@ -62,26 +63,33 @@ def output_path(out_dir: str | Path) -> Path:
 
 
 def measure_resources(plan: MergePlan, out_dir: str | Path, devices: list[torch.device]) -> Resources:
-    """The figures check_resources compares, without judging them (for `plan`'s report)."""
+    """The figures shortage judges: the merge's working memory is held on the emptiest chosen GPU, or in RAM."""
     target = output_path(out_dir)
     existing = next(p for p in [target, *target.parents] if p.exists())
-    memory_free, memory_of = psutil.virtual_memory().available, "RAM"
-    gpus = [d for d in devices if d.type == "cuda"]
-    if gpus:
-        memory_free, memory_of = min((torch.cuda.mem_get_info(d)[0], str(d)) for d in gpus)
+    ram = psutil.virtual_memory().available
+    gpus = {str(d): torch.cuda.mem_get_info(d)[0] for d in devices if d.type == "cuda"}
+    memory_free, memory_of = min((free, place) for place, free in gpus.items()) if gpus else (ram, "RAM")
+    memory = {"RAM": ram, **gpus}
     return Resources(plan.bytes_written + SIDE_FILES_BYTES, shutil.disk_usage(existing).free, existing,
-                     plan.peak_bytes, memory_free, memory_of)
+                     plan.peak_bytes, memory_free, memory_of, memory)
+
+
+def shortage(found: Resources) -> str | None:
+    """Why the merge would not fit (one line naming needed and available), or None when it does."""
+    if found.disk_free < found.disk_needed:
+        return (f"not enough disk space at {found.disk_at}: the merge writes {human(found.disk_needed)}, "
+                f"{human(found.disk_free)} free; free some space or choose another output folder")
+    if found.memory_free < found.memory_needed:
+        return (f"not enough memory: the merge needs ≈ {human(found.memory_needed)} of working memory, "
+                f"{found.memory_of} has {human(found.memory_free)} available; close other programs, "
+                "merge fewer models at once or choose a device with more memory")
+    return None
 
 
 def check_resources(plan: MergePlan, out_dir: str | Path, devices: list[torch.device]) -> Resources:
     """Measure, and raise ResourceError naming needed vs available if disk or memory is short."""
     found = measure_resources(plan, out_dir, devices)
-    if found.disk_free < found.disk_needed:
-        raise ResourceError(f"not enough disk space at {found.disk_at}: the merge writes {human(found.disk_needed)}, "
-                            f"{human(found.disk_free)} free; free some space or choose another output folder")
-    if found.memory_free < found.memory_needed:
-        raise ResourceError(f"not enough memory: the merge needs ≈ {human(found.memory_needed)} of working memory, "
-                            f"{found.memory_of} has {human(found.memory_free)} available; close other programs, "
-                            "merge fewer models at once or choose a device with more memory")
+    if problem := shortage(found):
+        raise ResourceError(problem)
     return found
 

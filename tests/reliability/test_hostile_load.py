@@ -153,7 +153,7 @@ def test_one_job_cannot_be_as_big_as_the_visitor_likes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ui.playground, "load_reranker", reached)
     monkeypatch.setattr(ui.sweep.panel, "sweep_points", reached)
-    monkeypatch.setattr(ui.sweep.panel, "plan_merge", reached)  # a hosted sweep plans its scratch merge first
+    monkeypatch.setattr(ui.sweep.panel, "preview", reached)  # a hosted sweep previews its scratch merge first
     monkeypatch.setattr(ui.merge.weights_panel, "data_weights", reached)
     many = "\n".join(f"passage {n}" for n in range(6001))
     with pytest.raises(gr.Error) as caught:

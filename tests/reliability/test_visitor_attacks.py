@@ -78,11 +78,11 @@ def test_one_visitors_plans_lock_everyone_out_of_the_queue(tmp_path, gated, monk
     4 running + 8 waiting fill max_size=8 and every other visitor's join (page-load events included) is
     refused with 'Queue is full'."""
     gate, inside, hold = gated
-    def slow_plan(recipe, token):  # what a plan of two big Hub repos does: download them
+    def slow_plan(*args, **kwargs):  # what a preview of two big Hub repos does: download them
         hold("plan")
         raise CheckpointError("the test's download ended")
 
-    monkeypatch.setattr(ui.merge.panel, "plan_merge", slow_plan)
+    monkeypatch.setattr(ui.merge.panel, "preview", slow_plan)
     ws = _hosted(tmp_path / "served", max_jobs=8, max_session_jobs=2)
     with launched(ws) as (blocks, _):
         plan = _index(blocks, "plan")

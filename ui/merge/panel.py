@@ -15,14 +15,13 @@ tensor math here: the engine (core/) does the work, this file shows it.
 """
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import gradio as gr
-import psutil
 from gradio.utils import get_upload_folder
 
 from core.app.export import push_folder, zip_folder
@@ -30,10 +29,10 @@ from core.app.paths import check_recipe_refs
 from core.app.quota import check_quota, folder_bytes
 from core.app.sessions import cleanup_stale_sessions, remove_session, session_workspace
 from core.app.workspace import Workspace, output_folder
-from core.devices import devices_for, list_devices
+from core.devices import devices_for
 from core.errors import MergeCancelled, MergeDeskError
-from core.merge.engine import Progress, merge_events, open_inputs, plan_for
-from core.merge.plan import MergePlan
+from core.merge.engine import Progress, merge_events
+from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
 from core.monitor import MONITOR
 from core.units import human
@@ -123,10 +122,10 @@ def plan(recipe_yaml: str, output_name: str, device: str, workspace: Workspace,
     try:
         recipe, out = _prepare(recipe_yaml, output_name, ws)
         devices = devices_for(device)
-        merge_plan = plan_merge(recipe, hub_token(workspace, oauth_token))
+        found = preview(recipe, out, devices, token=hub_token(workspace, oauth_token))
     except MergeDeskError as error:
         return f"**✗ Not ready:** {error}"
-    return plan_markdown(recipe, merge_plan, out, [str(d) for d in devices], ws)
+    return plan_markdown(recipe, found, out, [str(d) for d in devices], ws)
 
 
 def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed: float, workspace: Workspace,
@@ -147,12 +146,12 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
         recipe, out = _prepare(recipe_yaml, output_name, ws)
         if ws.hosted:
             cleanup_stale_sessions(workspace, STALE_SESSION_S)
-            check_quota(ws, plan_merge(recipe, token).bytes_written, replacing=out if overwrite else None)
         cancel = _RUNNING[session] = threading.Event()
         yield "Opening the models…", "", "", "", None
         with MONITOR.job(job_label(ws, "merge", out.name)):
             events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=seed or 0,
-                                  cancel=cancel, token=token)
+                                  cancel=cancel, token=token,
+                                  admit=_within_cap(ws, replacing=out if overwrite else None))
             shown = 0.0
             for event in events:
                 lines.append(f"{event.step}/{event.total}  {event.tensor}  ({event.device})")
@@ -243,28 +242,26 @@ def end_session(workspace: Workspace, request: gr.Request) -> None:
     remove_session(session_workspace(workspace, session))
 
 
-def plan_markdown(recipe: MergeRecipe, merge_plan: MergePlan, out: Path, devices: list[str], ws: Workspace) -> str:
-    """The plan as a short table, with warnings for what would stop or endanger the merge."""
+def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[str], ws: Workspace) -> str:
+    """The preview as a short table, with warnings for what would stop or endanger the merge.
+
+    Free disk and memory, and whether they suffice, are the preview's (core.merge.preflight's rule),
+    so Check warns exactly when Merge would refuse.
+    """
+    merge_plan, free = found.plan, found.resources.memory
     merged = sum(job.merged for job in merge_plan.jobs)
-    existing = next(p for p in [out, *out.parents] if p.exists())
-    free_disk = shutil.disk_usage(existing).free
-    ram = psutil.virtual_memory().available
-    gpu_free = {d.spec: d.free_bytes for d in list_devices() if d.free_bytes is not None}
-    memory = f"≈ {human(merge_plan.peak_bytes)} on {', '.join(devices)} · RAM {human(ram)} available"
-    memory += "".join(f" · {spec} {human(gpu_free[spec])} free" for spec in devices if spec in gpu_free)
+    memory = f"≈ {human(merge_plan.peak_bytes)} on {', '.join(devices)} · RAM {human(free['RAM'])} available"
+    memory += "".join(f" · {spec} {human(free[spec])} free" for spec in devices if spec in free)
     rows = [("Method", f"{recipe.method.label} over {len(recipe.inputs())} models"),
             ("Tensors", f"{len(merge_plan.jobs)} ({merged} merged, {len(merge_plan.jobs) - merged} copied)"),
             ("Reads", human(merge_plan.bytes_read)),
             ("Writes", f"{human(merge_plan.bytes_written)} in {len(merge_plan.shards)} file(s) → `{out.name}`"),
-            ("Working memory", memory), ("Free disk", human(free_disk))]
+            ("Working memory", memory), ("Free disk", human(found.resources.disk_free))]
     warnings = []
     if out.exists():
         warnings.append(f"`{out.name}` already exists: pick another name or tick *Replace* under More options.")
-    if merge_plan.bytes_written > free_disk:
-        warnings.append("Not enough free disk for the output.")
-    limit = min([ram] + [gpu_free[s] for s in devices if s in gpu_free])
-    if merge_plan.peak_bytes > limit:
-        warnings.append("The working memory may not fit: pick a bigger device or fewer models.")
+    if found.problem is not None:
+        warnings.append(found.problem)
     if ws.max_output_bytes is not None:
         try:
             check_quota(ws, merge_plan.bytes_written, replacing=out if out.exists() else None)
@@ -300,14 +297,12 @@ def _prepare(recipe_yaml: str, output_name: str, ws: Workspace) -> tuple[MergeRe
     return recipe, output_folder(output_name, ws)
 
 
-def plan_merge(recipe: MergeRecipe, token: str | bool | None) -> MergePlan:
-    """The engine's plan for `recipe` (headers only; Hub ids fetched with `token`), inputs closed after."""
-    checkpoints = open_inputs(recipe, token=token)
-    try:
-        return plan_for(recipe, checkpoints)
-    finally:
-        for checkpoint in checkpoints.values():
-            checkpoint.close()
+def _within_cap(ws: Workspace, *, replacing: Path | None) -> Callable[[Preview], None] | None:
+    """Hosted: the merge is admitted only if its output fits the visitor's size cap, judged on the engine's own
+    preview (so the inputs are opened and planned once); None locally."""
+    if not ws.hosted:
+        return None
+    return lambda found: check_quota(ws, found.plan.bytes_written, replacing=replacing)
 
 
 def _tail(lines: list[str]) -> str:

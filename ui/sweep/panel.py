@@ -30,13 +30,14 @@ from core.app.quota import check_pairs, check_quota
 from core.app.workspace import Workspace
 from core.cocktail.sweep import (DEFAULT_ALPHAS, DEFAULT_METHOD, SHOWN_METRICS, SWEEP_FORMULAS, SweepResult, read_sets,
                                  sweep_points, sweep_recipe)
+from core.devices import devices_for
 from core.errors import MergeCancelled, MergeDeskError, RerankError
+from core.merge.preview import preview
 from core.merge.recipe import to_yaml
 from core.monitor import MONITOR
 from ui.common import (PRIVATE, QUEUE, default_pair, device_choices, hub_token, job_label, model_choices,
                        request_workspace, session_id)
 from ui.merge.form import FormControls, show_form
-from ui.merge.panel import plan_merge
 from ui.merge.recipe_form import FormState, yaml_to_form
 from ui.sweep.plot import sweep_figure
 
@@ -123,8 +124,9 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
         passages = sum(len(item.docs) for items in sets.values() for item in items)
         check_pairs(passages * len(alphas), ws, job=f"this sweep ({passages:,} passages × {len(alphas)} α's)")
         if ws.hosted:  # a streamed sweep writes one merge at a time into the visitor's folder
-            scratch = plan_merge(sweep_recipe(method, *refs, alphas[0]), hub_token(workspace, oauth_token))
-            check_quota(ws, scratch.bytes_written, job="the sweep's scratch merge")
+            scratch = preview(sweep_recipe(method, *refs, alphas[0]), ws.outputs_dir, devices_for(device),
+                              token=hub_token(workspace, oauth_token))
+            check_quota(ws, scratch.plan.bytes_written, job="the sweep's scratch merge")
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
     cancel = _RUNNING[session] = threading.Event()
