@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from core.app.workspace import Workspace
 from core.io.checkpoint import Checkpoint
-from ui.merge import panel as merge_panel
+from ui import jobs
 from ui.merge.form import on_example, on_yaml, refresh_models
 from ui.merge.panel import card_markdown, make_zip, merge, plan, push, stop
 from ui.merge.recipe_form import new_form
@@ -97,7 +97,7 @@ def test_stop_mid_merge_leaves_no_folder(tmp_path, llama_family):
             assert stop() == "Stopping after the current tensor…"
     assert status.startswith("**■ Stopped.**")
     assert not (ws.outputs_dir / "stopped").exists() and not list(ws.outputs_dir.glob("*.partial"))
-    assert merge_panel._RUNNING == {}
+    assert not jobs.is_running("local", "merge")
 
 
 def test_a_failing_merge_raises_one_line_and_keeps_the_old_folder(tmp_path, llama_family):

@@ -4,6 +4,8 @@ Panels import these from here, not from each other, so no panel depends on anoth
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from dataclasses import replace
 
@@ -48,6 +50,38 @@ def job_label(ws: Workspace, kind: str, detail: str) -> str:
     """The memory gauge's name for a job ("merge my-model"). Every page polls the one gauge, so a
     hosted job is named by its kind alone: its models and output are the visitor's own business."""
     return kind if ws.hosted else f"{kind} {detail}"
+
+
+def keyed(handler, view: type, **components) -> tuple:
+    """(gradio handler, outputs) for a `handler` that returns or yields `view` NamedTuples.
+
+    The gradio handler hands each one on as {component: value}, the field named like the component,
+    so no update depends on its position in the outputs list; the plain `handler` stays a function
+    tests call and unpack. A field without a component, or the reverse, fails here, when the page is
+    built, never as updates shifted onto the wrong components. functools.wraps keeps the signature
+    gradio reads to pass gr.Request.
+    """
+    if set(components) != set(view._fields):
+        raise TypeError(f"{view.__name__} has fields {view._fields}, the outputs are {tuple(components)}")
+
+    def as_dict(result) -> dict:
+        return {components[name]: value for name, value in result._asdict().items()}
+
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def generator(*args, **kwargs):
+            results = handler(*args, **kwargs)
+            try:
+                for result in results:
+                    yield as_dict(result)
+            finally:
+                results.close()  # gradio closed this one (Stop, page closed): close the handler now, not at GC
+        return generator, list(components.values())
+
+    @functools.wraps(handler)
+    def plain(*args, **kwargs):
+        return as_dict(handler(*args, **kwargs))
+    return plain, list(components.values())
 
 
 def device_choices() -> list[tuple[str, str]]:

@@ -54,6 +54,10 @@ class FormControls:
     recipe_yaml: gr.Code  # the recipe the Check and Merge buttons run
     shown: list  # outputs of show_form: what a handler that replaces the whole form updates
 
+    def updates(self, new: FormState | None, layout: int) -> dict:
+        """{component: value} that shows `new` (show_form's values, matched one to one); {} for None."""
+        return {} if new is None else dict(zip(self.shown, show_form(new, layout), strict=True))
+
 
 def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> FormControls:
     """Add the form to the current Blocks; its rows are drawn on page load."""
