@@ -22,6 +22,7 @@ from core.cocktail.weights import data_weights, read_examples
 from core.demo.build import DemoSpec, demo_events, demo_folder
 from core.demo.train import TrainConfig, train_cross_encoder
 from core.errors import MergeCancelled
+from tests.test_demo import tiny_examples, write_set
 from ui import jobs
 from ui.common import keyed
 from ui.demo_panel import build_demo, stop_demo
@@ -29,7 +30,6 @@ from ui.merge.panel import merge, stop
 from ui.merge.recipe_form import new_form
 from ui.merge.weights_panel import fill_weights, stop_weights
 from ui.sweep.panel import run_sweep, stop_sweep
-from tests.test_demo import tiny_examples, write_set
 
 A, B = "visitor-a", "visitor-b"
 STOPPERS = {"merge": stop, "sweep": stop_sweep, "weights": stop_weights, "demo": stop_demo}

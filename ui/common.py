@@ -17,6 +17,7 @@ from core.devices import list_devices
 
 QUEUE = "gpu"  # concurrency_id of every heavy job (merge, comparison, sweep, weights): one at a time on the machine
 PRIVATE = {"api_visibility": "private"}
+SKIP = gr.skip()  # an output left as the page shows it
 
 
 def session_id(request: gr.Request | None) -> str:
@@ -57,15 +58,21 @@ def keyed(handler, view: type, **components) -> tuple:
 
     The gradio handler hands each one on as {component: value}, the field named like the component,
     so no update depends on its position in the outputs list; the plain `handler` stays a function
-    tests call and unpack. A field without a component, or the reverse, fails here, when the page is
-    built, never as updates shifted onto the wrong components. functools.wraps keeps the signature
-    gradio reads to pass gr.Request.
+    tests call and unpack. An event may show only some fields (the others must stay gr.skip()): a
+    component no field names fails here, when the page is built, and a value for a field the event
+    does not show fails on the call, never as an update shifted onto another component.
+    functools.wraps keeps the signature gradio reads to pass gr.Request.
     """
-    if set(components) != set(view._fields):
-        raise TypeError(f"{view.__name__} has fields {view._fields}, the outputs are {tuple(components)}")
+    unknown = set(components) - set(view._fields)
+    if unknown:
+        raise TypeError(f"{view.__name__} has no field {', '.join(sorted(unknown))}: its fields are {view._fields}")
 
     def as_dict(result) -> dict:
-        return {components[name]: value for name, value in result._asdict().items()}
+        shown = {components[name]: value for name, value in result._asdict().items() if name in components}
+        lost = [name for name, value in result._asdict().items() if name not in components and not is_skip(value)]
+        if lost:
+            raise TypeError(f"{handler.__name__} set {', '.join(lost)}, which this event does not show")
+        return shown
 
     if inspect.isgeneratorfunction(handler):
         @functools.wraps(handler)
@@ -82,6 +89,10 @@ def keyed(handler, view: type, **components) -> tuple:
     def plain(*args, **kwargs):
         return as_dict(handler(*args, **kwargs))
     return plain, list(components.values())
+
+
+def is_skip(value) -> bool:
+    return isinstance(value, dict) and value == SKIP
 
 
 def device_choices() -> list[tuple[str, str]]:

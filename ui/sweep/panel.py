@@ -33,7 +33,7 @@ from core.errors import MergeCancelled, MergeDeskError, RerankError
 from core.merge.recipe import to_yaml
 from core.monitor import MONITOR
 from ui import jobs
-from ui.common import PRIVATE, QUEUE, device_choices, hub_token, job_label, keyed, request_workspace, session_id
+from ui.common import PRIVATE, QUEUE, SKIP, device_choices, hub_token, job_label, keyed, request_workspace, session_id
 from ui.merge.form import FormControls
 from ui.merge.panel import plan_merge
 from ui.merge.recipe_form import FormState, yaml_to_form
@@ -52,10 +52,10 @@ class SweepView(NamedTuple):
     """What run_sweep shows after each step; a field left out keeps what the page shows."""
 
     status: str
-    plot: object = gr.skip()  # the figure (sweep_figure)
-    table: object = gr.skip()  # metrics_table's frame
-    pick: object = gr.skip()  # the α picker's update
-    last: object = gr.skip()  # SweepResult.to_dict(), for "Use this α"
+    plot: object = SKIP  # the figure (sweep_figure)
+    table: object = SKIP  # metrics_table's frame
+    pick: object = SKIP  # the α picker's update
+    last: object = SKIP  # SweepResult.to_dict(), for "Use this α"
 
 
 # gr.Plot has no click event: once plotly has drawn the figure, its plotly_click writes "α@time" into
