@@ -230,13 +230,17 @@ class View(NamedTuple):
     extra: object = gr.skip()
 
 
-def test_keyed_refuses_a_field_without_a_component_when_the_page_is_built():
+def test_keyed_matches_updates_to_components_by_name_and_refuses_what_an_event_does_not_show():
     with gr.Blocks():
         status, extra = gr.Markdown(), gr.Textbox()
-        with pytest.raises(TypeError, match="fields"):
-            keyed(lambda: View("x"), View, status=status)
+        with pytest.raises(TypeError, match="no field typo"):  # when the page is built
+            keyed(lambda: View("x"), View, status=status, typo=extra)
         handler, outputs = keyed(lambda: View("x"), View, extra=extra, status=status)
+        partial, only_status = keyed(lambda shown: View("x", shown), View, status=status)
     assert outputs == [extra, status] and handler() == {status: "x", extra: gr.skip()}
+    assert only_status == [status] and partial(gr.skip()) == {status: "x"}
+    with pytest.raises(TypeError, match="set extra, which this event does not show"):
+        partial("a value with nowhere to go")
 
 
 def test_keyed_closes_the_handlers_generator_when_gradio_closes_its_own():

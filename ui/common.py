@@ -68,7 +68,8 @@ def keyed(handler, view: type, **components) -> tuple:
         raise TypeError(f"{view.__name__} has no field {', '.join(sorted(unknown))}: its fields are {view._fields}")
 
     def as_dict(result) -> dict:
-        shown = {components[name]: value for name, value in result._asdict().items() if name in components}
+        shown = {components[name]: gr.skip() if is_skip(value) else value  # fresh: gradio may edit update dicts
+                 for name, value in result._asdict().items() if name in components}
         lost = [name for name, value in result._asdict().items() if name not in components and not is_skip(value)]
         if lost:
             raise TypeError(f"{handler.__name__} set {', '.join(lost)}, which this event does not show")

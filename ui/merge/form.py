@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections import namedtuple
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import gradio as gr
 
@@ -174,19 +174,10 @@ def refresh_models(workspace: Workspace, layout: int, request: gr.Request | None
     return choices, layout + 1, gr.Dropdown(choices=choices)
 
 
-class FormView(NamedTuple):
-    """What a form event shows, field by field (ui.common.keyed); a field left out keeps what the page shows."""
-
-    recipe_yaml: object = SKIP
-    layout: object = SKIP  # bumped: the rows are redrawn
-    state: object = SKIP  # the FormState
-    recipe_status: object = SKIP
-    method: object = SKIP
-    method_info: object = SKIP
-    base: object = SKIP
-    dtype: object = SKIP
-    out_dtype: object = SKIP
-    tokenizer: object = SKIP
+# What a form event shows, field by field (ui.common.keyed); a field left out keeps what the page shows.
+# layout: bumped, the rows are redrawn; state: the FormState.
+FormView = namedtuple("FormView", "recipe_yaml layout state recipe_status method method_info base dtype out_dtype "
+                      "tokenizer", defaults=(SKIP,) * 10)
 
 
 def on_method(form: FormState, layout: int, method: str) -> FormView:
