@@ -56,7 +56,8 @@ def jsonl(path, rows) -> str:
 
 
 def linear_yaml(models) -> str:
-    return "merge_method: linear\nmodels:\n" + "".join(f"  - model: {m}\n    parameters: {{weight: 1}}\n" for m in models)
+    rows = "".join(f"  - model: {m}\n    parameters: {{weight: 1}}\n" for m in models)
+    return f"merge_method: linear\nmodels:\n{rows}"
 
 
 # --- the registry -------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ def read_training_set(path: str | Path) -> list[TrainExample]:
 
 
 def train_bi_encoder(base: str | Path, examples: list[TrainExample], config: TrainConfig, *,
-                     device: str = "cpu", cancel: threading.Event | None = None) -> Generator[TrainStep, None, Trained]:
+                     device: str = "cpu",
+                     cancel: threading.Event | None = None) -> Generator[TrainStep, None, Trained]:
     """Contrastive fine-tune of the embedding model in `base` (a sentence-transformers or plain folder)."""
     import transformers
 
@@ -136,7 +137,8 @@ def train_bi_encoder(base: str | Path, examples: list[TrainExample], config: Tra
 
 
 def train_cross_encoder(base: str | Path, examples: list[TrainExample], config: TrainConfig, *,
-                        device: str = "cpu", cancel: threading.Event | None = None) -> Generator[TrainStep, None, Trained]:
+                        device: str = "cpu",
+                     cancel: threading.Event | None = None) -> Generator[TrainStep, None, Trained]:
     """Listwise fine-tune of a one-logit cross-encoder; a bi-encoder `base` gets a new head."""
     import transformers
 

@@ -8,7 +8,8 @@ from tests.app_server import browser_event, fn_index, launched, local_workspace
 from ui import jobs
 
 A = "visitoraaaa1"  # gradio's session hashes are letters and digits
-STOPS = {"merge": ("stop", "Stopping after the current tensor…"), "sweep": ("stop_sweep", "Stopping after the current α…"),
+STOPS = {"merge": ("stop", "Stopping after the current tensor…"),
+         "sweep": ("stop_sweep", "Stopping after the current α…"),
          "weights": ("stop_weights", "Stopping after the current model…"),
          "demo": ("stop_demo", "Stopping after the current training step…")}
 MINTED = ("visitorbbbb2", "local", "visitoraaaa", "VISITORAAAA1", "x" * 64)  # another page, direct calls, near misses
