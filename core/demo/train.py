@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,11 @@ from typing import Generator
 import torch
 
 from core.devices import parse_device
-from core.errors import RerankError
+from core.errors import MergeCancelled, RerankError
 from core.rerank.encode import encode_cross_pairs, encode_texts
 from core.rerank.pooling import read_pooling
+
+STOPPED = "training stopped: nothing of this model was saved"
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,8 @@ def read_training_set(path: str | Path) -> list[TrainExample]:
 
 
 def train_bi_encoder(base: str | Path, examples: list[TrainExample], config: TrainConfig, *,
-                     device: str = "cpu") -> Generator[TrainStep, None, Trained]:
+                     device: str = "cpu",
+                     cancel: threading.Event | None = None) -> Generator[TrainStep, None, Trained]:
     """Contrastive fine-tune of the embedding model in `base` (a sentence-transformers or plain folder)."""
     import transformers
 
@@ -129,11 +133,12 @@ def train_bi_encoder(base: str | Path, examples: list[TrainExample], config: Tra
     target = parse_device(device)
     return (yield from _run(lambda: transformers.AutoModel.from_pretrained(Path(base) / encoder.module_path,
                                                                             trust_remote_code=False),
-                            Path(base) / encoder.module_path, examples, config, target, loss_of))
+                            Path(base) / encoder.module_path, examples, config, target, loss_of, cancel))
 
 
 def train_cross_encoder(base: str | Path, examples: list[TrainExample], config: TrainConfig, *,
-                        device: str = "cpu") -> Generator[TrainStep, None, Trained]:
+                        device: str = "cpu",
+                     cancel: threading.Event | None = None) -> Generator[TrainStep, None, Trained]:
     """Listwise fine-tune of a one-logit cross-encoder; a bi-encoder `base` gets a new head."""
     import transformers
 
@@ -146,7 +151,7 @@ def train_cross_encoder(base: str | Path, examples: list[TrainExample], config: 
     target = parse_device(device)
     load = lambda: transformers.AutoModelForSequenceClassification.from_pretrained(  # noqa: E731
         base, num_labels=1, trust_remote_code=False)
-    return (yield from _run(load, Path(base), examples, config, target, loss_of))
+    return (yield from _run(load, Path(base), examples, config, target, loss_of, cancel))
 
 
 def finish(run: Generator[TrainStep, None, Trained]) -> Trained:
@@ -177,8 +182,9 @@ def training_batches(examples: list[TrainExample], config: TrainConfig, epoch: i
 
 
 def _run(load, tokenizer_folder: Path, examples, config: TrainConfig, device: torch.device,
-         loss_of) -> Generator[TrainStep, None, Trained]:
-    """The shared loop: seed, load, AdamW with warmup/decay, one TrainStep per optimizer step."""
+         loss_of, cancel: threading.Event | None) -> Generator[TrainStep, None, Trained]:
+    """The shared loop: seed, load, AdamW with warmup/decay, one TrainStep per optimizer step;
+    `cancel` set ends it before the next step with MergeCancelled."""
     import transformers
 
     if config.group_size < 2 or config.batch_size < 1 or config.epochs < 1:
@@ -199,6 +205,7 @@ def _run(load, tokenizer_folder: Path, examples, config: TrainConfig, device: to
             for batch in training_batches(examples, config, epoch):
                 if len(losses) == total:
                     break
+                MergeCancelled.check(cancel, STOPPED)
                 loss = loss_of(model, tokenizer, batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

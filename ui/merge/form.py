@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections import namedtuple
 from dataclasses import dataclass
 
 import gradio as gr
@@ -28,7 +29,7 @@ from core.demo.build import demo_pair
 from core.errors import RecipeError
 from core.merge.methods import METHODS
 from core.units import DTYPES
-from ui.common import model_choices, request_workspace
+from ui.common import SKIP, keyed, model_choices, request_workspace
 from ui.merge.recipe_form import (FormState, add_row, base_help, change_method, check_form, form_to_yaml, global_params,
                                   is_number, needs_text, new_form, remove_row, row_params, set_field, set_param,
                                   set_row_model, setting_text, shown_value, shows_base, slider_range, yaml_to_form)
@@ -40,6 +41,7 @@ FORM = "form"  # tag of the edits that one_edit_at_a_time serialises per session
 EDIT = {"api_visibility": "private", "concurrency_id": FORM, "concurrency_limit": None}
 METHOD_CHOICES = [(method.label, method.name) for method in METHODS.values()]
 DTYPE_CHOICES = [("each tensor's own", "")] + [(name, name) for name in DTYPES]
+SYNCED = ("state", "recipe_yaml", "recipe_status")  # what every edit shows: the new form, its YAML, its status
 
 
 @dataclass
@@ -51,7 +53,11 @@ class FormControls:
     choices: gr.State  # [(label, ref)] for the model pickers
     base: gr.Dropdown
     recipe_yaml: gr.Code  # the recipe the Check and Merge buttons run
-    shown: list  # outputs of show_form: what a handler that replaces the whole form updates
+    shown: list  # a component per FormView field, in its order: what a handler that replaces the whole form updates
+
+    def updates(self, new: FormState | None, layout: int) -> dict:
+        """{component: value} that shows `new` (show_form's fields, one per component); {} for None."""
+        return {} if new is None else dict(zip(self.shown, show_form(new, layout), strict=True))
 
 
 def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> FormControls:
@@ -72,7 +78,7 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
                                info=base_help(start.method), visible=shows_base(start))
 
             @gr.render(inputs=[state, choices], triggers=[layout.change])
-            def draw_rows(form: FormState, refs: list):  # `synced` is defined below, before any redraw
+            def draw_rows(form: FormState, refs: list):  # `on` is defined below, before any redraw
                 for index, row in enumerate(form.rows, 1):
                     with gr.Row(key=f"row-{row.key}", equal_height=True, elem_classes="model-row"):
                         # interactive=True: a redraw while the picker's change event runs left it disabled
@@ -80,18 +86,18 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
                                              interactive=True,
                                              label=f"Model {index}", key=f"model-{row.key}",
                                              info="pick one, or type a folder or a Hub id" if index == 1 else None)
-                        picker.change(_edit(set_row_model, row.key), [state, picker], synced, **EDIT)
+                        on(picker.change, _edit(set_row_model, row.key), [state, picker], *SYNCED)
                         for param in row_params(form.method):
-                            _param_control(form, row.key, param, synced, first=index == 1)
+                            _param_control(form, row.key, param, on, state, first=index == 1)
                         remove = gr.Button("✕", key=f"remove-{row.key}", size="sm", scale=0, min_width=44)
-                        remove.click(_reshape(remove_row, row.key), [state, layout], [layout, *synced], **EDIT)
+                        on(remove.click, _reshape(remove_row, row.key), [state, layout], "layout", *SYNCED)
                 add = gr.Button("+ Add a model", key="add-model", size="sm")
-                add.click(_reshape(add_row), [state, layout], [layout, *synced], **EDIT)
+                on(add.click, _reshape(add_row), [state, layout], "layout", *SYNCED)
                 if global_params(form):
                     gr.Markdown("**Method settings**", key="globals-title")
                     with gr.Row(key=f"globals-{form.key}-{form.method}"):
                         for param in global_params(form):
-                            _param_control(form, None, param, synced, first=True)
+                            _param_control(form, None, param, on, state, first=True)
 
             with gr.Row():
                 dtype = gr.Dropdown(DTYPE_CHOICES, value="", label="Working dtype",
@@ -105,19 +111,25 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
             export = gr.Button("Export .yml", size="sm")
             export_file = gr.File(label="Recipe file", visible=False)
 
-    synced = [state, recipe_yaml, recipe_status]
-    fields = [method, method_info, base, dtype, out_dtype, tokenizer]
-    method.change(on_method, [state, layout, method], [layout, *synced, method_info, base], **EDIT)
-    example.change(on_example, [example, layout], [recipe_yaml, layout, state, recipe_status, *fields], **EDIT)
-    recipe_yaml.blur(on_yaml, [recipe_yaml, state, layout], [layout, state, recipe_status, *fields], **EDIT)
-    base.change(_edit(set_field, "base_model"), [state, base], synced, **EDIT)
-    dtype.change(_edit(set_field, "dtype"), [state, dtype], synced, **EDIT)
-    out_dtype.change(_edit(set_field, "out_dtype"), [state, out_dtype], synced, **EDIT)
-    tokenizer.blur(_edit(set_field, "tokenizer_source"), [state, tokenizer], synced, **EDIT)
+    shown = dict(recipe_yaml=recipe_yaml, layout=layout, state=state, recipe_status=recipe_status, method=method,
+                 method_info=method_info, base=base, dtype=dtype, out_dtype=out_dtype, tokenizer=tokenizer)
+
+    def on(event, handler, inputs: list, *names: str) -> None:
+        """Wire `event` to a handler returning FormView; the event shows (outputs) the fields `names`."""
+        wired, outputs = keyed(handler, FormView, **{name: shown[name] for name in names})
+        event(wired, inputs, outputs, **EDIT)
+
+    on(method.change, on_method, [state, layout, method], "layout", *SYNCED, "method_info", "base")
+    on(example.change, on_example, [example, layout], *FormView._fields)
+    on(recipe_yaml.blur, on_yaml, [recipe_yaml, state, layout], *FormView._fields[1:])
+    on(base.change, _edit(set_field, "base_model"), [state, base], *SYNCED)
+    on(dtype.change, _edit(set_field, "dtype"), [state, dtype], *SYNCED)
+    on(out_dtype.change, _edit(set_field, "out_dtype"), [state, out_dtype], *SYNCED)
+    on(tokenizer.blur, _edit(set_field, "tokenizer_source"), [state, tokenizer], *SYNCED)
     export.click(export_recipe, [recipe_yaml, ws], export_file, api_visibility="private")
     app.load(refresh_models, [ws, layout], [choices, layout, base], api_visibility="private")
     one_edit_at_a_time(app)
-    return FormControls(state, layout, choices, base, recipe_yaml, [recipe_yaml, layout, state, recipe_status, *fields])
+    return FormControls(state, layout, choices, base, recipe_yaml, [shown[name] for name in FormView._fields])
 
 
 def one_edit_at_a_time(app: gr.Blocks) -> None:
@@ -157,35 +169,42 @@ def refresh_models(workspace: Workspace, layout: int, request: gr.Request | None
     return choices, layout + 1, gr.Dropdown(choices=choices)
 
 
-def on_method(form: FormState, layout: int, method: str):
+# What a form event shows, field by field (ui.common.keyed); a field left out keeps what the page shows.
+# layout: bumped, the rows are redrawn; state: the FormState.
+FormView = namedtuple("FormView", "recipe_yaml layout state recipe_status method method_info base dtype out_dtype "
+                      "tokenizer", defaults=(SKIP,) * 10)
+
+
+def on_method(form: FormState, layout: int, method: str) -> FormView:
     if method == form.method:
-        return (gr.skip(),) * 6
+        return FormView()
     new = change_method(form, method)
-    return layout + 1, new, form_to_yaml(new), form_status(new), method_markdown(method), _base_update(new)
+    return FormView(form_to_yaml(new), layout + 1, new, form_status(new), method_info=method_markdown(method),
+                    base=_base_update(new))
 
 
-def on_yaml(text: str, form: FormState, layout: int):
+def on_yaml(text: str, form: FormState, layout: int) -> FormView:
     """The YAML box lost focus: make the form follow it, or say why it cannot."""
     try:
         new = yaml_to_form(text)
     except RecipeError as error:
-        return gr.skip(), gr.skip(), f"✗ {error}", *(gr.skip(),) * 6
+        return FormView(recipe_status=f"✗ {error}")
     if new == form:
-        return gr.skip(), gr.skip(), form_status(form), *(gr.skip(),) * 6
-    return layout + 1, new, form_status(new), *_fields(new)
+        return FormView(recipe_status=form_status(form))
+    return show_form(new, layout)._replace(recipe_yaml=SKIP)  # the box keeps the text as typed
 
 
-def on_example(name: str | None, layout: int):
+def on_example(name: str | None, layout: int) -> FormView:
     """Load an example recipe from assets/recipes (its comments stay in the YAML box)."""
     if not name:
-        return (gr.skip(),) * 10
+        return FormView()
     text = (EXAMPLES_DIR / name).read_text(encoding="utf-8")
-    return (text, *show_form(yaml_to_form(text), layout)[1:])
+    return show_form(yaml_to_form(text), layout)._replace(recipe_yaml=text)
 
 
-def show_form(new: FormState, layout: int) -> tuple:
-    """Values for FormControls.shown: the YAML, a redraw of the rows, the state, its status and the fields."""
-    return form_to_yaml(new), layout + 1, new, form_status(new), *_fields(new)
+def show_form(new: FormState, layout: int) -> FormView:
+    """Every field of the form showing `new`: the YAML, a redraw of the rows, the state, its status and the fields."""
+    return FormView(form_to_yaml(new), layout + 1, new, form_status(new), **_fields(new))
 
 
 def export_recipe(text: str, workspace: Workspace, request: gr.Request | None = None):
@@ -222,7 +241,7 @@ def example_names() -> list[str]:
     return sorted(p.name for p in EXAMPLES_DIR.glob("*.yml"))
 
 
-def _param_control(form: FormState, key: int | None, param, synced: list, *, first: bool) -> None:
+def _param_control(form: FormState, key: int | None, param, on, state: gr.State, *, first: bool) -> None:
     """A checkbox, a slider, or — for a gradient or filter list — a text box, keyed for redraws."""
     value = shown_value(form, key, param)
     options = {"label": param.name, "info": param.help if first else None, "min_width": 180, "interactive": True,
@@ -230,40 +249,40 @@ def _param_control(form: FormState, key: int | None, param, synced: list, *, fir
     handler = _edit(set_param, key, param.name)
     if isinstance(value, bool):
         box = gr.Checkbox(value, **options)
-        box.change(handler, [synced[0], box], synced, **EDIT)
+        on(box.change, handler, [state, box], *SYNCED)
     elif is_number(value):
         low, high = slider_range(param, value)
         slider = gr.Slider(low, high, value=value, step=0.01, **options)
-        slider.release(handler, [synced[0], slider], synced, **EDIT)
+        on(slider.release, handler, [state, slider], *SYNCED)
     else:
         text = gr.Textbox(setting_text(value), **dict(options, label=f"{param.name} (per layer / filter)"))
-        text.blur(handler, [synced[0], text], synced, **EDIT)
+        on(text.blur, handler, [state, text], *SYNCED)
 
 
 def _edit(change, *args):
     """A handler for one control: apply change(form, *args, value), refresh the YAML box and status."""
-    def handler(form: FormState, value):
+    def handler(form: FormState, value) -> FormView:
         try:
             new = change(form, *args, value)
         except RecipeError as error:
-            return gr.skip(), gr.skip(), f"✗ {error}"
+            return FormView(recipe_status=f"✗ {error}")
         if new == form:
-            return gr.skip(), gr.skip(), gr.skip()
-        return new, form_to_yaml(new), form_status(new)
+            return FormView()
+        return FormView(form_to_yaml(new), state=new, recipe_status=form_status(new))
     return handler
 
 
 def _reshape(change, *args):
     """A handler for a change of rows: like _edit, and redraw the rows."""
-    def handler(form: FormState, layout: int):
+    def handler(form: FormState, layout: int) -> FormView:
         new = change(form, *args)
-        return layout + 1, new, form_to_yaml(new), form_status(new)
+        return FormView(form_to_yaml(new), layout + 1, new, form_status(new))
     return handler
 
 
-def _fields(form: FormState) -> tuple:
-    return (gr.Dropdown(value=form.method, choices=METHOD_CHOICES), method_markdown(form.method), _base_update(form),
-            form.dtype, form.out_dtype, form.tokenizer_source)
+def _fields(form: FormState) -> dict:
+    return dict(method=gr.Dropdown(value=form.method, choices=METHOD_CHOICES), method_info=method_markdown(form.method),
+                base=_base_update(form), dtype=form.dtype, out_dtype=form.out_dtype, tokenizer=form.tokenizer_source)
 
 
 def _base_update(form: FormState):

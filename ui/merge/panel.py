@@ -15,7 +15,6 @@ tensor math here: the engine (core/) does the work, this file shows it.
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
 from core.monitor import MONITOR
 from core.units import human
+from ui import jobs
 from ui.common import (PRIVATE, QUEUE, device_choices, device_update, hub_token, job_label, on_space, request_workspace,
                        session_id)
 from ui.merge.form import FormControls, build_merge_form, refresh_models
@@ -46,7 +46,6 @@ STALE_SESSION_S = 6 * 3600
 LOG_LINES = 400
 SCROLL_LOG_TO_END = "() => { const box = document.querySelector('.log textarea'); " \
                     "if (box) requestAnimationFrame(() => { box.scrollTop = box.scrollHeight; }); }"
-_RUNNING: dict[str, threading.Event] = {}  # session → cancel flag of its running merge
 
 
 def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
@@ -138,7 +137,6 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
     """
     ws = request_workspace(workspace, request)
     token = hub_token(workspace, oauth_token)
-    session = session_id(request)
     lines: list[str] = []
     warnings: list[str] = []  # NaN/Inf found in the inputs (the engine merges anyway and says so)
     events = None
@@ -146,9 +144,8 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
         recipe, out = _prepare(recipe_yaml, output_name, ws)
         if ws.hosted:
             cleanup_stale_sessions(workspace, STALE_SESSION_S)
-        cancel = _RUNNING[session] = threading.Event()
         yield "Opening the models…", "", "", "", None
-        with MONITOR.job(job_label(ws, "merge", out.name)):
+        with jobs.running(session_id(request), "merge") as cancel, MONITOR.job(job_label(ws, "merge", out.name)):
             events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=seed or 0,
                                   cancel=cancel, token=token,
                                   admit=_within_cap(ws, replacing=out if overwrite else None))
@@ -170,7 +167,6 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
     finally:
         if events is not None:
             events.close()
-        _RUNNING.pop(session, None)
     shown_path = str(out.relative_to(ws.root)) if ws.hosted else str(out)
     overflows = sum(w.startswith("⚠ merged tensor") for w in warnings)  # the output check's lines (core.merge.nonfinite)
     caution = (f" **⚠ {len(warnings) - overflows} input tensor(s) hold NaN/Inf**, so the merge does too there: "
@@ -181,13 +177,7 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
            _tail(lines + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # warnings again: not scrolled away
 
 
-def stop(request: gr.Request | None = None) -> str:
-    """Ask this session's running merge to stop after its current tensor."""
-    cancel = _RUNNING.get(session_id(request))
-    if cancel is None:
-        return "Nothing is running."
-    cancel.set()
-    return "Stopping after the current tensor…"
+stop = jobs.stopper("merge", "Stopping after the current tensor…", "stop")
 
 
 def make_zip(folder: str | None, workspace: Workspace, request: gr.Request | None = None):
@@ -235,10 +225,9 @@ def serve_downloads_in_place(workspace: Workspace) -> Workspace:
 
 
 def end_session(workspace: Workspace, request: gr.Request) -> None:
-    """Hosted: a visitor closed the page: stop their merge and delete their outputs and downloads."""
+    """Hosted: a visitor closed the page: stop their jobs and delete their outputs and downloads."""
     session = session_id(request)
-    if session in _RUNNING:
-        _RUNNING[session].set()
+    jobs.stop_session(session)
     remove_session(session_workspace(workspace, session))
 
 

@@ -6,7 +6,8 @@ Upload 5–50 examples of the target task (JSONL: `{"input", "output"}` for LLMs
 "pos", "neg"}` for embedders and rerankers) and pick τ: core.cocktail.weights computes each row's
 loss and the weights softmax(−loss/τ) (LM-Cocktail's mix_models_with_data), which replace the
 rows' `weight` values; the YAML box and the sliders follow. The event is private (no API name)
-and runs in the shared "gpu" queue since it loads every model in turn. No tensor math here.
+and runs in the shared "gpu" queue since it loads every model in turn; Stop ends it before the
+next model (ui.jobs: only this visitor's). No tensor math here.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from core.app.paths import check_model_ref
 from core.app.quota import check_pairs
 from core.app.workspace import Workspace
 from core.cocktail.weights import DEFAULT_TAU, DataWeights, data_weights, read_examples
-from core.errors import MergeDeskError
+from core.errors import MergeCancelled, MergeDeskError
 from core.merge.methods import METHODS
-from ui.common import hub_token, request_workspace
-from ui.merge.form import FormControls, show_form
+from ui import jobs
+from ui.common import PRIVATE, hub_token, request_workspace, session_id
+from ui.merge.form import FormControls
 from ui.merge.recipe_form import FormState, ModelRow, set_param
 
 HELP = ("Give a few examples of the task you merge for; each model's loss on them sets its weight, "
@@ -36,15 +38,18 @@ def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.Stat
             examples = gr.File(label="Examples (JSONL)", file_types=[".jsonl", ".json"], scale=3)
             tau = gr.Number(DEFAULT_TAU, label="τ (temperature)", minimum=0.01, scale=1,
                             info=f"larger: flatter weights (LM-Cocktail: {DEFAULT_TAU:g})")
-            fill = gr.Button("Fill the weights from data", scale=1)
+            with gr.Column(scale=1, min_width=160):
+                fill = gr.Button("Fill the weights from data")
+                stop = gr.Button("Stop", variant="stop", size="sm")
         outcome = gr.Markdown()
 
     def on_fill(state: FormState, examples_file: str | None, tau_value: float, device_spec: str, layout: int,
                 workspace: Workspace, request: gr.Request, oauth_token: gr.OAuthToken | None):
         message, new = fill_weights(state, examples_file, tau_value, device_spec, workspace, request, oauth_token)
-        return message, *(show_form(new, layout) if new is not None else (gr.skip(),) * len(form.shown))
+        return {outcome: message, **form.updates(new, layout)}
 
     fill.click(on_fill, [form.state, examples, tau, device, form.layout, ws], [outcome, *form.shown], **PRIVATE_GPU)
+    stop.click(stop_weights, None, outcome, concurrency_limit=None, **PRIVATE)
 
 
 def fill_weights(state: FormState, examples_file: str | None, tau: float, device: str, workspace: Workspace,
@@ -60,14 +65,20 @@ def fill_weights(state: FormState, examples_file: str | None, tau: float, device
         examples = read_examples(examples_file)
         scored = sum(len(e.get("pos") or []) + len(e.get("neg") or []) or 1 for e in examples)  # LLM examples: 1
         check_pairs(scored * len(refs), ws, job=f"these examples ({scored:,} texts × {len(refs)} models)")
-        result = data_weights(refs, examples, tau=float(tau or DEFAULT_TAU), device=device,
-                              token=hub_token(workspace, oauth_token))
+        with jobs.running(session_id(request), "weights") as cancel:
+            result = data_weights(refs, examples, tau=float(tau or DEFAULT_TAU), device=device,
+                                  token=hub_token(workspace, oauth_token), cancel=cancel)
+    except MergeCancelled:
+        return "■ Stopped: the weights are unchanged.", None
     except MergeDeskError as error:
         return f"✗ {error}", None
     new = state
     for row, weight in zip(rows, result.weights):
         new = set_param(new, row.key, "weight", round(weight, 4))
     return weights_markdown(result, rows), new
+
+
+stop_weights = jobs.stopper("weights", "Stopping after the current model…", "stop_weights")
 
 
 def weighted_rows(state: FormState) -> list[ModelRow]:

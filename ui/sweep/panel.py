@@ -17,8 +17,8 @@ the running sweep's cancel flag, checked between two α's.
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import gradio as gr
 import gradio.utils as gr_utils
@@ -35,9 +35,10 @@ from core.errors import MergeCancelled, MergeDeskError, RerankError
 from core.merge.preview import preview
 from core.merge.recipe import to_yaml
 from core.monitor import MONITOR
-from ui.common import (PRIVATE, QUEUE, default_pair, device_choices, hub_token, job_label, model_choices,
+from ui import jobs
+from ui.common import (PRIVATE, QUEUE, SKIP, default_pair, device_choices, hub_token, job_label, keyed, model_choices,
                        request_workspace, session_id)
-from ui.merge.form import FormControls, show_form
+from ui.merge.form import FormControls
 from ui.merge.recipe_form import FormState, yaml_to_form
 from ui.sweep.plot import sweep_figure
 
@@ -46,7 +47,18 @@ METHOD_CHOICES = [(f"{name.replace('_', ' ')}: {formula}", name) for name, formu
 HELP = """Mix model **A** (α = 0, e.g. the base) with model **B** (α = 1, e.g. your fine-tune) at each α and
 measure every mix on labelled sets — in-domain and general — to see what α costs and buys. Click a point (or
 pick the α below the table and **Use this α**) to put that merge into the Merge tab."""
-_RUNNING: dict[str, threading.Event] = {}  # session → cancel flag of its running sweep
+
+
+class SweepView(NamedTuple):
+    """What run_sweep shows after each step; a field left out keeps what the page shows."""
+
+    status: str
+    plot: object = SKIP  # the figure (sweep_figure)
+    table: object = SKIP  # metrics_table's frame
+    pick: object = SKIP  # the α picker's update
+    last: object = SKIP  # SweepResult.to_dict(), for "Use this α"
+
+
 # gr.Plot has no click event: once plotly has drawn the figure, its plotly_click writes "α@time" into
 # the hidden #sweep-clicked box and dispatches "input", which gradio turns into the box's change event
 # (the time makes a second click on the same point a change too).
@@ -97,13 +109,14 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
         use = gr.Button("Use this α in the Merge tab", scale=0)
     used = gr.Markdown()
 
-    run.click(run_sweep, [model_a, model_b, method, device, demo, uploads, alphas, ws],
-              [status, plot, table, pick, last], concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
+    handler, outputs = keyed(run_sweep, SweepView, status=status, plot=plot, table=table, pick=pick, last=last)
+    run.click(handler, [model_a, model_b, method, device, demo, uploads, alphas, ws], outputs,
+              concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
     stop.click(stop_sweep, None, status, concurrency_limit=None, **PRIVATE)
 
     def on_use(result: dict | None, alpha: float | None, layout: int):
         message, new = use_alpha(result, alpha)
-        return message, *(show_form(new, layout) if new is not None else (gr.skip(),) * len(form.shown))
+        return {used: message, **form.updates(new, layout)}
 
     use.click(on_use, [last, pick, form.layout], [used, *form.shown], **PRIVATE)
     plot.change(None, js=CLICK_JS, **PRIVATE)
@@ -114,9 +127,8 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
 def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[str], uploads: list[str] | None,
               alphas_text: str, workspace: Workspace, request: gr.Request | None = None,
               oauth_token: gr.OAuthToken | None = None):
-    """Yield (status, figure, table, α picker, result dict) after each α; one gr.Error line on bad input."""
+    """Yield a SweepView after each α; one gr.Error line on bad input."""
     ws = request_workspace(workspace, request)
-    session = session_id(request)
     try:
         refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
         sets = read_sets(set_files(demo, uploads, ws))
@@ -129,11 +141,11 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
             check_quota(ws, scratch.plan.bytes_written, job="the sweep's scratch merge")
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
-    cancel = _RUNNING[session] = threading.Event()
     points, mode, result = [], "", None
-    yield f"Merging A and B at α = {alphas[0]:g}…", None, None, gr.Dropdown(choices=[], value=None), None
+    yield SweepView(f"Merging A and B at α = {alphas[0]:g}…", None, None, gr.Dropdown(choices=[], value=None), None)
     try:
-        with MONITOR.job(job_label(ws, "sweep", f"{Path(refs[0]).name} → {Path(refs[1]).name}")):
+        with (jobs.running(session_id(request), "sweep") as cancel,
+              MONITOR.job(job_label(ws, "sweep", f"{Path(refs[0]).name} → {Path(refs[1]).name}"))):
             for point, mode in sweep_points(*refs, sets, alphas=alphas, method=method, device=device, cancel=cancel,
                                             scratch=ws.outputs_dir if ws.hosted else None,
                                             token=hub_token(workspace, oauth_token)):
@@ -142,25 +154,17 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
                     done = alphas[:len(points) // len(sets)]
                     result = SweepResult(*refs, method, mode, done, list(sets), points)
                     following = f" · merging at α = {alphas[len(done)]:g}…" if len(done) < len(alphas) else ""
-                    yield (f"{len(done)}/{len(alphas)} α's measured (merges made in {mode}){following}",
-                           sweep_figure(result), metrics_table(result), _picker(result), result.to_dict())
+                    yield SweepView(f"{len(done)}/{len(alphas)} α's measured (merges made in {mode}){following}",
+                                    sweep_figure(result), metrics_table(result), _picker(result), result.to_dict())
     except MergeCancelled:
-        yield "**■ Stopped.** The α's measured so far are shown.", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        yield SweepView("**■ Stopped.** The α's measured so far are shown.")
         return
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
-    finally:
-        _RUNNING.pop(session, None)
-    yield f"**✓ Swept** {len(alphas)} α's on {len(sets)} set(s), merges made in {mode}.", *(gr.skip(),) * 4
+    yield SweepView(f"**✓ Swept** {len(alphas)} α's on {len(sets)} set(s), merges made in {mode}.")
 
 
-def stop_sweep(request: gr.Request | None = None) -> str:
-    """Ask this session's running sweep to stop before its next α."""
-    cancel = _RUNNING.get(session_id(request))
-    if cancel is None:
-        return "Nothing is running."
-    cancel.set()
-    return "Stopping after the current α…"
+stop_sweep = jobs.stopper("sweep", "Stopping after the current α…", "stop_sweep")
 
 
 def use_alpha(result: dict | None, alpha: float | None) -> tuple[str, FormState | None]:
