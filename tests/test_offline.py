@@ -7,6 +7,7 @@ patched), whatever the machine's real network; huggingface_hub's backoff sleeps 
 import logging
 import shutil
 import socket
+import threading
 import types
 
 import huggingface_hub.constants
@@ -122,6 +123,21 @@ def test_the_probe_says_yes_to_a_listening_port_and_why_not_to_a_closed_one():
         port = server.getsockname()[1]
         assert hub._probe("127.0.0.1", port) is None
     assert "refused" in hub._probe("127.0.0.1", port).lower()
+
+
+def test_a_probe_that_hangs_in_the_resolver_gives_up_at_the_timeout(monkeypatch):
+    release = threading.Event()
+
+    def stuck(*args, **kwargs):  # a DNS lookup that hangs until the test ends
+        release.wait(30)
+        raise OSError("the lookup ended after the probe gave up")
+
+    monkeypatch.setattr(hub, "PROBE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(socket, "create_connection", stuck)
+    try:
+        assert hub._probe("huggingface.co", 443) == "no answer within 0.05 s"
+    finally:
+        release.set()
 
 
 def test_the_probe_goes_to_the_proxy_the_environment_names(monkeypatch):
