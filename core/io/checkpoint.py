@@ -12,7 +12,8 @@ merge touches are paged in and they stay page cache (file-backed), not process m
 code in a pickle is refused, never executed. Every file a checkpoint's own index names must
 lie inside its folder (`own_file`): a downloaded repo whose weight_map says `../../secret`
 or `/etc/x` is refused, in every mode. Hub ids are fetched with huggingface_hub; when the
-Hub cannot be reached the error says so in one line.
+Hub cannot be reached (core.io.hub: probed once, no retries) a cached repo still opens for this
+machine's user, and anything else fails at once with one line that says so.
 """
 from __future__ import annotations
 
@@ -226,21 +227,31 @@ def _download(repo_id: str, token: str | bool | None) -> Path:
     from huggingface_hub import auth_check, list_repo_files, snapshot_download
     from huggingface_hub.errors import OfflineModeIsEnabled
 
+    from core.io.hub import HubUnreachable, guard_hub_requests
+
+    guard_hub_requests()
+    cut_off = None  # the HubUnreachable that sent us to the cache, if any
     try:
         try:
             if token is not None:
                 auth_check(repo_id, token=token)
             names = list_repo_files(repo_id, token=token)
             weights = ["*.safetensors"] if any(n.endswith(".safetensors") for n in names) else ["*.bin"]
-        except OfflineModeIsEnabled:  # HF_HUB_OFFLINE=1: use whatever the local cache holds
+        except OfflineModeIsEnabled as offline:  # HF_HUB_OFFLINE=1 or no answer: use what the local cache holds
+            cut_off = offline if isinstance(offline, HubUnreachable) else None
             if token is not None:
-                raise CheckpointError(f"cannot get {repo_id!r}: this app is offline, so it cannot check that you "
-                                      "may read it; use a model under models/ or one of your merges") from None
+                raise CheckpointError(f"cannot get {repo_id!r}: {cut_off or 'this app is offline'}, so it cannot "
+                                      "check that you may read it; use a model under models/ or one of your merges"
+                                      ) from None
             weights = ["*.safetensors", "*.bin"]
         return Path(snapshot_download(repo_id, allow_patterns=weights + SIDE_FILES, token=token))
     except CheckpointError:
         raise
     except Exception as error:  # noqa: BLE001 - network, auth, missing repo: all end the same way
+        if cut_off is not None:
+            raise CheckpointError(f"cannot get {repo_id!r}: {cut_off} and it is not in the local cache; give a "
+                                  "local folder (python -m core demo builds some under models/demo/) or go online; "
+                                  "HF_HUB_OFFLINE=1 uses the cache only, without trying the Hub") from None
         reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(f"cannot get {repo_id!r} from the Hugging Face Hub ({reason}); check the id "
                               "and your network, or give a local folder") from None

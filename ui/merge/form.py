@@ -237,8 +237,12 @@ def method_markdown(method: str) -> str:
     return f"[{spec.label}]({spec.paper}) takes {needs_text(method)}."
 
 
-def example_names() -> list[str]:
-    return sorted(p.name for p in EXAMPLES_DIR.glob("*.yml"))
+def example_names() -> list[tuple[str, str]]:
+    """(label, file name) per example recipe, offline ones first: an `# offline:` comment line marks those that
+    run on the demo models; the others need the Hugging Face Hub."""
+    offline = {p.name: "\n# offline:" in p.read_text(encoding="utf-8") for p in EXAMPLES_DIR.glob("*.yml")}
+    return [(f"{name} · {'offline, demo models' if local else 'needs the Hub'}", name)
+            for name, local in sorted(offline.items(), key=lambda item: (not item[1], item[0]))]
 
 
 def _param_control(form: FormState, key: int | None, param, on, state: gr.State, *, first: bool) -> None:
