@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.app.quota import folder_bytes
 from core.errors import OutputError
+from core.io.hub import guard_hub_requests
 from core.units import human
 
 
@@ -29,6 +30,8 @@ def push_folder(folder: Path, repo_id: str, *, private: bool, token: str | bool 
     token: a token string, None for the locally saved login, False for none at all.
     """
     from huggingface_hub import create_repo, upload_folder
+
+    guard_hub_requests()  # offline: one quick probe and one line, not five retries
 
     name = str(repo_id or "").strip()
     if not re.match(r"^([A-Za-z0-9][\w.-]*/)?[\w.-]+$", name):
