@@ -226,7 +226,7 @@ def merged_in_memory(recipes: list[MergeRecipe], scoring: Scoring, cancel: threa
         yield from merged_on_disk(recipes, scoring, cancel, scratch=scratch)
         return
     for recipe in recipes:
-        _stop_if_cancelled(cancel)
+        MergeCancelled.check(cancel, "sweep stopped")
         for _ in merge_into(recipe, weights, cancel=cancel, token=scoring.token):
             pass
         yield reranker, "memory"
@@ -251,7 +251,7 @@ def merged_on_disk(recipes: list[MergeRecipe], scoring: Scoring, cancel: threadi
     scratch = Path(tempfile.mkdtemp(prefix=".mergedesk-sweep-", dir=scratch))
     try:
         for step, recipe in enumerate(recipes):
-            _stop_if_cancelled(cancel)
+            MergeCancelled.check(cancel, "sweep stopped")
             folder = merge(recipe, scratch / f"merge-{step}", device=scoring.device, cancel=cancel,
                            token=scoring.token)
             reranker = load_reranker(str(folder), device=scoring.device, dtype=scoring.dtype,
@@ -262,10 +262,6 @@ def merged_on_disk(recipes: list[MergeRecipe], scoring: Scoring, cancel: threadi
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-
-def _stop_if_cancelled(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise MergeCancelled("sweep stopped")
 
 
 def read_sets(files: list[tuple[str | None, str | Path]], *, pool: bool = False) -> dict[str, list[QueryItem]]:

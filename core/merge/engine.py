@@ -61,6 +61,7 @@ class Progress:
         return (self.bytes_total - self.bytes_done) / rate if rate else float("inf")
 
 
+STOPPED = "merge stopped: no output was written"  # what a Stop between tensors raises
 MAX_SEED = 2**63 - 1  # torch.Generator's range is 64 bits; mergekit's numpy seeding allows far less
 
 
@@ -148,7 +149,7 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
     started = time.perf_counter()
     done = 0
     for step, job in enumerate(plan.jobs, 1):
-        _stop_if_cancelled(cancel)
+        MergeCancelled.check(cancel, STOPPED)
         target = devices[(step - 1) % len(devices)]
         findings = NonFinite(refuse_nonfinite)
         for chunk in tensor_chunks(recipe, job, inputs, target, seed, cancel, findings):
@@ -158,7 +159,7 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
         done += job.nbytes
         yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
                        time.perf_counter() - started, str(target), findings.messages())
-    _stop_if_cancelled(cancel)
+    MergeCancelled.check(cancel, STOPPED)
 
 
 def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
@@ -195,7 +196,7 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
         nonlocal passes
         passes += 1
         for piece in job.row_slices():
-            _stop_if_cancelled(cancel)
+            MergeCancelled.check(cancel, STOPPED)
             first = rows[0].read(job.name, device=device, dtype=working, rows=piece)
             stack = torch.empty((len(rows), *first.shape), dtype=torch.float32, device=device)  # (n, *block)
             stack[0].copy_(first)
@@ -234,7 +235,7 @@ def _weighted_sum(job: TensorJob, inputs: list[Checkpoint], coefficients: list[f
     counted when it fails.
     """
     for piece in job.row_slices():
-        _stop_if_cancelled(cancel)
+        MergeCancelled.check(cancel, STOPPED)
         merged = None
         for checkpoint, coefficient in zip(inputs, coefficients):
             block = _read_summable(checkpoint, job.name, device, working, piece)
@@ -257,7 +258,3 @@ def _read_summable(checkpoint: Checkpoint, name: str, device: torch.device, work
     block = checkpoint.read(name, device=device, dtype=working, rows=piece)
     return block.to(torch.float32) if block.dtype.itemsize == 1 else block
 
-
-def _stop_if_cancelled(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise MergeCancelled("merge stopped: no output was written")

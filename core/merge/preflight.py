@@ -5,8 +5,9 @@ reads before a merge creates anything (the engine, `python -m core plan` and the
 all go through it), so a merge that cannot fit is refused up front with how much it needs and
 how much there is, instead of dying halfway on a full disk or an out-of-memory kill.
 
-    resources = check_resources(plan, "out/merged", devices_for("cpu"))   # or a ResourceError
-    resources.disk_free, resources.memory_free   # bytes, as measured
+    found = measure_resources(plan, "out/merged", devices_for("cpu"))
+    found.disk_free, found.memory_free           # bytes, as measured
+    shortage(found)                               # None, or the one line a ResourceError carries
 
 Disk: the output's bytes plus 16 MB for side files, against the free space of the nearest
 existing folder on the output's path. Memory: the plan's peak working set (largest tensor ×
@@ -22,7 +23,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from core.errors import OutputError, ResourceError
+from core.errors import OutputError
 from core.merge.plan import MergePlan
 from core.units import human
 
@@ -84,12 +85,4 @@ def shortage(found: Resources) -> str | None:
                 f"{found.memory_of} has {human(found.memory_free)} available; close other programs, "
                 "merge fewer models at once or choose a device with more memory")
     return None
-
-
-def check_resources(plan: MergePlan, out_dir: str | Path, devices: list[torch.device]) -> Resources:
-    """Measure, and raise ResourceError naming needed vs available if disk or memory is short."""
-    found = measure_resources(plan, out_dir, devices)
-    if problem := shortage(found):
-        raise ResourceError(problem)
-    return found
 

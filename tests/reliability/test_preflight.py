@@ -88,6 +88,7 @@ def test_enough_resources_pass_and_report_what_was_measured(models, tmp_path):
     recipe = recipe_from_dict(linear_recipe(models, [1, 1]))
     checkpoints = open_inputs(recipe)
     plan = plan_for(recipe, checkpoints)
-    found = preflight.check_resources(plan, tmp_path / "x" / "y", [torch.device("cpu")])
+    found = preflight.measure_resources(plan, tmp_path / "x" / "y", [torch.device("cpu")])
+    assert preflight.shortage(found) is None
     assert found.disk_at == tmp_path and found.disk_needed == output_bytes(models[0])
     assert found.memory_needed == plan.peak_bytes and found.memory_of == "RAM" and found.memory_free > 0

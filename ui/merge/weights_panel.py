@@ -20,14 +20,13 @@ from core.cocktail.weights import DEFAULT_TAU, DataWeights, data_weights, read_e
 from core.errors import MergeCancelled, MergeDeskError
 from core.merge.methods import METHODS
 from ui import jobs
-from ui.common import PRIVATE, hub_token, request_workspace, session_id
+from ui.common import PRIVATE, QUEUE, hub_token, request_workspace, session_id
 from ui.merge.form import FormControls
 from ui.merge.recipe_form import FormState, ModelRow, set_param
 
 HELP = ("Give a few examples of the task you merge for; each model's loss on them sets its weight, "
         "softmax(−loss / τ), as LM-Cocktail does. Examples (JSONL): `{\"input\": …, \"output\": …}` for LLMs, "
         "`{\"query\": …, \"pos\": […], \"neg\": […]}` for embedders and rerankers.")
-PRIVATE_GPU = {"api_visibility": "private", "concurrency_id": "gpu", "concurrency_limit": 1}
 
 
 def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.State) -> None:
@@ -48,7 +47,8 @@ def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.Stat
         message, new = fill_weights(state, examples_file, tau_value, device_spec, workspace, request, oauth_token)
         return {outcome: message, **form.updates(new, layout)}
 
-    fill.click(on_fill, [form.state, examples, tau, device, form.layout, ws], [outcome, *form.shown], **PRIVATE_GPU)
+    fill.click(on_fill, [form.state, examples, tau, device, form.layout, ws], [outcome, *form.shown],
+               concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
     stop.click(stop_weights, None, outcome, concurrency_limit=None, **PRIVATE)
 
 
