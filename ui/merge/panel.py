@@ -29,7 +29,7 @@ from core.app.quota import check_quota, folder_bytes
 from core.app.sessions import cleanup_stale_sessions, remove_session, session_workspace
 from core.app.workspace import Workspace, output_folder
 from core.devices import devices_for
-from core.errors import MergeCancelled, MergeDeskError
+from core.errors import MergeCancelled, MergeDeskError, OutputExists
 from core.merge.engine import Progress, merge_events
 from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
@@ -41,6 +41,7 @@ from ui.common import (PRIVATE, QUEUE, device_choices, device_update, hub_token,
 from ui.merge.form import FormControls, build_merge_form, refresh_models
 from ui.merge.weights_panel import build_weights_from_data
 
+REPLACE_HINT = "tick Replace under More options"  # how this page replaces an existing output (core: OutputExists)
 ZIP_LIMIT = 2 * 1000**3  # bytes: larger outputs are pushed to the Hub or copied, not downloaded
 STALE_SESSION_S = 6 * 3600
 LOG_LINES = 400
@@ -162,8 +163,9 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
         yield "**■ Stopped.** The partial output was removed.", _tail(lines + ["stopped"]), "", "", None
         return
     except MergeDeskError as error:
-        yield f"**✗ Merge failed:** {error}", _tail(lines), "", "", None
-        raise gr.Error(str(error), print_exception=False) from None
+        message = error.replace_hint(REPLACE_HINT) if isinstance(error, OutputExists) else str(error)
+        yield f"**✗ Merge failed:** {message}", _tail(lines), "", "", None
+        raise gr.Error(message, print_exception=False) from None
     finally:
         if events is not None:
             events.close()
@@ -248,7 +250,7 @@ def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[
             ("Working memory", memory), ("Free disk", human(found.resources.disk_free))]
     warnings = []
     if out.exists():
-        warnings.append(f"`{out.name}` already exists: pick another name or tick *Replace* under More options.")
+        warnings.append(f"`{out.name}` already exists: pick another name or {REPLACE_HINT}.")
     if found.problem is not None:
         warnings.append(found.problem)
     if ws.max_output_bytes is not None:
