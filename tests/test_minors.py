@@ -7,7 +7,9 @@ import pytest
 
 from core.app.workspace import Workspace
 from core.cli.main import main
-from ui.merge.panel import merge
+from core.merge.recipe import recipe_from_dict
+from core.merge.warnings import recipe_warnings
+from ui.merge.panel import merge, plan
 
 WEIGHTS = (0.2, 0.3, 0.5)
 
@@ -45,3 +47,42 @@ def test_the_app_says_tick_replace_for_an_existing_output(tmp_path, llama_family
     message = str(raised.value.message if hasattr(raised.value, "message") else raised.value)
     assert "already exists" in message and "tick Replace under More options" in message
     assert "--overwrite" not in message and "--overwrite" not in updates[-1][0]
+
+
+# ---- 2. all-zero weights with normalize off: a warning everywhere, the merge still runs -----------
+
+ZERO = "every weight is 0 and normalize is off: the merged model will be all zeros"
+
+
+def test_all_zero_weights_warn_in_check_and_in_the_merge_status(tmp_path, llama_family):
+    ws = _workspace(tmp_path)
+    text = _linear_yaml(llama_family, weights=(0, 0.0, 0), normalize=False)
+    checked = plan(text, "zeros", "cpu", ws)
+    assert checked.startswith("**⚠ Check the warnings below.**") and f"- ⚠ {ZERO}" in checked
+    status, log, *_ = list(merge(text, "zeros", "cpu", False, 0, ws))[-1]
+    assert status.startswith("**✓ Merged**") and ZERO in status and ZERO in log
+    assert ZERO not in plan(_linear_yaml(llama_family, weights=(0, 0.1, 0), normalize=False), "other", "cpu", ws)
+
+
+def test_all_zero_weights_print_one_warning_line_in_cli_plan_and_merge(tmp_path, llama_family, capsys):
+    recipe = tmp_path / "zeros.yml"
+    recipe.write_text(_linear_yaml(llama_family, weights=(0, 0, [0, 0]), normalize=False))
+    assert main(["plan", str(recipe), "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"warning: {ZERO}; give a model a weight"]
+    assert main(["merge", str(recipe), str(tmp_path / "out"), "--quiet"]) == 0
+    assert capsys.readouterr().err.splitlines() == [f"warning: {ZERO}; give a model a weight"]
+
+
+@pytest.mark.parametrize("recipe, expected", [
+    ({"merge_method": "linear", "parameters": {"normalize": False},
+      "models": [{"model": "a", "parameters": {"weight": 0}}, {"model": "b", "parameters": {"weight": 0.5}}]}, []),
+    ({"merge_method": "linear", "parameters": {"normalize": False, "weight": [{"filter": "mlp", "value": 0}, {"value": 0}]},
+      "models": ["a", "b"]}, [ZERO]),
+    ({"merge_method": "task_arithmetic", "base_model": "base",
+      "models": [{"model": "a", "parameters": {"weight": 0}}]}, ["every weight is 0: the merge will be a copy of the base"]),
+    ({"merge_method": "nuslerp", "models": [{"model": "a", "parameters": {"weight": 0}},
+                                            {"model": "b", "parameters": {"weight": 0}}]}, []),  # t = 0.5 then
+])
+def test_recipe_warnings_read_every_value_written_for_the_weights(recipe, expected):
+    found = recipe_warnings(recipe_from_dict(recipe))
+    assert len(found) == len(expected) and all(line.startswith(start) for line, start in zip(found, expected))

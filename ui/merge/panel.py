@@ -33,6 +33,7 @@ from core.errors import MergeCancelled, MergeDeskError, OutputExists
 from core.merge.engine import Progress, merge_events
 from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
+from core.merge.warnings import recipe_warnings
 from core.monitor import MONITOR
 from core.units import human
 from ui import jobs
@@ -140,12 +141,15 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
     token = hub_token(workspace, oauth_token)
     lines: list[str] = []
     warnings: list[str] = []  # NaN/Inf found in the inputs (the engine merges anyway and says so)
+    cautions: list[str] = []  # core.merge.warnings on the recipe (all-zero weights…)
     events = None
     try:
         recipe, out = _prepare(recipe_yaml, output_name, ws)
+        cautions = [f"⚠ {line}" for line in recipe_warnings(recipe)]  # the recipe's own: it merges anyway
+        lines += cautions
         if ws.hosted:
             cleanup_stale_sessions(workspace, STALE_SESSION_S)
-        yield "Opening the models…", "", "", "", None
+        yield "Opening the models…", _tail(lines), "", "", None
         with jobs.running(session_id(request), "merge") as cancel, MONITOR.job(job_label(ws, "merge", out.name)):
             events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=seed or 0,
                                   cancel=cancel, token=token,
@@ -171,12 +175,13 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
             events.close()
     shown_path = str(out.relative_to(ws.root)) if ws.hosted else str(out)
     overflows = sum(w.startswith("⚠ merged tensor") for w in warnings)  # the output check's lines (core.merge.nonfinite)
-    caution = (f" **⚠ {len(warnings) - overflows} input tensor(s) hold NaN/Inf**, so the merge does too there: "
-               "see the log." if len(warnings) > overflows else "")
+    caution = "".join(f" **{line}**." for line in cautions)
+    caution += (f" **⚠ {len(warnings) - overflows} input tensor(s) hold NaN/Inf**, so the merge does too there: "
+                "see the log." if len(warnings) > overflows else "")
     caution += (f" **⚠ {overflows} merged tensor(s) overflow to NaN/Inf** in the output dtype: see the log."
                 if overflows else "")
-    yield (f"**✓ Merged** {len(lines) - len(warnings)} tensors into `{shown_path}`.{caution}",
-           _tail(lines + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # warnings again: not scrolled away
+    yield (f"**✓ Merged** {len(lines) - len(warnings) - len(cautions)} tensors into `{shown_path}`.{caution}",
+           _tail(lines + cautions + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # again: not scrolled away
 
 
 stop = jobs.stopper("merge", "Stopping after the current tensor…", "stop")
@@ -248,7 +253,7 @@ def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[
             ("Reads", human(merge_plan.bytes_read)),
             ("Writes", f"{human(merge_plan.bytes_written)} in {len(merge_plan.shards)} file(s) → `{out.name}`"),
             ("Working memory", memory), ("Free disk", human(found.resources.disk_free))]
-    warnings = []
+    warnings = recipe_warnings(recipe)
     if out.exists():
         warnings.append(f"`{out.name}` already exists: pick another name or {REPLACE_HINT}.")
     if found.problem is not None:
