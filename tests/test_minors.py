@@ -7,9 +7,12 @@ import pytest
 
 from core.app.workspace import Workspace
 from core.cli.main import main
+from core.merge.methods import METHODS
 from core.merge.recipe import recipe_from_dict
 from core.merge.warnings import recipe_warnings
+from ui.merge.form import form_status, on_method
 from ui.merge.panel import merge, plan
+from ui.merge.recipe_form import add_row, change_method, form_to_yaml, new_form, set_field, trimmed_note
 
 WEIGHTS = (0.2, 0.3, 0.5)
 
@@ -86,3 +89,28 @@ def test_all_zero_weights_print_one_warning_line_in_cli_plan_and_merge(tmp_path,
 def test_recipe_warnings_read_every_value_written_for_the_weights(recipe, expected):
     found = recipe_warnings(recipe_from_dict(recipe))
     assert len(found) == len(expected) and all(line.startswith(start) for line, start in zip(found, expected))
+
+
+# ---- 3. switching to a method that takes fewer models trims the rows, and says so -------------
+
+def test_switching_to_slerp_keeps_the_first_rows_and_says_which_went():
+    form = new_form("linear", models=("a", "b", "c"))
+    view = on_method(form, 0, "slerp")
+    assert [row.model for row in view.state.rows] == ["a"]
+    assert view.recipe_status.startswith("⚠ slerp takes a base model + exactly 1 other model: kept the first, "
+                                         "removed model 2 (b), model 3 (c).")
+    assert "- model: b" not in view.recipe_yaml
+    based = set_field(form, "base_model", "a")  # a row that is the base is not counted, and stays
+    assert [row.model for row in change_method(based, "slerp").rows] == ["a", "b"]
+    assert trimmed_note(form, change_method(form, "ties")) == ""  # no maximum: nothing goes
+
+
+def test_the_form_the_recipe_error_and_check_count_the_models_alike(tmp_path, llama_family):
+    base, *others = [str(path) for path in llama_family]
+    form = set_field(new_form("slerp", models=tuple(others[:1])), "base_model", base)
+    form = add_row(form, others[1])  # one model too many, besides the base
+    status = form_status(form)
+    assert status.endswith("the recipe lists 2 models besides the base_model") and METHODS["slerp"].needs() in status
+    checked = plan(form_to_yaml(set_field(change_method(form, "slerp"), "base_model", base)), "m", "cpu",
+                   _workspace(tmp_path))
+    assert "| Method | SLERP (spherical interpolation) over 1 model besides the base_model |" in checked

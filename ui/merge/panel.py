@@ -248,7 +248,7 @@ def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[
     merged = sum(job.merged for job in merge_plan.jobs)
     memory = f"≈ {human(merge_plan.peak_bytes)} on {', '.join(devices)} · RAM {human(free['RAM'])} available"
     memory += "".join(f" · {spec} {human(free[spec])} free" for spec in devices if spec in free)
-    rows = [("Method", f"{recipe.method.label} over {len(recipe.inputs())} models"),
+    rows = [("Method", f"{recipe.method.label} over {recipe.counted()}"),
             ("Tensors", f"{len(merge_plan.jobs)} ({merged} merged, {len(merge_plan.jobs) - merged} copied)"),
             ("Reads", human(merge_plan.bytes_read)),
             ("Writes", f"{human(merge_plan.bytes_written)} in {len(merge_plan.shards)} file(s) → `{out.name}`"),
