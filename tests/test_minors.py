@@ -1,5 +1,6 @@
 """Issue 17's minor fixes, each with a test that failed before it: wording per front end, warnings, counts,
 ticks, the YAML box, the model card, push without a token, inspect, quiet CLI loading."""
+import math
 from pathlib import Path
 
 import gradio as gr
@@ -7,12 +8,14 @@ import pytest
 
 from core.app.workspace import Workspace
 from core.cli.main import main
+from core.cocktail.sweep import SweepPoint, SweepResult
 from core.merge.methods import METHODS
 from core.merge.recipe import recipe_from_dict
 from core.merge.warnings import recipe_warnings
 from ui.merge.form import form_status, on_method
 from ui.merge.panel import merge, plan
 from ui.merge.recipe_form import add_row, change_method, form_to_yaml, new_form, set_field, trimmed_note
+from ui.sweep.plot import sweep_figure
 
 WEIGHTS = (0.2, 0.3, 0.5)
 
@@ -114,3 +117,25 @@ def test_the_form_the_recipe_error_and_check_count_the_models_alike(tmp_path, ll
     checked = plan(form_to_yaml(set_field(change_method(form, "slerp"), "base_model", base)), "m", "cpu",
                    _workspace(tmp_path))
     assert "| Method | SLERP (spherical interpolation) over 1 model besides the base_model |" in checked
+
+
+# ---- 4. the Sweep's y axis: no two ticks with the same text ----------------------------------
+
+def _tick_labels(axis) -> list[str]:
+    """The labels plotly draws: multiples of dtick (from tick0) inside the range, in the axis's d3 ".Nf" format."""
+    low, high = axis.range
+    decimals = int(axis.tickformat.removeprefix(".").removesuffix("f"))
+    first = math.ceil((low - axis.tick0) / axis.dtick - 1e-9)
+    ticks = [axis.tick0 + k * axis.dtick for k in range(first, first + 1000) if axis.tick0 + k * axis.dtick <= high]
+    return [f"{tick:.{decimals}f}" for tick in ticks]
+
+
+@pytest.mark.parametrize("low, high", [(0.501, 0.503), (0.0, 1.0), (0.7, 0.7), (0.12, 0.98)])
+def test_sweep_ticks_never_repeat_a_label(low, high):
+    values = {0.0: low, 0.5: (low + high) / 2, 1.0: high}
+    points = [SweepPoint(alpha, "cooking", {"nDCG@10": value, "MRR@10": value}) for alpha, value in values.items()]
+    figure = sweep_figure(SweepResult("a", "b", "linear", "memory", list(values), ["cooking"], points))
+    for axis in (figure.layout.yaxis, figure.layout.yaxis2):
+        labels = _tick_labels(axis)
+        assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+        assert axis.range[0] <= low and high <= axis.range[1]
