@@ -12,7 +12,7 @@ from core.cocktail.sweep import SweepPoint, SweepResult
 from core.merge.methods import METHODS
 from core.merge.recipe import recipe_from_dict
 from core.merge.warnings import recipe_warnings
-from ui.merge.form import form_status, on_method
+from ui.merge.form import build_merge_form, form_status, on_method
 from ui.merge.panel import merge, plan
 from ui.merge.recipe_form import add_row, change_method, form_to_yaml, new_form, set_field, trimmed_note
 from ui.sweep.plot import sweep_figure
@@ -82,10 +82,10 @@ def test_all_zero_weights_print_one_warning_line_in_cli_plan_and_merge(tmp_path,
 @pytest.mark.parametrize("recipe, expected", [
     ({"merge_method": "linear", "parameters": {"normalize": False},
       "models": [{"model": "a", "parameters": {"weight": 0}}, {"model": "b", "parameters": {"weight": 0.5}}]}, []),
-    ({"merge_method": "linear", "parameters": {"normalize": False, "weight": [{"filter": "mlp", "value": 0}, {"value": 0}]},
-      "models": ["a", "b"]}, [ZERO]),
-    ({"merge_method": "task_arithmetic", "base_model": "base",
-      "models": [{"model": "a", "parameters": {"weight": 0}}]}, ["every weight is 0: the merge will be a copy of the base"]),
+    ({"merge_method": "linear", "models": ["a", "b"],
+      "parameters": {"normalize": False, "weight": [{"filter": "mlp", "value": 0}, {"value": 0}]}}, [ZERO]),
+    ({"merge_method": "task_arithmetic", "base_model": "base", "models": [{"model": "a", "parameters": {"weight": 0}}]},
+     ["every weight is 0: the merge will be a copy of the base"]),
     ({"merge_method": "nuslerp", "models": [{"model": "a", "parameters": {"weight": 0}},
                                             {"model": "b", "parameters": {"weight": 0}}]}, []),  # t = 0.5 then
 ])
@@ -139,3 +139,12 @@ def test_sweep_ticks_never_repeat_a_label(low, high):
         labels = _tick_labels(axis)
         assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
         assert axis.range[0] <= low and high <= axis.range[1]
+
+
+# ---- 5. the YAML box wraps long lines ---------------------------------------------------------
+
+def test_the_recipe_yaml_box_wraps_its_lines(tmp_path):
+    workspace = _workspace(tmp_path)
+    with gr.Blocks() as app:
+        form = build_merge_form(app, workspace, gr.State(workspace))
+    assert form.recipe_yaml.wrap_lines is True

@@ -107,7 +107,7 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
                 tokenizer = gr.Textbox(label="Tokenizer from", placeholder="base", info="'base' or a model")
         with gr.Column(scale=2):
             recipe_yaml = gr.Code(form_to_yaml(start), language="yaml", interactive=True, elem_id="recipe-yaml",
-                                  label="Recipe YAML: edit, then click outside")
+                                  label="Recipe YAML: edit, then click outside", wrap_lines=True)
             recipe_status = gr.Markdown(form_status(start))
             export = gr.Button("Export .yml", size="sm")
             export_file = gr.File(label="Recipe file", visible=False)

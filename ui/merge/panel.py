@@ -181,7 +181,7 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
     caution += (f" **⚠ {overflows} merged tensor(s) overflow to NaN/Inf** in the output dtype: see the log."
                 if overflows else "")
     yield (f"**✓ Merged** {len(lines) - len(warnings) - len(cautions)} tensors into `{shown_path}`.{caution}",
-           _tail(lines + cautions + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # again: not scrolled away
+           _tail(lines + cautions + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # not scrolled away
 
 
 stop = jobs.stopper("merge", "Stopping after the current tensor…", "stop")
