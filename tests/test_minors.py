@@ -1,14 +1,18 @@
 """Issue 17's minor fixes, each with a test that failed before it: wording per front end, warnings, counts,
 ticks, the YAML box, the model card, push without a token, inspect, quiet CLI loading."""
+import json
 import math
+import shutil
 from pathlib import Path
 
 import gradio as gr
 import pytest
+import yaml
 
 from core.app.workspace import Workspace
 from core.cli.main import main
 from core.cocktail.sweep import SweepPoint, SweepResult
+from core.io.card import model_card
 from core.merge.methods import METHODS
 from core.merge.recipe import recipe_from_dict
 from core.merge.warnings import recipe_warnings
@@ -148,3 +152,34 @@ def test_the_recipe_yaml_box_wraps_its_lines(tmp_path):
     with gr.Blocks() as app:
         form = build_merge_form(app, workspace, gr.State(workspace))
     assert form.recipe_yaml.wrap_lines is True
+
+
+# ---- 6. the model card: Hub ids only in base_model, and the mergekit-yaml line ----------------
+
+def _front_matter(card: str) -> dict:
+    return yaml.safe_load(card.split("---")[1])
+
+
+def test_the_card_lists_hub_ids_and_leaves_out_bare_local_paths(tmp_path, llama_family, capsys):
+    named, cached = tmp_path / "named", tmp_path / "hub" / "models--org--cached" / "snapshots" / "abc"
+    for folder, name_or_path in ((named, "org/parent"), (cached, str(tmp_path / "elsewhere"))):
+        shutil.copytree(llama_family[1], folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "_name_or_path": name_or_path}))
+    recipe = tmp_path / "recipe.yml"
+    recipe.write_text(_linear_yaml([llama_family[0], named, cached]))
+    assert main(["merge", str(recipe), str(tmp_path / "out"), "--quiet"]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert _front_matter(card)["base_model"] == ["org/parent", "org/cached"]  # llama_family[0]: a path alone
+    assert str(llama_family[0]) not in card.split("---")[1]
+    assert "`python -m core merge mergekit_config.yml OUT`" in card
+    assert "`mergekit-yaml mergekit_config.yml OUT`" in card
+
+
+def test_a_card_whose_inputs_are_all_local_has_no_base_model_and_hub_ids_stay(tmp_path, llama_family):
+    local = recipe_from_dict(yaml.safe_load(_linear_yaml(llama_family)))
+    assert "base_model" not in _front_matter(model_card(local, name="m", sentence_transformers=False))
+    hub = recipe_from_dict({"merge_method": "slerp", "base_model": "org/base", "models": ["org/other"],
+                            "parameters": {"t": 0.5}})
+    assert _front_matter(model_card(hub, name="m", sentence_transformers=False))["base_model"] == ["org/base",
+                                                                                                   "org/other"]
