@@ -9,15 +9,17 @@ import gradio as gr
 import pytest
 import yaml
 
+from core.app.export import push_folder
 from core.app.workspace import Workspace
 from core.cli.main import main
 from core.cocktail.sweep import SweepPoint, SweepResult
+from core.errors import OutputError
 from core.io.card import model_card
 from core.merge.methods import METHODS
 from core.merge.recipe import recipe_from_dict
 from core.merge.warnings import recipe_warnings
 from ui.merge.form import build_merge_form, form_status, on_method
-from ui.merge.panel import merge, plan
+from ui.merge.panel import merge, plan, push
 from ui.merge.recipe_form import add_row, change_method, form_to_yaml, new_form, set_field, trimmed_note
 from ui.sweep.plot import sweep_figure
 
@@ -183,3 +185,30 @@ def test_a_card_whose_inputs_are_all_local_has_no_base_model_and_hub_ids_stay(tm
                             "parameters": {"t": 0.5}})
     assert _front_matter(model_card(hub, name="m", sentence_transformers=False))["base_model"] == ["org/base",
                                                                                                    "org/other"]
+
+
+# ---- 7. push with no token: said at once, before any request ----------------------------------
+
+@pytest.fixture
+def no_saved_login(tmp_path, monkeypatch):
+    """No HF_TOKEN and no token file; any Hub call fails the test."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+    def no_request(*args, **kwargs):
+        raise AssertionError("a request was made without a token")
+    monkeypatch.setattr("huggingface_hub.create_repo", no_request)
+    monkeypatch.setattr("huggingface_hub.upload_folder", no_request)
+
+
+@pytest.mark.parametrize("hosted", [False, True])
+def test_push_without_a_token_says_none_was_found(tmp_path, llama_family, no_saved_login, hosted):
+    root = tmp_path.resolve()
+    ws = Workspace(root, root / "models", root / "outputs", hosted=hosted, max_output_bytes=None)
+    said = push("me/x", True, "", str(llama_family[0]), ws)
+    assert said == "**✗** no Hugging Face token found: sign in with Hugging Face or paste a write token"
+
+
+def test_push_folder_with_no_token_is_one_line_from_core(llama_family, no_saved_login):
+    with pytest.raises(OutputError, match="^no Hugging Face token found: sign in"):
+        push_folder(llama_family[0], "me/x", private=True, token=None)

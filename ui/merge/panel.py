@@ -211,9 +211,7 @@ def push(repo: str, private: bool, token: str, folder: str | None, workspace: Wo
     if not folder:
         return "**✗** Merge a model first."
     secret = oauth_token.token if oauth_token else (token or "").strip() or (False if workspace.hosted else None)
-    if secret is False:
-        return "**✗** Log in with Hugging Face (or paste a write token) to push."
-    try:
+    try:  # no token (hosted: not signed in; local: no saved login) is refused at once, in core.app.export
         url = push_folder(Path(folder), repo or Path(folder).name, private=bool(private), token=secret)
     except MergeDeskError as error:
         return f"**✗** {error}"
