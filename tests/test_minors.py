@@ -212,3 +212,13 @@ def test_push_without_a_token_says_none_was_found(tmp_path, llama_family, no_sav
 def test_push_folder_with_no_token_is_one_line_from_core(llama_family, no_saved_login):
     with pytest.raises(OutputError, match="^no Hugging Face token found: sign in"):
         push_folder(llama_family[0], "me/x", private=True, token=None)
+
+
+# ---- 8. inspect names a local model once -------------------------------------------------------
+
+def test_inspect_prints_a_local_path_once(llama_family, capsys, monkeypatch):
+    monkeypatch.chdir(llama_family[0].parent)
+    assert main(["inspect", llama_family[0].name]) == 0  # a relative path: the same folder, once
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"model         {llama_family[0].resolve()}"
+    assert out.count(llama_family[0].name) == 1

@@ -118,7 +118,8 @@ def _inspect(args) -> None:
             key = str(info.dtype).removeprefix("torch.")
             dtypes[key] = dtypes.get(key, 0) + info.nbytes
         config = checkpoint.config
-        print(f"model         {checkpoint.ref} ({checkpoint.folder})")
+        local = Path(checkpoint.ref).expanduser().resolve() == checkpoint.folder
+        print(f"model         {checkpoint.folder if local else f'{checkpoint.ref} ({checkpoint.folder})'}")
         print(f"architecture  {', '.join(config.get('architectures') or ['unknown'])} "
               f"({config.get('model_type', 'no config.json')})")
         print(f"layers        {checkpoint.num_layers() or 'unknown'}")
