@@ -222,3 +222,31 @@ def test_inspect_prints_a_local_path_once(llama_family, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"model         {llama_family[0].resolve()}"
     assert out.count(llama_family[0].name) == 1
+
+
+# ---- 9. the CLI's model-loading commands keep transformers' bars and reports off stderr ---------
+
+@pytest.fixture
+def loud_transformers():
+    """transformers as a fresh process has it (bars and warnings on), put back quiet after."""
+    import transformers
+
+    transformers.logging.enable_progress_bar()
+    transformers.logging.set_verbosity_warning()
+    yield
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+
+
+@pytest.mark.parametrize("command", ["rerank", "evaluate", "weights", "sweep"])
+def test_loading_models_prints_no_bars_on_stderr(bert_cls_family, tmp_path, capfd, loud_transformers, command):
+    data = tmp_path / "eval.jsonl"
+    data.write_text(json.dumps({"query": "the model", "pos": ["the model said hello"], "neg": ["world", "hello"]}))
+    a, b = str(bert_cls_family[0]), str(bert_cls_family[1])
+    argv = {"rerank": ["rerank", "--model", a, "--model", b, "--input", str(data)],
+            "evaluate": ["evaluate", "--model", a, "--model", b, "--input", str(data)],
+            "weights": ["weights", "--model", a, "--model", b, "--examples", str(data)],
+            "sweep": ["sweep", "--model-a", a, "--model-b", b, "--set", str(data), "--alphas", "0,1"]}[command]
+    assert main(argv) == 0
+    captured = capfd.readouterr()
+    assert captured.out.strip() and captured.err == ""
