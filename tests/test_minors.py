@@ -250,3 +250,15 @@ def test_loading_models_prints_no_bars_on_stderr(bert_cls_family, tmp_path, capf
     assert main(argv) == 0
     captured = capfd.readouterr()
     assert captured.out.strip() and captured.err == ""
+
+
+# ---- 10. README: the first steps in order, the torch CPU index, the Space note in hosting --------
+
+def test_the_readme_quick_start_begins_with_the_demo_and_explains_the_torch_pin():
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert quick_start.index("**Build demo models**") < quick_start.index("Run the whole test suite")
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in quick_start
+    assert "front matter" not in quick_start  # the Space's note stands with hosting
+    hosting = readme.split("Hosted mode (", 1)[1]
+    assert "keep it equal to the gradio pin" in hosting.split("**What a visitor can reach**")[0]
