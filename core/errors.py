@@ -51,6 +51,14 @@ class OutputError(MergeDeskError):
     """The output folder cannot be written as asked (exists, inside an input, no space)."""
 
 
+class OutputExists(OutputError):
+    """The output folder exists and replacing it was not asked for. The message names the choice, not a switch:
+    each front end says how to replace (`replace_hint`), as the CLI (--overwrite) and the app (a checkbox) differ."""
+
+    def replace_hint(self, how: str) -> str:
+        return f"{self} ({how})"
+
+
 class ResourceError(MergeDeskError):
     """The merge would not fit: too little free disk at the output or memory on the device."""
 

@@ -325,7 +325,7 @@ def test_existing_output_is_never_overwritten_without_permission(llama_family, t
     out = tmp_path / "taken"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(OutputError, match="already exists: choose another name or pass --overwrite"):
+    with pytest.raises(OutputError, match="already exists: choose another name or replace it"):
         merge(ta_recipe(llama_family), out)
     assert (out / "precious.txt").read_text() == "keep me" and not (tmp_path / "taken.partial").exists()
     merge(ta_recipe(llama_family), out, overwrite=True)

@@ -137,7 +137,7 @@ def test_zip_and_push_use_the_latest_output(tmp_path, llama_family, monkeypatch)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert push("me/x", True, "hf_fake", str(llama_family[0]), _workspace(tmp_path)).startswith(
         "**✗** cannot push to the Hugging Face Hub")
-    assert "Log in" in push("me/x", True, "", str(llama_family[0]), _workspace(tmp_path, hosted=True))
+    assert "no Hugging Face token found" in push("me/x", True, "", str(llama_family[0]), _workspace(tmp_path, hosted=True))
     assert push("me/x", True, "", None, _workspace(tmp_path)) == "**✗** Merge a model first."
 
 

@@ -10,6 +10,8 @@ from core.errors import OutputError
 from core.io.hub import guard_hub_requests
 from core.units import human
 
+NO_TOKEN = "no Hugging Face token found: sign in with Hugging Face or paste a write token"
+
 
 def zip_folder(folder: Path, archive: Path, *, max_bytes: int) -> Path:
     """Store folder's files (uncompressed: weights do not shrink) in archive; refuse above max_bytes."""
@@ -27,10 +29,13 @@ def zip_folder(folder: Path, archive: Path, *, max_bytes: int) -> Path:
 def push_folder(folder: Path, repo_id: str, *, private: bool, token: str | bool | None) -> str:
     """Create (or reuse) a Hub model repo and upload folder to it; return the repo's URL.
 
-    token: a token string, None for the locally saved login, False for none at all.
+    token: a token string, None for the locally saved login (HF_TOKEN or `hf auth login`), False for none at all:
+    without one the push is refused before any request, as the Hub would refuse it after several.
     """
-    from huggingface_hub import create_repo, upload_folder
+    from huggingface_hub import create_repo, get_token, upload_folder
 
+    if token is False or (token is None and get_token() is None):
+        raise OutputError(NO_TOKEN)
     guard_hub_requests()  # offline: one quick probe and one line, not five retries
 
     name = str(repo_id or "").strip()

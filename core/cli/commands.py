@@ -38,6 +38,7 @@ def _merge(args) -> None:
     from core.merge.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
+    _warn(recipe)
     cancel = threading.Event()
     bar = None
     events = merge_events(recipe, args.out_dir, device=args.device, overwrite=args.overwrite, seed=args.seed,
@@ -62,6 +63,14 @@ def _merge(args) -> None:
     print(Path(args.out_dir).resolve())
 
 
+def _warn(recipe) -> None:
+    """What the recipe likely did not mean (core.merge.warnings), one `warning:` line each on stderr; it still runs."""
+    from core.merge.warnings import recipe_warnings
+
+    for line in recipe_warnings(recipe):
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def plan_command(sub, common) -> None:
     parser = sub.add_parser("plan", parents=[common], help="show what a merge will need, without running it")
     parser.add_argument("recipe", help="recipe YAML file")
@@ -77,6 +86,7 @@ def _plan(args) -> None:
     from core.merge.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
+    _warn(recipe)
     devices = devices_for(args.device)
     found = preview(recipe, args.out, devices, shard_bytes=parse_size(args.shard_size))
     plan, resources = found.plan, found.resources
@@ -108,7 +118,8 @@ def _inspect(args) -> None:
             key = str(info.dtype).removeprefix("torch.")
             dtypes[key] = dtypes.get(key, 0) + info.nbytes
         config = checkpoint.config
-        print(f"model         {checkpoint.ref} ({checkpoint.folder})")
+        local = Path(checkpoint.ref).expanduser().resolve() == checkpoint.folder
+        print(f"model         {checkpoint.folder if local else f'{checkpoint.ref} ({checkpoint.folder})'}")
         print(f"architecture  {', '.join(config.get('architectures') or ['unknown'])} "
               f"({config.get('model_type', 'no config.json')})")
         print(f"layers        {checkpoint.num_layers() or 'unknown'}")

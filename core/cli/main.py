@@ -23,7 +23,7 @@ from core.cli.commands import inspect_command, merge_command, methods_command, p
 from core.cli.demo import demo_command
 from core.cli.mix import sweep_command, weights_command
 from core.cli.rerank import evaluate_command, rerank_command
-from core.errors import MergeCancelled, MergeDeskError, one_line
+from core.errors import MergeCancelled, MergeDeskError, OutputExists, one_line
 
 COMMANDS = (merge_command, plan_command, inspect_command, methods_command, rerank_command, evaluate_command,
             weights_command, sweep_command, demo_command)
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except MergeDeskError as error:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        message = error.replace_hint("pass --overwrite") if isinstance(error, OutputExists) else error
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except Exception as error:  # noqa: BLE001 - a bug: keep it to one line unless --debug
         if args.debug:

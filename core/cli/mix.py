@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from core.cli.rerank import quiet_loading
 from core.cocktail.sweep import DEFAULT_ALPHAS, DEFAULT_METHOD, MODES, SWEEP_FORMULAS, SWEEP_METHODS
 from core.cocktail.weights import DEFAULT_TAU
 from core.devices import DEVICE_HELP
@@ -42,6 +43,7 @@ def _weights(args) -> None:
     from core.errors import OutputError
     from core.merge.recipe import recipe_from_dict, to_yaml
 
+    quiet_loading()
     result = data_weights(args.model, read_examples(args.examples), tau=args.tau, device=args.device,
                           batch_size=args.batch_size, max_length=args.max_length)
     print(json.dumps(asdict(result)) if args.json else result.table())
@@ -87,6 +89,7 @@ def _sweep(args) -> None:
     except ValueError:
         raise RerankError(f"--alphas {args.alphas!r}: write numbers separated by commas, e.g. 0,0.5,1") from None
     sets = read_sets([set_arg(text) for text in args.set], pool=args.pool)
+    quiet_loading()
     result = sweep(args.model_a, args.model_b, sets, alphas=alphas, method=args.method,
                    mode=args.mode, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                    max_length=args.max_length)

@@ -125,14 +125,20 @@ def _items_from(args):
     return [QueryItem(query, docs)]
 
 
-def _run(args, items):
+def quiet_loading() -> None:
+    """Silence transformers' load reports and "Loading weights" bars, which would bury the command's own
+    output on stderr (rerank, evaluate, weights, sweep load models; their errors still print)."""
     import transformers
 
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def _run(args, items):
     from core.rerank.compare import compare
     from core.rerank.model import load_reranker
 
-    transformers.logging.set_verbosity_error()  # load reports and progress bars would bury the table
-    transformers.logging.disable_progress_bar()
+    quiet_loading()
     models = [load_reranker(ref, device=args.device, dtype=args.dtype, kind=args.kind) for ref in args.model]
     return compare(models, items, batch_size=args.batch_size, max_length=args.max_length, normalize=args.normalize)
 

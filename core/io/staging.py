@@ -43,7 +43,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
-from core.errors import OutputError
+from core.errors import OutputError, OutputExists
 
 MARKER = ".mergedesk-staging"  # inside OUT.partial (and OUT, steps 2-4): which merge made it
 TOOL = "MergeDesk"
@@ -87,7 +87,7 @@ def staged_output(out_dir: str | Path, *, overwrite: bool = False,
 
 def _refuse_existing(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        raise OutputError(f"output folder {out} already exists: choose another name or pass --overwrite")
+        raise OutputExists(f"output folder {out} already exists: choose another name or replace it")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a folder")
 
@@ -113,8 +113,8 @@ def _publish(partial: Path, out: Path, token: str, overwrite: bool) -> None:
     if out.exists() and not overwrite:  # made by someone else while the merge ran: not ours to replace
         with suppress(OSError):
             _remove(partial)
-        raise OutputError(f"output folder {out} appeared during the merge, nothing was kept: "
-                          "choose another name or pass --overwrite")
+        raise OutputExists(f"output folder {out} appeared during the merge, nothing was kept: "
+                           "choose another name or replace it")
     retired, replacing = _retired(out, token), out.exists()
     if replacing:
         os.replace(out, retired)

@@ -71,6 +71,14 @@ class MergeRecipe:
         refs = [self.base_model] if self.base_model else []
         return refs + [e.model for e in self.models if e.model not in refs]
 
+    def counted(self) -> str:
+        """The models the method combines, counted as Method.needs() counts them (the base apart).
+
+        Example: slerp with a base and one other model: '1 model besides the base_model'.
+        """
+        count = len(self.rows())
+        return f"{count} {'model' if count == 1 else 'models'}" + (" besides the base_model" if self.uses_base else "")
+
     def rows(self) -> list[ModelEntry]:
         """The models the method combines, in order: all of them, or all but the base."""
         if self.uses_base:
@@ -205,8 +213,7 @@ def _check_count(recipe: MergeRecipe) -> None:
     count = len(recipe.rows())
     if low <= count and (high is None or count <= high):
         return
-    listed = f"{count} {'model' if count == 1 else 'models'}" + (" besides the base_model" if recipe.uses_base else "")
-    raise RecipeError(f"{recipe.merge_method} takes {method.needs()}; the recipe lists {listed}")
+    raise RecipeError(f"{recipe.merge_method} takes {method.needs()}; the recipe lists {recipe.counted()}")
 
 
 def _unknown_param(method: Method, name: str, where: str) -> str:

@@ -35,6 +35,7 @@ class ShardSink:
     def __init__(self, recipe: MergeRecipe, out_dir: str | Path, inputs: dict[str, Checkpoint], plan: MergePlan, *,
                  overwrite: bool = False, token: str | bool | None = None):
         self.recipe, self.out_dir, self.plan, self.overwrite = recipe, Path(out_dir), plan, overwrite
+        self.inputs = inputs
         self.first = inputs[recipe.inputs()[0]]
         self.tokenizer_from = _tokenizer_folder(recipe, token)
         self.read = tuple(c.folder for c in inputs.values()) + ((self.tokenizer_from,) if self.tokenizer_from else ())
@@ -61,7 +62,7 @@ class ShardSink:
                         dtype=_main_dtype(self.plan))
         (self.staging / "mergekit_config.yml").write_text(to_yaml(self.recipe), encoding="utf-8")
         is_st = (self.first.folder / "modules.json").exists()
-        card = model_card(self.recipe, name=self.out_dir.name, sentence_transformers=is_st)
+        card = model_card(self.recipe, name=self.out_dir.name, sentence_transformers=is_st, inputs=self.inputs)
         (self.staging / "README.md").write_text(card, encoding="utf-8")
 
 

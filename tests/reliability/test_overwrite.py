@@ -35,7 +35,7 @@ def existing(models, tmp_path):
 
 def test_an_existing_output_is_untouched_without_overwrite(models, existing, tmp_path, capsys):
     digest = folder_digest(existing)
-    with pytest.raises(OutputError, match="already exists: choose another name or pass --overwrite"):
+    with pytest.raises(OutputError, match="already exists: choose another name or replace it"):
         merge(recipe_from_dict(linear_recipe(models, WEIGHTS)), existing)
     recipe_file = write_recipe(tmp_path / "recipe.yml", linear_recipe(models, WEIGHTS))
     assert main(["merge", str(recipe_file), str(existing), "--quiet"]) == 1

@@ -32,7 +32,8 @@ from core.units import DTYPES
 from ui.common import SKIP, keyed, model_choices, request_workspace
 from ui.merge.recipe_form import (FormState, add_row, base_help, change_method, check_form, form_to_yaml, global_params,
                                   is_number, needs_text, new_form, remove_row, row_params, set_field, set_param,
-                                  set_row_model, setting_text, shown_value, shows_base, slider_range, yaml_to_form)
+                                  set_row_model, setting_text, shown_value, shows_base, slider_range, trimmed_note,
+                                  yaml_to_form)
 
 HELP = ("Pick a method and the models to mix — or paste a mergekit recipe on the right — then "
         "**Check** to see what it needs and **Merge** to write the new model.")
@@ -106,7 +107,7 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
                 tokenizer = gr.Textbox(label="Tokenizer from", placeholder="base", info="'base' or a model")
         with gr.Column(scale=2):
             recipe_yaml = gr.Code(form_to_yaml(start), language="yaml", interactive=True, elem_id="recipe-yaml",
-                                  label="Recipe YAML: edit, then click outside")
+                                  label="Recipe YAML: edit, then click outside", wrap_lines=True)
             recipe_status = gr.Markdown(form_status(start))
             export = gr.Button("Export .yml", size="sm")
             export_file = gr.File(label="Recipe file", visible=False)
@@ -179,7 +180,9 @@ def on_method(form: FormState, layout: int, method: str) -> FormView:
     if method == form.method:
         return FormView()
     new = change_method(form, method)
-    return FormView(form_to_yaml(new), layout + 1, new, form_status(new), method_info=method_markdown(method),
+    note = trimmed_note(form, new)
+    status = f"⚠ {note}. {form_status(new)}" if note else form_status(new)
+    return FormView(form_to_yaml(new), layout + 1, new, status, method_info=method_markdown(method),
                     base=_base_update(new))
 
 

@@ -29,10 +29,11 @@ from core.app.quota import check_quota, folder_bytes
 from core.app.sessions import cleanup_stale_sessions, remove_session, session_workspace
 from core.app.workspace import Workspace, output_folder
 from core.devices import devices_for
-from core.errors import MergeCancelled, MergeDeskError
+from core.errors import MergeCancelled, MergeDeskError, OutputExists
 from core.merge.engine import Progress, merge_events
 from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
+from core.merge.warnings import recipe_warnings
 from core.monitor import MONITOR
 from core.units import human
 from ui import jobs
@@ -41,6 +42,7 @@ from ui.common import (PRIVATE, QUEUE, device_choices, device_update, hub_token,
 from ui.merge.form import FormControls, build_merge_form, refresh_models
 from ui.merge.weights_panel import build_weights_from_data
 
+REPLACE_HINT = "tick Replace under More options"  # how this page replaces an existing output (core: OutputExists)
 ZIP_LIMIT = 2 * 1000**3  # bytes: larger outputs are pushed to the Hub or copied, not downloaded
 STALE_SESSION_S = 6 * 3600
 LOG_LINES = 400
@@ -139,12 +141,15 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
     token = hub_token(workspace, oauth_token)
     lines: list[str] = []
     warnings: list[str] = []  # NaN/Inf found in the inputs (the engine merges anyway and says so)
+    cautions: list[str] = []  # core.merge.warnings on the recipe (all-zero weights…)
     events = None
     try:
         recipe, out = _prepare(recipe_yaml, output_name, ws)
+        cautions = [f"⚠ {line}" for line in recipe_warnings(recipe)]  # the recipe's own: it merges anyway
+        lines += cautions
         if ws.hosted:
             cleanup_stale_sessions(workspace, STALE_SESSION_S)
-        yield "Opening the models…", "", "", "", None
+        yield "Opening the models…", _tail(lines), "", "", None
         with jobs.running(session_id(request), "merge") as cancel, MONITOR.job(job_label(ws, "merge", out.name)):
             events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=seed or 0,
                                   cancel=cancel, token=token,
@@ -162,19 +167,21 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
         yield "**■ Stopped.** The partial output was removed.", _tail(lines + ["stopped"]), "", "", None
         return
     except MergeDeskError as error:
-        yield f"**✗ Merge failed:** {error}", _tail(lines), "", "", None
-        raise gr.Error(str(error), print_exception=False) from None
+        message = error.replace_hint(REPLACE_HINT) if isinstance(error, OutputExists) else str(error)
+        yield f"**✗ Merge failed:** {message}", _tail(lines), "", "", None
+        raise gr.Error(message, print_exception=False) from None
     finally:
         if events is not None:
             events.close()
     shown_path = str(out.relative_to(ws.root)) if ws.hosted else str(out)
     overflows = sum(w.startswith("⚠ merged tensor") for w in warnings)  # the output check's lines (core.merge.nonfinite)
-    caution = (f" **⚠ {len(warnings) - overflows} input tensor(s) hold NaN/Inf**, so the merge does too there: "
-               "see the log." if len(warnings) > overflows else "")
+    caution = "".join(f" **{line}**." for line in cautions)
+    caution += (f" **⚠ {len(warnings) - overflows} input tensor(s) hold NaN/Inf**, so the merge does too there: "
+                "see the log." if len(warnings) > overflows else "")
     caution += (f" **⚠ {overflows} merged tensor(s) overflow to NaN/Inf** in the output dtype: see the log."
                 if overflows else "")
-    yield (f"**✓ Merged** {len(lines) - len(warnings)} tensors into `{shown_path}`.{caution}",
-           _tail(lines + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # warnings again: not scrolled away
+    yield (f"**✓ Merged** {len(lines) - len(warnings) - len(cautions)} tensors into `{shown_path}`.{caution}",
+           _tail(lines + cautions + warnings + ["done"]), shown_path, card_markdown(out), str(out))  # not scrolled away
 
 
 stop = jobs.stopper("merge", "Stopping after the current tensor…", "stop")
@@ -204,9 +211,7 @@ def push(repo: str, private: bool, token: str, folder: str | None, workspace: Wo
     if not folder:
         return "**✗** Merge a model first."
     secret = oauth_token.token if oauth_token else (token or "").strip() or (False if workspace.hosted else None)
-    if secret is False:
-        return "**✗** Log in with Hugging Face (or paste a write token) to push."
-    try:
+    try:  # no token (hosted: not signed in; local: no saved login) is refused at once, in core.app.export
         url = push_folder(Path(folder), repo or Path(folder).name, private=bool(private), token=secret)
     except MergeDeskError as error:
         return f"**✗** {error}"
@@ -241,14 +246,14 @@ def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[
     merged = sum(job.merged for job in merge_plan.jobs)
     memory = f"≈ {human(merge_plan.peak_bytes)} on {', '.join(devices)} · RAM {human(free['RAM'])} available"
     memory += "".join(f" · {spec} {human(free[spec])} free" for spec in devices if spec in free)
-    rows = [("Method", f"{recipe.method.label} over {len(recipe.inputs())} models"),
+    rows = [("Method", f"{recipe.method.label} over {recipe.counted()}"),
             ("Tensors", f"{len(merge_plan.jobs)} ({merged} merged, {len(merge_plan.jobs) - merged} copied)"),
             ("Reads", human(merge_plan.bytes_read)),
             ("Writes", f"{human(merge_plan.bytes_written)} in {len(merge_plan.shards)} file(s) → `{out.name}`"),
             ("Working memory", memory), ("Free disk", human(found.resources.disk_free))]
-    warnings = []
+    warnings = recipe_warnings(recipe)
     if out.exists():
-        warnings.append(f"`{out.name}` already exists: pick another name or tick *Replace* under More options.")
+        warnings.append(f"`{out.name}` already exists: pick another name or {REPLACE_HINT}.")
     if found.problem is not None:
         warnings.append(found.problem)
     if ws.max_output_bytes is not None:

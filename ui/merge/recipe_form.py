@@ -115,7 +115,24 @@ def change_method(state: FormState, method: str) -> FormState:
             new.globals[param.name] = starting_value(param)
     for row in new.rows:
         row.params = _row_settings(row.params, METHODS[method], new.globals)
+    new.rows = _at_most(new.rows, METHODS[method], new.base_model)
     return new
+
+
+def trimmed_note(old: FormState, new: FormState) -> str:
+    """What change_method removed, in a line ("" when nothing): the rows past the method's maximum.
+
+    Example (linear a, b → slerp, no base): 'slerp takes a base model + exactly 1 other model: kept the first,
+    removed model 2 (b)'.
+    """
+    kept = {row.key for row in new.rows}
+    gone = [f"model {index} ({row.model or 'not picked'})" for index, row in enumerate(old.rows, 1)
+            if row.key not in kept]
+    if not gone:
+        return ""
+    count = METHODS[new.method].max_inputs
+    return (f"{new.method} takes {needs_text(new.method)}: kept the first{'' if count == 1 else f' {count}'}, "
+            f"removed {', '.join(gone)}")
 
 
 def add_row(state: FormState, model: str = "") -> FormState:
@@ -169,6 +186,22 @@ def set_field(state: FormState, name: str, value: str | None) -> FormState:
     if name not in FIELDS:
         raise ValueError(f"unknown form field {name!r}: one of {FIELDS}")
     return replace(copy.deepcopy(state), **{name: str(value or "").strip()})
+
+
+def _at_most(rows: list[ModelRow], method: Method, base_model: str) -> list[ModelRow]:
+    """The first rows up to the method's max_inputs, counted as the recipe counts them: a row that is
+    the base model (for a method that uses one) is not an input row, and stays."""
+    if method.max_inputs is None:
+        return rows
+    uses_base = method.base != "unused" and bool(base_model)
+    kept, counted = [], 0
+    for row in rows:
+        if not (uses_base and row.model == base_model):
+            counted += 1
+            if counted > method.max_inputs:
+                continue
+        kept.append(row)
+    return kept
 
 
 def _row_settings(params: dict, method: Method, globals_: dict) -> dict:

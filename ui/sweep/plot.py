@@ -9,6 +9,8 @@ read off. Plain plotly (no gradio), so the app and the PNG tool draw the same fi
 """
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -30,11 +32,29 @@ def sweep_figure(result: SweepResult, metrics: tuple[str, ...] = SHOWN_METRICS, 
                 row=1, col=column)
             figure.update_xaxes(title_text=f"α  (0 = {_short(result.model_a)}, 1 = {_short(result.model_b)})",
                                 row=1, col=column, range=_padded(result.alphas), gridcolor="#eeeeee")
-            figure.update_yaxes(row=1, col=column, gridcolor="#eeeeee", tickformat=".2f")
+            figure.update_yaxes(row=1, col=column, gridcolor="#eeeeee",
+                                **_y_axis([v for n in result.set_names for v in result.values(n, metric)]))
     figure.update_layout(height=height, margin={"l": 50, "r": 20, "t": 60, "b": 50}, plot_bgcolor="white",
                          paper_bgcolor="white", legend={"orientation": "h", "y": 1.16, "x": 0.5, "xanchor": "center"},
                          hovermode="closest", font={"size": 13})
     return figure
+
+
+def _y_axis(values: list[float]) -> dict:
+    """Range, tick step and label format for a panel: a step of 1, 2 or 5 × 10^k giving about five ticks,
+    and enough decimals that two ticks never read the same (0.501–0.503: step 0.0005, 0.5010, 0.5015…;
+    a fixed ".2f" showed "0.50" five times)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {}
+    low, high = min(finite), max(finite)
+    if high == low:  # one flat curve: a band of ±0.02 around it
+        low, high = low - 0.02, high + 0.02
+    rough = (high - low) / 4
+    power = 10.0 ** math.floor(math.log10(rough))
+    step = round(max(m for m in (1, 2, 5) if m * power <= rough * (1 + 1e-9)) * power, 12)
+    decimals = max(2, -math.floor(math.log10(step) + 1e-9))
+    return {"range": [low - step / 2, high + step / 2], "dtick": step, "tick0": 0, "tickformat": f".{decimals}f"}
 
 
 def _short(ref: str) -> str:
