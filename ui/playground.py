@@ -6,8 +6,11 @@ Model A defaults to the base of the latest merge and model B to that merge, so t
 answers "what did my merge do?" right after merging. Passages are typed one per line (a
 leading "+" marks a relevant one, which turns on MRR / nDCG) or uploaded as JSONL with
 several queries. The scoring runs in core.rerank.model (models stay loaded between runs); this
-file only turns its Comparison into a table, a chart and a metrics table. The public API
-name is `rerank_compare`; unloading and refreshing are UI-only (private) events. Hosted, the
+file turns its Comparison into a status line and a metrics table; ui.compare_view pages the table
+and its chart (top 20 by default) and writes the whole result as a CSV. The last Comparison stays
+in the session's gr.State, so paging never scores again. Pasted text has a visible limit
+(pasted_limit; hosted, the pairs cap of the workspace), past which Compare says so in one line
+instead of freezing the tab. The public API name is `rerank_compare`; unloading and refreshing are UI-only (private) events. Hosted, the
 "Loaded:" line and "Unload models" are the session's own (ui.common.cache_owner): a
 visitor never sees or frees another's models, and Hub ids are fetched with their own access.
 """
@@ -17,21 +20,26 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
-import plotly.graph_objects as go
 
 from core import ASSETS
 from core.app.paths import check_model_ref
 from core.app.quota import check_pairs
 from core.app.workspace import Workspace
-from core.errors import MergeDeskError
+from core.errors import MergeDeskError, RerankError
 from core.monitor import MONITOR
 from core.rerank.compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
 from core.rerank.model import load_reranker, loaded_rerankers, unload
 from ui.common import (PRIVATE, QUEUE, cache_owner, default_pair, device_choices, hub_token, job_label, model_choices,
                        request_workspace)
+from ui.compare_view import MAX_TOP_K, TOP_K, Shown, page_view, pager_line, write_csv
 
 EXAMPLES = ASSETS / "playground"
-UP, DOWN = "#2e7d4f", "#b3412e"  # rank change colours: moved up / moved down
+MAX_PASTED = 5_000  # passages the text box takes (more: a JSONL file); hosted, also the pairs cap allows
+MAX_PASTED_CHARS = 1_000_000  # characters the text box takes
+# Counted in the browser as the text changes: no server round trip per keystroke.
+COUNT_JS = ("(text) => { const n = (text || '').split(/\\r?\\n/).filter(l => l.trim()).length;"
+            " return `${n.toLocaleString('en')} passages · ${(text || '').length.toLocaleString('en')} characters"
+            " (at most LIMIT passages and CHARS characters; more: upload a JSONL file)`; }")
 # Shown before the first run too (an empty gr.Dataframe would head its columns 1, 2, 3).
 TABLE_COLUMNS = ["passage", "A score", "A rank", "B score", "B rank", "Δ score", "rank change"]
 NOTHING_LOADED = "No models loaded."
@@ -58,25 +66,40 @@ def build_playground(workspace: Workspace) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             query = gr.Textbox(label="Query", placeholder="how do I merge two fine-tuned models?")
-            passages = gr.Textbox(label="Passages, one per line (+ marks a relevant one)", lines=6)
+            passages = gr.Textbox(label="Passages, one per line (+ marks a relevant one)", lines=6, max_lines=12)
+            counter = gr.Markdown(count_line(workspace), elem_id="passage-count")
         queries_file = gr.File(label="…or a JSONL file of queries", file_types=[".jsonl", ".json"], scale=1)
     with gr.Row():
         run = gr.Button("Compare", variant="primary", scale=0)
         refresh = gr.Button("Refresh model lists", scale=0, min_width=260)
     status = gr.Markdown(elem_id="compare-status")
+    shown = gr.State(Shown())  # per session: the last Comparison and the page on view
+    with gr.Row():
+        top_k = gr.Number(TOP_K, label="Show top", precision=0, minimum=1, maximum=MAX_TOP_K, scale=0, min_width=120)
+        previous = gr.Button("◀ Previous", size="sm", scale=0)
+        pager = gr.Markdown(elem_id="compare-pager")
+        following = gr.Button("Next ▶", size="sm", scale=0)
+        download = gr.File(label="Whole result (CSV)", visible=False, scale=1)
     table = gr.Dataframe(label="Passages, as A and B rank them", interactive=False, wrap=True,
                          headers=TABLE_COLUMNS, elem_id="compare-table")
     with gr.Row():
-        chart = gr.Plot(label="Rank of each passage under A and B")
+        chart = gr.Plot(label="Rank of each shown passage under A and B", elem_id="compare-chart")
         metrics = gr.Dataframe(label="Metrics (needs relevant passages)", interactive=False, headers=METRIC_COLUMNS)
     with gr.Row():
         loaded = gr.Markdown(NOTHING_LOADED if workspace.hosted else loaded_markdown(None))  # a new visitor has none
         unload_button = gr.Button("Unload models", size="sm", scale=0)
     _examples(query, passages)
 
-    run.click(rerank_compare, [model_a, model_b, query, passages, queries_file, device, normalize, ws],
-              [status, table, chart, metrics, loaded], api_name="rerank_compare", concurrency_id=QUEUE,
-              concurrency_limit=1, show_progress_on=status)  # one spinner (or "Error") on the page, not five
+    passages.change(None, passages, counter, js=COUNT_JS.replace("LIMIT", f"{pasted_limit(workspace):,}")
+                    .replace("CHARS", f"{MAX_PASTED_CHARS:,}"), **PRIVATE)
+    run.click(compare_and_keep, [model_a, model_b, query, passages, queries_file, device, normalize, ws, shown],
+              [status, table, chart, metrics, loaded, shown], api_name="rerank_compare", concurrency_id=QUEUE,
+              concurrency_limit=1, show_progress_on=status,  # one spinner (or "Error") on the page, not five
+              ).success(offer_download, [shown, ws], [pager, download], **PRIVATE)
+    paging = [shown, table, chart, pager]
+    top_k.change(show_top, [shown, top_k], paging, **PRIVATE)
+    previous.click(previous_page, shown, paging, **PRIVATE)
+    following.click(next_page, shown, paging, **PRIVATE)
     refresh.click(refresh_pair, ws, [model_a, model_b], **PRIVATE)
     unload_button.click(unload_all, ws, loaded, **PRIVATE)
 
@@ -84,14 +107,25 @@ def build_playground(workspace: Workspace) -> None:
 def rerank_compare(model_a: str, model_b: str, query: str, passages: str, queries_file: str | None,
                    device: str, normalize: bool, workspace: Workspace, request: gr.Request | None = None,
                    oauth_token: gr.OAuthToken | None = None):
-    """Score with A and B; return (status, table, rank chart, metrics table, loaded-models line).
+    """Score with A and B; return (status, table of the top 20, rank chart of them, metrics table,
+    loaded-models line). The /rerank_compare API gives these five (compare_and_keep is its handler).
 
-    Any problem (unknown model, empty query, bad JSONL, missing device) is one gr.Error line.
+    Any problem (unknown model, empty query, bad JSONL, missing device, too much pasted text) is one gr.Error line.
     """
+    return compare_and_keep(model_a, model_b, query, passages, queries_file, device, normalize, workspace, Shown(),
+                            request, oauth_token)[:5]
+
+
+def compare_and_keep(model_a: str, model_b: str, query: str, passages: str, queries_file: str | None,
+                     device: str, normalize: bool, workspace: Workspace, shown: Shown,
+                     request: gr.Request | None = None, oauth_token: gr.OAuthToken | None = None):
+    """The Compare button: rerank_compare's five outputs, then the new Shown (its page 1) for the session's
+    gr.State: a gr.State is no API output, so the endpoint still returns five."""
     ws = request_workspace(workspace, request)
     owner = cache_owner(workspace, request)
     try:
-        items = read_queries(queries_file) if queries_file else parse_passages(query, passages)
+        items = read_queries(queries_file) if queries_file else parse_passages(query, passages,
+                                                                                 limit=pasted_limit(ws))
         passages_in_all = sum(len(item.docs) for item in items)
         check_pairs(2 * passages_in_all, ws, job=f"this comparison ({passages_in_all:,} passages × 2 models)")
         refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
@@ -101,60 +135,80 @@ def rerank_compare(model_a: str, model_b: str, query: str, passages: str, querie
             result = compare(models, items, normalize=bool(normalize))
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
-    return (status_markdown(result, models), comparison_table(result), rank_chart(result),
-            metrics_table(result), loaded_markdown(owner))
+    kept = Shown(result, (shown or Shown()).top)
+    return (status_markdown(result, models), *page_view(kept), metrics_table(result), loaded_markdown(owner), kept)
 
 
-def parse_passages(query: str, passages: str) -> list[QueryItem]:
-    """One query from the text boxes; lines starting with '+' are relevant (label 1)."""
-    lines = [line.strip() for line in (passages or "").splitlines() if line.strip()]
+def offer_download(shown: Shown, workspace: Workspace, request: gr.Request | None = None):
+    """After Compare: the pager line and the whole result as a CSV (a one-line warning when the hosted cap is full)."""
+    try:
+        path = write_csv(shown.result, request_workspace(workspace, request))
+    except MergeDeskError as error:
+        gr.Warning(str(error))
+        return pager_line(shown), gr.File(visible=False)
+    return pager_line(shown), gr.File(str(path), visible=True)
+
+
+def show_top(shown: Shown, top: float | None):
+    return turned(shown.moved(top=top or TOP_K))
+
+
+def previous_page(shown: Shown):
+    return turned(shown.moved(step=-1))
+
+
+def next_page(shown: Shown):
+    return turned(shown.moved(step=1))
+
+
+def turned(shown: Shown):
+    """(Shown, table, chart, pager line) for another page of the kept result; nothing to draw before Compare."""
+    if not shown.result:
+        return shown, gr.skip(), gr.skip(), ""
+    return shown, *page_view(shown), pager_line(shown)
+
+
+def pasted_limit(ws: Workspace) -> int:
+    """Passages the text box takes: MAX_PASTED, and hosted no more than the pairs cap allows for two models."""
+    return MAX_PASTED if ws.max_pairs is None else min(MAX_PASTED, ws.max_pairs // 2)
+
+
+def count_line(ws: Workspace) -> str:
+    return (f"0 passages · 0 characters (at most {pasted_limit(ws):,} passages and {MAX_PASTED_CHARS:,} characters; "
+            "more: upload a JSONL file)")
+
+
+def parse_passages(query: str, passages: str, *, limit: int = MAX_PASTED) -> list[QueryItem]:
+    """One query from the text boxes; lines starting with '+' are relevant (label 1).
+
+    Refuses more than `limit` passages or MAX_PASTED_CHARS characters, and a line that is only "+".
+    """
+    text = passages or ""
+    if len(text) > MAX_PASTED_CHARS:
+        raise RerankError(f"the passages box holds {len(text):,} characters; it takes at most {MAX_PASTED_CHARS:,}: "
+                          "upload the passages as a JSONL file instead")
+    numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if len(numbered) > limit:
+        raise RerankError(f"{len(numbered):,} passages pasted; the box takes at most {limit:,}: "
+                          "upload them as a JSONL file instead")
+    for n, line in numbered:
+        if line[1:].strip() == "" and line.startswith("+"):
+            raise RerankError(f"passage line {n} is only '+': write the relevant passage after it "
+                              "('+ the relevant passage') or remove the line")
+    lines = [line for _, line in numbered]
     labels = [1 if line.startswith("+") else 0 for line in lines]
     docs = [line[1:].strip() if line.startswith("+") else line for line in lines]
     return [QueryItem(query or "", docs, labels if any(labels) else None)]
 
 
 def status_markdown(result: Comparison, models) -> str:
-    line = f"Scores are **{result.score_label}**. A: {models[0].describe()} · B: {models[1].describe()}"
+    labels = result.score_labels
+    kinds = f"Scores are **{labels[0]}**" if len(set(labels)) == 1 else \
+        f"Scores: A **{labels[0]}**, B **{labels[-1]}**"
+    line = f"{kinds}. A: {models[0].describe()} · B: {models[1].describe()}"
     if models[0].kind != models[1].kind:
         line += f"\n\n⚠ A is a {models[0].kind} and B a {models[1].kind}: their scores are on different scales."
     return line
-
-
-def comparison_table(result: Comparison):
-    """One row per (query, passage), B's movers coloured; sorted by B's rank within a query."""
-    several = len(result.queries) > 1
-    rows = []
-    for q in result.queries:
-        for row in sorted(q.rows, key=lambda r: r.ranks[1]):
-            cells = {"query": q.query} if several else {}
-            cells.update({"passage": row.doc, "A score": round(row.scores[0], 4), "A rank": row.ranks[0],
-                          "B score": round(row.scores[1], 4), "B rank": row.ranks[1],
-                          "Δ score": round(row.delta, 4), "rank change": row.rank_change})
-            if row.label is not None:
-                cells["relevant"] = "✓" if row.label > 0 else ""
-            rows.append(cells)
-    frame = pd.DataFrame(rows)
-    colour = lambda v: f"color: {UP if v > 0 else DOWN}; font-weight: 600" if v else ""  # noqa: E731
-    return frame.style.map(colour, subset=["rank change"]).format(precision=4)
-
-
-def rank_chart(result: Comparison) -> go.Figure:
-    """Slope chart of the first query: each passage's rank under A (left) and B (right)."""
-    query = result.queries[0]
-    figure = go.Figure()
-    for row in query.rows:
-        moved = row.rank_change
-        colour = UP if moved > 0 else DOWN if moved < 0 else "#8a8a8a"
-        label = row.doc if len(row.doc) <= 40 else row.doc[:39] + "…"
-        figure.add_trace(go.Scatter(
-            x=["A", "B"], y=row.ranks, mode="lines+markers+text", text=["", label], textposition="middle right",
-            line={"color": colour, "width": 3 if row.label else 1.5}, showlegend=False, cliponaxis=False,
-            hovertext=f"{row.doc[:200]}<br>A rank {row.ranks[0]}, B rank {row.ranks[1]} ({moved:+d})",
-            hoverinfo="text"))
-    figure.update_yaxes(autorange="reversed", title="rank (1 = top)", dtick=1)
-    figure.update_layout(height=max(260, 32 * len(query.rows)), margin={"l": 50, "r": 220, "t": 30, "b": 30},
-                         title={"text": query.query[:80], "font": {"size": 13}}, plot_bgcolor="white")
-    return figure
 
 
 def metrics_table(result: Comparison) -> pd.DataFrame:

@@ -85,9 +85,14 @@ class QueryResult:
 class Comparison:
     models: list[str]  # the references, in the order given
     kinds: list[str]
-    score_label: str  # what the numbers are, e.g. "logit" or "sigmoid(logit)"
+    score_labels: list[str]  # what each model's numbers are, e.g. "logit", "sigmoid(logit)", "cosine"
     queries: list[QueryResult]
     metrics: dict[str, list[float]]  # metric name → mean over labelled queries, per model
+
+    @property
+    def score_label(self) -> str:
+        """One label for all models ("logit"), or each model's in order ("logit / cosine") when they differ."""
+        return self.score_labels[0] if len(set(self.score_labels)) == 1 else " / ".join(self.score_labels)
 
     def metric_delta(self, name: str) -> float:
         """Last model minus first on a metric (nan without labels)."""
@@ -116,10 +121,9 @@ def compare(models: list, items: list[QueryItem], *, batch_size: int = 32, max_l
     if labelled:
         for name in labelled[0].metrics[0]:
             metrics[name] = [sum(q.metrics[m][name] for q in labelled) / len(labelled) for m in range(len(models))]
-    label = models[0].score_label
-    if normalize and label != "cosine":
-        label = f"sigmoid({label})"
-    return Comparison([m.ref for m in models], [m.kind for m in models], label, queries, metrics)
+    labels = [m.score_label if not normalize or m.score_label == "cosine" else f"sigmoid({m.score_label})"
+              for m in models]
+    return Comparison([m.ref for m in models], [m.kind for m in models], labels, queries, metrics)
 
 
 def _query_result(item: QueryItem, scores: list[list[float]]) -> QueryResult:
