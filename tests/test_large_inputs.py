@@ -16,7 +16,6 @@ from core.app.quota import visitor_bytes
 from core.app.workspace import Workspace
 from core.errors import RerankError
 from core.rerank.model import Reranker
-from tests.app_server import launched, local_workspace
 from ui.common import request_workspace
 from ui.compare_view import CSV_NAME, TOP_K, Shown
 from ui.playground import (MAX_PASTED, MAX_PASTED_CHARS, compare_and_keep, next_page, offer_download, parse_passages,
@@ -169,31 +168,3 @@ def test_a_cross_vs_bi_encoder_pair_labels_each_models_scores(bert_cls_family, b
     assert shown.result.score_labels == labels
     assert f"Scores: A **{labels[0]}**, B **cosine**" in status and "Scores are" not in status
     assert "different scales" in status
-
-
-@pytest.mark.slow
-def test_1500_pasted_passages_render_in_the_browser(tmp_path, bert_cls_family):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not os.path.exists("/usr/bin/chromium"):
-        pytest.skip("no Chromium at /usr/bin/chromium")
-    import shutil
-    root = tmp_path.resolve()
-    merge = root / "outputs" / "merge"  # the pickers default to (its base, it)
-    shutil.copytree(bert_cls_family[1], merge)
-    (merge / "mergekit_config.yml").write_text(f"base_model: {bert_cls_family[0]}\nmodels:\n"
-                                               f"  - model: {bert_cls_family[1]}\n")
-    with launched(local_workspace(root)) as (blocks, _), sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        page.goto(blocks.local_url)
-        page.get_by_role("tab", name="Playground").click()
-        page.get_by_label("Query", exact=True).fill(QUERY)
-        page.get_by_label("Passages, one per line (+ marks a relevant one)").fill("\n".join(DOCS))
-        sync_api.expect(page.locator("#passage-count")).to_contain_text(f"{MANY:,} passages")
-        page.get_by_role("button", name="Compare", exact=True).click()
-        sync_api.expect(page.locator("#compare-pager")).to_contain_text(f"Passages 1–20 of {MANY:,}")
-        sync_api.expect(page.locator("#compare-table tbody tr")).to_have_count(TOP_K)
-        page.get_by_role("button", name="Next ▶").click()
-        sync_api.expect(page.locator("#compare-pager")).to_contain_text("Passages 21–40")
-        browser.close()
