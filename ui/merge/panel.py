@@ -1,7 +1,7 @@
 """The "Merge" tab: pick models and a method (or paste a recipe), check the plan, merge, get the result.
 
     with gr.Blocks() as app:
-        build_merge_panel(app, default_workspace(hosted=False))
+        form, merged = build_merge_panel(app, default_workspace(hosted=False))
 
 Public API (gradio_client), both taking plain values:
     /plan   (recipe_yaml, output_name, device)                 -> Markdown: ready or not, and why
@@ -38,7 +38,7 @@ from core.units import human
 from ui import jobs
 from ui.common import (PRIVATE, QUEUE, device_choices, device_update, hub_token, job_label, on_space, request_workspace,
                        session_id)
-from ui.merge.form import FormControls, build_merge_form, refresh_models
+from ui.merge.form import build_merge_form, refresh_models
 from ui.merge.weights_panel import build_weights_from_data
 
 ZIP_LIMIT = 2 * 1000**3  # bytes: larger outputs are pushed to the Hub or copied, not downloaded
@@ -48,9 +48,10 @@ SCROLL_LOG_TO_END = "() => { const box = document.querySelector('.log textarea')
                     "if (box) requestAnimationFrame(() => { box.scrollTop = box.scrollHeight; }); }"
 
 
-def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
+def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> tuple:
     """Add the Merge tab's contents to the current Blocks; `app` gives the page's load/unload events.
-    Returns the form, which other tabs may fill (the Sweep tab's "Use this α")."""
+    Returns (the form, which other tabs may fill (the Sweep tab's "Use this α"), the event of a
+    finished merge, on which the other tabs re-read their models)."""
     ws = gr.State(workspace)
     last_output = gr.State(None)  # the folder of this session's latest merge (server side, trusted)
     form = build_merge_form(app, workspace, ws)
@@ -93,11 +94,11 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
 
     check_button.click(plan, [form.recipe_yaml, output_name, device, ws], status, api_name="plan",
                        concurrency_limit=4)
-    merge_button.click(merge, [form.recipe_yaml, output_name, device, overwrite, seed, ws],
-                       [status, log, folder, card, last_output], api_name="merge",
-                       concurrency_limit=1, concurrency_id=QUEUE).success(
+    merged = merge_button.click(merge, [form.recipe_yaml, output_name, device, overwrite, seed, ws],
+                                [status, log, folder, card, last_output], api_name="merge",
+                                concurrency_limit=1, concurrency_id=QUEUE).success(
         refresh_models, [ws, form.layout], [form.choices, form.layout, form.base], **PRIVATE)
-    stop_button.click(stop, None, status, concurrency_limit=None, **PRIVATE)
+    stop_button.click(stop_pressed, None, status, concurrency_limit=None, **PRIVATE)
     log.change(None, js=SCROLL_LOG_TO_END)  # browser only: autoscroll skips a read-only box
     zip_button.click(make_zip, [last_output, ws], zip_file, **PRIVATE)
     push_button.click(push, [repo, private, token, last_output, ws], push_status, **PRIVATE)
@@ -107,7 +108,7 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
             end_session(workspace, request)
 
         app.unload(on_unload)
-    return form
+    return form, merged
 
 
 def plan(recipe_yaml: str, output_name: str, device: str, workspace: Workspace,
@@ -178,6 +179,16 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
 
 
 stop = jobs.stopper("merge", "Stopping after the current tensor…", "stop")
+
+
+def stop_pressed(request: gr.Request | None = None):
+    """Stop's effect on the status line: "Stopping…" while this visitor's merge runs; with none running,
+    the last status ("✓ Merged", an error) stays and a toast says there was nothing to stop."""
+    reply = stop(request)
+    if reply == jobs.NOTHING:
+        gr.Info(reply)
+        return gr.skip()
+    return reply
 
 
 def make_zip(folder: str | None, workspace: Workspace, request: gr.Request | None = None):
