@@ -66,7 +66,7 @@ def test_merge_then_the_playground_compares_its_base_with_it(page, workspace):
     status = page.locator("#merge-status")
     expect(status).to_contain_text("✓ Merged", timeout=WAIT_MS)
     page.get_by_role("button", name="Stop", exact=True).filter(visible=True).click()  # nothing runs: "✓ Merged" stays
-    expect(page.get_by_text("Nothing is running.").first).to_be_visible()
+    expect(page.locator("#stop-note")).to_contain_text("Nothing is running.")
     expect(status).to_contain_text("✓ Merged")
 
     page.get_by_role("tab", name="Playground").click()

@@ -1,6 +1,6 @@
 """The model pickers follow the workspace (issue 17): on page load, after a merge, after the demo build;
 hosted, a visitor's first view and pickers name no server path and no one else's merge; a model compared
-with itself says so; Stop after a finished merge keeps "✓ Merged"."""
+with itself says so. (Stop after a finished merge keeping "✓ Merged": tests/test_browser_loop.py.)"""
 from __future__ import annotations
 
 import json
@@ -16,9 +16,8 @@ from core.app.sessions import session_workspace
 from core.app.workspace import PACKAGED_REF, SESSIONS, Workspace, packaged_minilm
 from core.demo.build import demo_folder
 from tests.app_server import browser_event, launched, local_workspace
-from ui.common import default_pair, is_skip, refresh_pair
+from ui.common import default_pair, refresh_pair
 from ui.layout import build_app
-from ui.merge.panel import stop_pressed
 from ui.playground import rerank_compare
 
 
@@ -149,6 +148,3 @@ def test_comparing_a_model_with_itself_says_so(bert_cls_family, tmp_path):
     assert "same model" not in status
     assert same_model("org/x", "org/x") and not same_model("org/x", model)
 
-
-def test_stop_with_no_merge_running_leaves_the_status_alone():
-    assert is_skip(stop_pressed())

@@ -70,6 +70,7 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> tuple:
         check_button = gr.Button("Check", variant="secondary")
         merge_button = gr.Button("Merge", variant="primary")
         stop_button = gr.Button("Stop", variant="stop")
+    stop_note = gr.Markdown(elem_id="stop-note")  # what Stop did ("Nothing is running."), one line
     status = gr.Markdown("Check shows what the merge will read, write and need before anything runs.",
                          elem_classes="status", elem_id="merge-status")
     log = gr.Textbox(label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_classes="log")
@@ -98,7 +99,8 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> tuple:
                                 [status, log, folder, card, last_output], api_name="merge",
                                 concurrency_limit=1, concurrency_id=QUEUE).success(
         refresh_models, [ws, form.layout], [form.choices, form.layout, form.base], **PRIVATE)
-    stop_button.click(stop_pressed, None, status, concurrency_limit=None, **PRIVATE)
+    # Stop answers beside itself, not in the status: pressed after a merge, it leaves "✓ Merged" in place.
+    stop_button.click(stop, None, stop_note, concurrency_limit=None, **PRIVATE)
     log.change(None, js=SCROLL_LOG_TO_END)  # browser only: autoscroll skips a read-only box
     zip_button.click(make_zip, [last_output, ws], zip_file, **PRIVATE)
     push_button.click(push, [repo, private, token, last_output, ws], push_status, **PRIVATE)
@@ -179,16 +181,6 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
 
 
 stop = jobs.stopper("merge", "Stopping after the current tensor…", "stop")
-
-
-def stop_pressed(request: gr.Request | None = None):
-    """Stop's effect on the status line: "Stopping…" while this visitor's merge runs; with none running,
-    the last status ("✓ Merged", an error) stays and a toast says there was nothing to stop."""
-    reply = stop(request)
-    if reply == jobs.NOTHING:
-        gr.Info(reply)
-        return gr.skip()
-    return reply
 
 
 def make_zip(folder: str | None, workspace: Workspace, request: gr.Request | None = None):
