@@ -6,7 +6,6 @@ The demo models are tiny generated cross-encoders placed where the demo build sa
 so the app believes the demo is built; training the real demo takes minutes. Headless Debian Chromium via
 Playwright, as tests/test_browser.py; screenshots in tests/artifacts/.
 """
-import os
 import shutil
 
 import pytest
@@ -14,21 +13,11 @@ import pytest
 from core.demo.build import DEMO_MODELS, demo_folder
 from tests.app_server import launched, local_workspace
 from tests.model_factory import build_family
+from tests.test_browser import ARGS, CHROMIUM, WAIT_MS, shot, sync_api, table_rows  # skips here too without Chromium
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]
-WAIT_MS = 60_000
 OUTPUT = "loop-merge"
 QUERY = "how long do I boil an egg"
 PASSAGES = ["boil the egg for nine minutes", "a compiler turns code into machine code", "eggs are laid by hens"]
-
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)", allow_module_level=True)
-pytest.importorskip("playwright.sync_api")
-from playwright import sync_api  # noqa: E402
-
-from tests.test_browser import shot, table_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
