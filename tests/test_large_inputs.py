@@ -3,7 +3,6 @@
 The handlers are called as the page calls them: Compare (compare_and_keep) keeps its Comparison in a
 Shown, paging reads that Shown without scoring again, the download holds every passage. Then the
 minors: a line that is only "+", and the score kind of each model in a cross- vs bi-encoder pair.
-The last test pastes 1,500 passages in a real browser.
 """
 import io
 import os

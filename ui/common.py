@@ -12,13 +12,13 @@ from dataclasses import replace
 
 import gradio as gr
 
-from core.app.models import find_models
+from core.app.models import choice_for, find_models, latest_merge, merge_base
+from core.app.paths import engine_ref
 from core.app.sessions import downloads_root, session_name, session_workspace
-from core.app.workspace import Workspace, packaged_minilm
+from core.app.workspace import Workspace
 from core.demo.build import demo_pair
 from core.devices import list_devices
-from core.errors import MergeDeskError
-from core.io.safe_yaml import load_yaml
+from core.io.checkpoint import HUB_ID
 
 QUEUE = "gpu"  # concurrency_id of every heavy job (merge, comparison, sweep, weights): one at a time on the machine
 PRIVATE = {"api_visibility": "private"}
@@ -112,19 +112,56 @@ def model_choices(ws: Workspace) -> list[tuple[str, str]]:
 
 
 def default_pair(ws: Workspace) -> tuple[str | None, str | None]:
-    """Where the Playground's and the Sweep's A and B pickers start: (base of the latest merge, latest merge);
-    else the demo's general-ce and cooking-ce; else the packaged model twice."""
-    recipes = sorted(ws.outputs_dir.glob("*/mergekit_config.yml"), key=lambda p: p.stat().st_mtime, reverse=True)
-    merges = [recipe.parent for recipe in recipes]
-    fallback = str(packaged_minilm()) if packaged_minilm() else None
-    if not merges:
-        return demo_pair(ws) or (fallback, fallback)
-    try:
-        recipe = load_yaml((merges[0] / "mergekit_config.yml").read_text(encoding="utf-8"), source="a merge") or {}
-        base = recipe.get("base_model") or recipe["models"][0]["model"]
-    except (OSError, UnicodeDecodeError, MergeDeskError, AttributeError, KeyError, IndexError, TypeError):
-        base = fallback
-    return base, str(merges[0])
+    """Where the Playground's, the Sweep's and the Generate tab's A and B pickers start.
+
+    (base of the latest merge, that merge), each as its picker choice's ref; a base that is no choice
+    (a Hub id the recipe named, a folder elsewhere) as the recipe wrote it, except hosted, where a path
+    outside the choices falls back to the first model. With no merge yet: the demo's general-ce and
+    cooking-ce; else the first model twice (the Playground then says A and B are the same model).
+    Hosted, `ws` must be the visitor's session workspace (request_workspace): only their merges count.
+    """
+    choices = find_models(ws)
+    first = choices[0].ref if choices else None
+    merge = latest_merge(ws)
+    if merge is None:
+        return demo_pair(ws) or (first, first)
+    shown = choice_for(str(merge), choices, ws)
+    base = merge_base(merge)
+    known = choice_for(base, choices, ws)
+    if known is not None:
+        base = known.ref
+    elif base is None or (ws.hosted and not HUB_ID.match(base)):
+        base = first
+    if shown is None:  # a merge folder without config.json: the picker does not list it, but it is the latest
+        return base, str(merge.relative_to(ws.root)) if ws.hosted else engine_ref(merge)
+    return base, shown.ref
+
+
+def first_view(workspace: Workspace, choices=model_choices, pair=default_pair) -> tuple[list, str | None, str | None]:
+    """(choices, A, B) the A/B pickers are built with. Hosted, nothing: the page is rendered once for every
+    visitor before any session exists, so what a visitor may see is filled in per request on load."""
+    if workspace.hosted:
+        return [], None, None
+    return (choices(workspace), *pair(workspace))
+
+
+def picker_updates(choices: list[tuple[str, str]], pair: tuple[str | None, str | None]) -> tuple:
+    """The A and B pickers' updates: these choices, starting at `pair`."""
+    return tuple(gr.Dropdown(choices=choices, value=value) for value in pair)
+
+
+def refresh_pair(workspace: Workspace, request: gr.Request | None = None) -> tuple:
+    """The Playground's and the Sweep's A and B pickers for this visitor: their models, at default_pair."""
+    ws = request_workspace(workspace, request)
+    return picker_updates(model_choices(ws), default_pair(ws))
+
+
+def follow_workspace(triggers: list, refreshes: list[tuple]) -> None:
+    """Re-run each (handler, inputs, outputs) after every trigger (page load, a finished merge, the demo build),
+    one after another, so the pickers and defaults follow the models on disk rather than those of launch time."""
+    for trigger in triggers:
+        for handler, inputs, outputs in refreshes:
+            trigger = trigger(handler, inputs, outputs, **PRIVATE).then
 
 
 def device_update():

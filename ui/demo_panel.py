@@ -1,7 +1,7 @@
 """The "Build demo models" strip at the top of a local app that has no demo models yet.
 
     demo = build_demo_panel(app, workspace)       # above the tabs
-    wire_demo(demo, form, workspace)              # once the Merge form exists: a build resets it to the demo
+    built = wire_demo(demo, form, workspace)      # once the Merge form exists: a build resets it to the demo
 
 One click trains the demo kit (core.demo.build: two domain embedders, a general cross-encoder and two
 domain fine-tunes of it, from the packaged MiniLM) into models/demo/, with a progress bar; about
@@ -20,7 +20,7 @@ from core.demo.build import DEMO_MODELS, DemoProgress, built_demo_models, demo_e
 from core.errors import MergeCancelled, MergeDeskError
 from core.monitor import MONITOR
 from ui import jobs
-from ui.common import PRIVATE, QUEUE, session_id
+from ui.common import PRIVATE, QUEUE, model_choices, session_id
 from ui.merge.form import FormControls, start_form
 
 PITCH = ("**No demo models yet.** Build them to try MergeDesk on real rerankers: a general MiniLM "
@@ -33,6 +33,7 @@ class DemoPanel:
     """What layout.py wires: the strip (hidden when done) and the event of a finished build."""
 
     strip: gr.Group
+    pitch: gr.Row  # "No demo models yet" and the buttons: hidden once the build is done, above its "✓ ready"
     built: object  # the build button's click event (chain .success on it)
 
 
@@ -40,7 +41,7 @@ def build_demo_panel(app: gr.Blocks, workspace: Workspace) -> DemoPanel:
     """Add the strip to the current Blocks; it shows on page load only when demo models are missing."""
     ws = gr.State(workspace)
     with gr.Group(visible=needs_demo(workspace), elem_classes="demo-strip") as strip:
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True) as pitch:
             gr.Markdown(PITCH)
             with gr.Column(scale=0, min_width=200):
                 button = gr.Button("Build demo models", variant="primary")
@@ -49,7 +50,7 @@ def build_demo_panel(app: gr.Blocks, workspace: Workspace) -> DemoPanel:
     built = button.click(build_demo, ws, status, concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
     stop.click(stop_demo, None, status, concurrency_limit=None, **PRIVATE)
     app.load(lambda: gr.Group(visible=needs_demo(workspace)), None, strip, **PRIVATE)
-    return DemoPanel(strip, built)
+    return DemoPanel(strip, pitch, built)
 
 
 def needs_demo(workspace: Workspace) -> bool:
@@ -75,7 +76,7 @@ def build_demo(workspace: Workspace, request: gr.Request | None = None):
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
     yield (f"**✓ Demo models ready** in `{workspace.models_dir / 'demo'}`. The Merge tab now mixes general-ce "
-           "with cooking-ce; in the Playground click *Refresh model lists* to compare them.")
+           "with cooking-ce, and the Playground compares them.")
 
 
 stop_demo = jobs.stopper("demo", "Stopping after the current training step…", "stop_demo")
@@ -89,10 +90,14 @@ def progress_markdown(event: DemoProgress) -> str:
     return f"`{'█' * filled}{'░' * (24 - filled)}` {done:.0%} · {event.line()} · {event.elapsed:.0f} s"
 
 
-def wire_demo(demo: DemoPanel, form: FormControls, workspace: Workspace) -> None:
-    """After a build, the Merge form starts from the demo recipe (as it does on the next launch);
-    a stopped build leaves the form as the visitor had it."""
+def wire_demo(demo: DemoPanel, form: FormControls, workspace: Workspace):
+    """After a build, the pitch gives way to the "✓ ready" line and the Merge form lists the new models and
+    starts from the demo recipe (as it does on the next launch); a stopped build leaves both as they were.
+    Returns the event's follow-up, on which the other tabs re-read their models (ui.common.follow_workspace)."""
     def on_built(layout: int):
-        return gr.skip() if needs_demo(workspace) else form.updates(start_form(workspace), layout)
+        if needs_demo(workspace):
+            return {}
+        return {demo.pitch: gr.Row(visible=False), form.choices: model_choices(workspace),
+                **form.updates(start_form(workspace), layout)}
 
-    demo.built.success(on_built, form.layout, form.shown, **PRIVATE)
+    return demo.built.success(on_built, form.layout, [demo.pitch, form.choices, *form.shown], **PRIVATE).then

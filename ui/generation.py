@@ -27,7 +27,8 @@ from core.llm.likelihood import mean_score, read_texts, score_texts
 from core.llm.model import CausalLM, find_decoders, is_causal_lm, load_causal_lm, unload_causal_lms
 from core.llm.settings import HOSTED, LOCAL, GenerationSettings
 from core.monitor import MONITOR
-from ui.common import PRIVATE, QUEUE, default_pair, device_choices, hub_token, job_label, request_workspace
+from ui.common import (PRIVATE, QUEUE, default_pair, device_choices, first_view, hub_token, job_label, picker_updates,
+                       request_workspace)
 
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 LIKELIHOOD_COLUMNS = ["text", "tokens", "A log-likelihood", "A perplexity", "B log-likelihood", "B perplexity",
@@ -39,13 +40,13 @@ LIKELIHOOD_HELP = """How likely each model finds some text (log-likelihood in na
 better). Paste text (a blank line between texts) or upload a JSONL file of `{"text": "…"}` lines."""
 
 
-def build_generation(workspace: Workspace) -> None:
-    """Add the tab's components and wiring to the current gr.Blocks context."""
+def build_generation(workspace: Workspace) -> tuple:
+    """Add the tab's components and wiring to the current gr.Blocks context.
+    Returns (handler, inputs, outputs) that re-fills the pickers (ui.common.follow_workspace)."""
     ws = gr.State(workspace)
     limits = HOSTED if workspace.hosted else LOCAL
     gr.Markdown(HELP)
-    first, second = decoder_pair(workspace)
-    choices = decoder_choices(workspace)
+    choices, first, second = first_view(workspace, decoder_choices, decoder_pair)
     with gr.Row():
         model_a = gr.Dropdown(choices, value=first, label="Model A (reference)", allow_custom_value=True, scale=3)
         model_b = gr.Dropdown(choices, value=second, label="Model B (under test)", allow_custom_value=True, scale=3)
@@ -86,6 +87,7 @@ def build_generation(workspace: Workspace) -> None:
                 concurrency_limit=1, show_progress_on=likelihood_status)
     refresh.click(refresh_decoders, ws, [model_a, model_b], **PRIVATE)
     unload_button.click(unload_all, ws, status, **PRIVATE)
+    return refresh_decoders, ws, [model_a, model_b]
 
 
 def generate_compare(model_a: str, model_b: str, prompt: str, max_new_tokens: float, temperature: float,
@@ -174,9 +176,7 @@ def decoder_pair(ws: Workspace) -> tuple[str | None, str | None]:
 
 def refresh_decoders(workspace: Workspace, request: gr.Request | None = None):
     ws = request_workspace(workspace, request)
-    first, second = decoder_pair(ws)
-    choices = decoder_choices(ws)
-    return gr.Dropdown(choices=choices, value=first), gr.Dropdown(choices=choices, value=second)
+    return picker_updates(decoder_choices(ws), decoder_pair(ws))
 
 
 def unload_all(workspace: Workspace) -> str:

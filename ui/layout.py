@@ -3,14 +3,16 @@
     app = build_app(default_workspace(hosted=False))
 
 Header, the memory gauge (always visible, above the tabs, so it keeps moving while a merge
-runs), the "Build demo models" strip (local app without demo models), the Merge, Playground and Sweep tabs, and the reference of merge methods. No handlers here:
-each panel wires its own events.
+runs), the "Build demo models" strip (local app without demo models), the Merge, Playground, Sweep and
+Generate tabs, and the reference of merge methods. No handlers here: each panel wires its own events,
+and this file only says when the tabs' model pickers are re-read (ui.common.follow_workspace).
 """
 from __future__ import annotations
 
 import gradio as gr
 
 from core.app.workspace import Workspace
+from ui.common import follow_workspace
 from ui.demo_panel import build_demo_panel, wire_demo
 from ui.gauge import build_gauge
 from ui.generation import build_generation
@@ -35,13 +37,16 @@ def build_app(workspace: Workspace) -> gr.Blocks:
         demo = build_demo_panel(app, workspace)
         with gr.Tabs():
             with gr.Tab("Merge"):
-                form = build_merge_panel(app, workspace)
-                wire_demo(demo, form, workspace)
+                form, merged = build_merge_panel(app, workspace)
+                built = wire_demo(demo, form, workspace)
             with gr.Tab("Playground"):
-                build_playground(workspace)
+                playground = build_playground(workspace)
             with gr.Tab("Sweep"):
-                build_sweep_panel(workspace, form)
+                sweep = build_sweep_panel(workspace, form)
             with gr.Tab("Generate"):
-                build_generation(workspace)
+                generation = build_generation(workspace)
+        # Each visitor's pickers and defaults come from the workspace as it is when they look (hosted: their own
+        # merges only), never from launch time: on page load, after a merge and after the demo build.
+        follow_workspace([app.load, merged.then, built], [playground, sweep, generation])
         build_methods_panel()
     return app

@@ -2,8 +2,9 @@
 
     build_playground(workspace)      # inside gr.Blocks; the layout puts it in its own tab
 
-Model A defaults to the base of the latest merge and model B to that merge, so the page
-answers "what did my merge do?" right after merging. Passages are typed one per line (a
+Model A defaults to the base of the latest merge and model B to that merge (ui.common.default_pair,
+re-read on page load, after each merge and after the demo build), so the page answers "what did my
+merge do?" right after merging; comparing a model with itself says so. Passages are typed one per line (a
 leading "+" marks a relevant one, which turns on MRR / nDCG) or uploaded as JSONL with
 several queries. The scoring runs in core.rerank.model (models stay loaded between runs); this
 file turns its Comparison into a status line and a metrics table; ui.compare_view pages the table
@@ -22,6 +23,7 @@ import gradio as gr
 import pandas as pd
 
 from core import ASSETS
+from core.app.models import same_model
 from core.app.paths import check_model_ref
 from core.app.quota import check_pairs
 from core.app.workspace import Workspace
@@ -29,7 +31,7 @@ from core.errors import MergeDeskError, RerankError
 from core.monitor import MONITOR
 from core.rerank.compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
 from core.rerank.model import load_reranker, loaded_rerankers, unload
-from ui.common import (PRIVATE, QUEUE, cache_owner, default_pair, device_choices, hub_token, job_label, model_choices,
+from ui.common import (PRIVATE, QUEUE, cache_owner, device_choices, first_view, hub_token, job_label, refresh_pair,
                        request_workspace)
 from ui.compare_view import MAX_TOP_K, TOP_K, Shown, page_view, pager_line, write_csv
 
@@ -44,18 +46,19 @@ COUNT_JS = ("(text) => { const n = (text || '').split(/\\r?\\n/).filter(l => l.t
 TABLE_COLUMNS = ["passage", "A score", "A rank", "B score", "B rank", "Δ score", "rank change"]
 NOTHING_LOADED = "No models loaded."
 METRIC_COLUMNS = ["metric", "A", "B", "B − A"]
+SAME_MODEL = "**⚠ A and B are the same model: every Δ is 0.** Pick your merge as B (or another model as A).\n\n"
 HELP = """Compare how two models rank the same passages. **A** is the reference (by default the base of
 your latest merge), **B** the model under test (by default that merge). One passage per line; start a line
 with `+` to mark it relevant and get MRR and nDCG. Or upload a JSONL file:
 `{"query": "…", "docs": ["…"], "labels": [1, 0]}` or `{"query": "…", "pos": ["…"], "neg": ["…"]}` per line."""
 
 
-def build_playground(workspace: Workspace) -> None:
-    """Add the playground's components and wiring to the current gr.Blocks context."""
+def build_playground(workspace: Workspace) -> tuple:
+    """Add the playground's components and wiring to the current gr.Blocks context.
+    Returns (handler, inputs, outputs) that re-fills the pickers (ui.common.follow_workspace)."""
     ws = gr.State(workspace)
     gr.Markdown(HELP)
-    first, second = default_pair(workspace)
-    choices = model_choices(workspace)
+    choices, first, second = first_view(workspace)
     with gr.Row():
         model_a = gr.Dropdown(choices, value=first, label="Model A (reference)", allow_custom_value=True, scale=3,
                               elem_id="model-a")
@@ -102,6 +105,7 @@ def build_playground(workspace: Workspace) -> None:
     following.click(next_page, shown, paging, **PRIVATE)
     refresh.click(refresh_pair, ws, [model_a, model_b], **PRIVATE)
     unload_button.click(unload_all, ws, loaded, **PRIVATE)
+    return refresh_pair, ws, [model_a, model_b]
 
 
 def rerank_compare(model_a: str, model_b: str, query: str, passages: str, queries_file: str | None,
@@ -136,7 +140,9 @@ def compare_and_keep(model_a: str, model_b: str, query: str, passages: str, quer
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
     kept = Shown(result, (shown or Shown()).top)
-    return (status_markdown(result, models), *page_view(kept), metrics_table(result), loaded_markdown(owner), kept)
+    same = SAME_MODEL if same_model(*refs) else ""
+    return (same + status_markdown(result, models), *page_view(kept), metrics_table(result), loaded_markdown(owner),
+            kept)
 
 
 def offer_download(shown: Shown, workspace: Workspace, request: gr.Request | None = None):
@@ -235,13 +241,6 @@ def unload_all(workspace: Workspace, request: gr.Request | None = None) -> str:
     owner = cache_owner(workspace, request)
     unload(owner=owner)
     return loaded_markdown(owner)
-
-
-def refresh_pair(workspace: Workspace, request: gr.Request | None = None):
-    ws = request_workspace(workspace, request)
-    first, second = default_pair(ws)
-    choices = model_choices(ws)
-    return gr.Dropdown(choices=choices, value=first), gr.Dropdown(choices=choices, value=second)
 
 
 def _examples(query, passages) -> None:

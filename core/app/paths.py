@@ -13,7 +13,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from core.app.workspace import Workspace, packaged_minilm
+from core.app.workspace import PACKAGED_REF, Workspace, packaged_minilm
 from core.errors import CheckpointError
 from core.io.checkpoint import HUB_ID, lies_within
 from core.merge.recipe import MergeRecipe
@@ -22,7 +22,7 @@ from core.merge.recipe import MergeRecipe
 def check_model_ref(text: str, ws: Workspace) -> str:
     """The reference the engine should open for what a person typed, or a MergeDeskError.
 
-    Local: the text, stripped. Hosted: the packaged model, or a relative path whose real
+    Local: the text, stripped. Hosted: the packaged model (by PACKAGED_REF or its folder), or a relative path whose real
     location (symlinks followed) lies in models_dir or outputs_dir, with no file inside it
     linking out of them. Whatever exists as a path (from root or the engine's current folder)
     is judged as that path, so `base` beside the app is refused; only a text that is no path
@@ -39,6 +39,8 @@ def check_model_ref(text: str, ws: Workspace) -> str:
         return ref
     packaged = packaged_minilm()
     refuse = f"model path {ref!r} is not allowed here: {{}}; give a Hub id like 'org/name' or a folder under models/"
+    if packaged is not None and ref == PACKAGED_REF:
+        return str(packaged)
     if packaged is not None and Path(ref) == packaged:
         return ref
     if "://" in ref or ref.startswith(("~", "/", "\\")) or "\\" in ref:

@@ -33,6 +33,10 @@ OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 SESSIONS = "sessions"  # hosted: outputs_dir / SESSIONS / <session id>
 
+# Hosted, the packaged model's reference: its folder is a server path (the venv's), which a visitor neither
+# needs to see nor may type; core/app/paths.py turns this name back into the folder.
+PACKAGED_REF = "packaged:all-MiniLM-L6-v2"
+
 
 @dataclass(frozen=True)
 class Workspace:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from core import ASSETS
-from core.app.workspace import RECIPE_EXPORT_BYTES, Workspace, packaged_minilm
+from core.app.models import packaged_ref
+from core.app.workspace import RECIPE_EXPORT_BYTES, Workspace
 from core.demo.build import demo_pair
 from core.errors import RecipeError
 from core.merge.methods import METHODS
@@ -66,7 +67,7 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
     start = start_form(workspace)
     state = gr.State(start)
     layout = gr.State(0)
-    choices = gr.State(model_choices(workspace))
+    choices = gr.State([] if workspace.hosted else model_choices(workspace))  # hosted: filled per visitor on load
     gr.Markdown(HELP, elem_classes="help")
     with gr.Row():
         with gr.Column(scale=3):
@@ -154,14 +155,13 @@ def one_edit_at_a_time(app: gr.Blocks) -> None:
     app.process_api = process_api
 
 
-def start_form(workspace: Workspace | None = None) -> FormState:
+def start_form(workspace: Workspace) -> FormState:
     """What a first visit shows: the demo recipe (linear, general-ce + cooking-ce) when the demo models
     are built (python -m core demo), else a linear merge of the packaged MiniLM with a model to pick."""
-    pair = demo_pair(workspace) if workspace else None
+    pair = demo_pair(workspace)
     if pair:
         return new_form("linear", models=pair)
-    packaged = packaged_minilm()
-    return new_form("linear", models=(str(packaged) if packaged else "", ""))
+    return new_form("linear", models=(packaged_ref(workspace), ""))
 
 
 def refresh_models(workspace: Workspace, layout: int, request: gr.Request | None = None):
@@ -227,7 +227,7 @@ def form_status(form: FormState) -> str:
     """One line under the YAML box: complete, or the first thing to fix."""
     empty = next((index for index, row in enumerate(form.rows, 1) if not row.model), None)
     if empty is not None:
-        return f"✗ Model {empty} is not picked yet: choose one, type a folder or Hub id, or remove the row."
+        return f"Model {empty} is not picked yet: choose one, type a folder or Hub id, or remove the row."  # not an error
     try:
         check_form(form)
     except RecipeError as error:

@@ -1,7 +1,7 @@
 """The "Merge" tab: pick models and a method (or paste a recipe), check the plan, merge, get the result.
 
     with gr.Blocks() as app:
-        build_merge_panel(app, default_workspace(hosted=False))
+        form, merged = build_merge_panel(app, default_workspace(hosted=False))
 
 Public API (gradio_client), both taking plain values:
     /plan   (recipe_yaml, output_name, device)                 -> Markdown: ready or not, and why
@@ -39,7 +39,7 @@ from core.units import human
 from ui import jobs
 from ui.common import (PRIVATE, QUEUE, device_choices, device_update, hub_token, job_label, on_space, request_workspace,
                        session_id)
-from ui.merge.form import FormControls, build_merge_form, refresh_models
+from ui.merge.form import build_merge_form, refresh_models
 from ui.merge.weights_panel import build_weights_from_data
 
 REPLACE_HINT = "tick Replace under More options"  # how this page replaces an existing output (core: OutputExists)
@@ -50,9 +50,10 @@ SCROLL_LOG_TO_END = "() => { const box = document.querySelector('.log textarea')
                     "if (box) requestAnimationFrame(() => { box.scrollTop = box.scrollHeight; }); }"
 
 
-def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
+def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> tuple:
     """Add the Merge tab's contents to the current Blocks; `app` gives the page's load/unload events.
-    Returns the form, which other tabs may fill (the Sweep tab's "Use this α")."""
+    Returns (the form, which other tabs may fill (the Sweep tab's "Use this α"), the event of a
+    finished merge, on which the other tabs re-read their models)."""
     ws = gr.State(workspace)
     last_output = gr.State(None)  # the folder of this session's latest merge (server side, trusted)
     form = build_merge_form(app, workspace, ws)
@@ -71,6 +72,7 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
         check_button = gr.Button("Check", variant="secondary")
         merge_button = gr.Button("Merge", variant="primary")
         stop_button = gr.Button("Stop", variant="stop")
+    stop_note = gr.Markdown(elem_id="stop-note")  # what Stop did ("Nothing is running."), one line
     status = gr.Markdown("Check shows what the merge will read, write and need before anything runs.",
                          elem_classes="status", elem_id="merge-status")
     log = gr.Textbox(label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_classes="log")
@@ -95,11 +97,12 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
 
     check_button.click(plan, [form.recipe_yaml, output_name, device, ws], status, api_name="plan",
                        concurrency_limit=4)
-    merge_button.click(merge, [form.recipe_yaml, output_name, device, overwrite, seed, ws],
-                       [status, log, folder, card, last_output], api_name="merge",
-                       concurrency_limit=1, concurrency_id=QUEUE).success(
+    merged = merge_button.click(merge, [form.recipe_yaml, output_name, device, overwrite, seed, ws],
+                                [status, log, folder, card, last_output], api_name="merge",
+                                concurrency_limit=1, concurrency_id=QUEUE).success(
         refresh_models, [ws, form.layout], [form.choices, form.layout, form.base], **PRIVATE)
-    stop_button.click(stop, None, status, concurrency_limit=None, **PRIVATE)
+    # Stop answers beside itself, not in the status: pressed after a merge, it leaves "✓ Merged" in place.
+    stop_button.click(stop, None, stop_note, concurrency_limit=None, **PRIVATE)
     log.change(None, js=SCROLL_LOG_TO_END)  # browser only: autoscroll skips a read-only box
     zip_button.click(make_zip, [last_output, ws], zip_file, **PRIVATE)
     push_button.click(push, [repo, private, token, last_output, ws], push_status, **PRIVATE)
@@ -109,7 +112,7 @@ def build_merge_panel(app: gr.Blocks, workspace: Workspace) -> FormControls:
             end_session(workspace, request)
 
         app.unload(on_unload)
-    return form
+    return form, merged
 
 
 def plan(recipe_yaml: str, output_name: str, device: str, workspace: Workspace,

@@ -36,7 +36,7 @@ from core.merge.preview import preview
 from core.merge.recipe import to_yaml
 from core.monitor import MONITOR
 from ui import jobs
-from ui.common import (PRIVATE, QUEUE, SKIP, default_pair, device_choices, hub_token, job_label, keyed, model_choices,
+from ui.common import (PRIVATE, QUEUE, SKIP, device_choices, first_view, hub_token, job_label, keyed, refresh_pair,
                        request_workspace, session_id)
 from ui.merge.form import FormControls
 from ui.merge.recipe_form import FormState, yaml_to_form
@@ -79,13 +79,13 @@ CLICK_JS = """() => {
 }"""
 
 
-def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
-    """Add the Sweep tab's contents to the current Blocks; "Use this α" updates `form`."""
+def build_sweep_panel(workspace: Workspace, form: FormControls) -> tuple:
+    """Add the Sweep tab's contents to the current Blocks; "Use this α" updates `form`.
+    Returns (handler, inputs, outputs) that re-fills the A/B pickers (ui.common.follow_workspace)."""
     ws = gr.State(workspace)
     last = gr.State(None)  # SweepResult.to_dict() of this session's latest sweep
     gr.Markdown(HELP, elem_classes="help")
-    first, second = default_pair(workspace)
-    choices = model_choices(workspace)
+    choices, first, second = first_view(workspace)
     with gr.Row():
         model_a = gr.Dropdown(choices, value=first, label="Model A (α = 0)", allow_custom_value=True, scale=3)
         model_b = gr.Dropdown(choices, value=second, label="Model B (α = 1)", allow_custom_value=True, scale=3)
@@ -122,6 +122,7 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> None:
     plot.change(None, js=CLICK_JS, **PRIVATE)
     clicked.change(clicked_alpha, clicked, pick, **PRIVATE).then(
         on_use, [last, pick, form.layout], [used, *form.shown], **PRIVATE)
+    return refresh_pair, ws, [model_a, model_b]
 
 
 def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[str], uploads: list[str] | None,
