@@ -167,8 +167,10 @@ def planned_steps(queries: int, config: TrainConfig) -> int:
     """Optimizer steps a run over `queries` examples takes: whole batches per epoch, capped by max_steps.
 
     Example:
-        >>> planned_steps(191, TrainConfig(epochs=2, batch_size=16)), planned_steps(8, TrainConfig(batch_size=4, max_steps=1))
-        (24, 1)
+        >>> planned_steps(191, TrainConfig(epochs=2, batch_size=16))
+        24
+        >>> planned_steps(8, TrainConfig(batch_size=4, max_steps=1))
+        1
     """
     steps = math.ceil(queries / config.batch_size) * config.epochs
     return steps if config.max_steps is None else min(config.max_steps, steps)
