@@ -190,6 +190,7 @@ class MemoryMonitor:
         self._lock = threading.Lock()
         self._job: JobState | None = None
         self._job_serial = 0  # tells the latest job apart from one that overlapped it
+        self._running = 0  # jobs inside job() now, overlapping ones included
 
     def tick(self) -> MemorySample:
         """Take a sample, keep it, and raise the running job's peaks with it."""
@@ -207,6 +208,11 @@ class MemoryMonitor:
         with self._lock:
             return [s for s in self._samples if since is None or s.time >= since]
 
+    def busy(self) -> bool:
+        """Whether any job runs now (the latest one, or an earlier one that overlaps it)."""
+        with self._lock:
+            return self._running > 0
+
     def job_state(self) -> JobState | None:
         """The latest job's state, or None when no job has run."""
         with self._lock:
@@ -219,6 +225,7 @@ class MemoryMonitor:
         first = sample_memory()
         with self._lock:
             self._job_serial += 1
+            self._running += 1
             serial = self._job_serial
             self._job = JobState(label, first.time, None, first.anon, first.anon,
                                  tuple(gpu.allocated for gpu in first.gpus))
@@ -234,6 +241,7 @@ class MemoryMonitor:
             sampler.join()
             last = self.tick()
             with self._lock:
+                self._running -= 1
                 if self._job_serial == serial:
                     self._job = replace(self._job, finished=last.time)
 

@@ -39,7 +39,7 @@ def test_bars_show_the_latest_sample_in_gb():
     assert trace(figure, "real (anon)").x == (0.412,)
     assert trace(figure, "file-backed (mapped)").x == (1.2,)
     assert "mmap'ed checkpoints" in trace(figure, "file-backed (mapped)").customdata[0]
-    assert trace(figure, "RAM used").x == (3.1,) and trace(figure, "RAM used").y == ("RAM · cgroup",)
+    assert trace(figure, "RAM used").x == (3.1,) and trace(figure, "RAM used").y == ("RAM 3.10 GB / 24.0 GB",)
     assert trace(figure, "RAM free").x == pytest.approx((20.9,))
     assert not [t for t in figure.data if t.name.startswith("GPU")]
     assert "xaxis2" not in figure.layout.to_plotly_json()  # one panel: no timeline without a job
@@ -112,8 +112,8 @@ def test_the_tick_is_private_unqueued_and_quiet():
     app, merge, tick, _ = gauge_app()
     assert (tick["api_visibility"], tick["queue"], tick["show_progress"]) == ("private", False, "hidden")
     assert list(app.get_api_info(all_endpoints=True)["named_endpoints"]) == ["/slow_merge"]
-    text, figure = app.fns[tick["id"]].fn()
-    assert text.startswith("Process **") and isinstance(figure, go.Figure)
+    text, figure, timer = app.fns[tick["id"]].fn()
+    assert text.startswith("Process **") and isinstance(figure, go.Figure) and isinstance(timer, gr.Timer)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from core.app.workspace import Workspace
 from core.demo.build import DEMO_MODELS, DemoProgress, built_demo_models, demo_events
 from core.errors import MergeCancelled, MergeDeskError
 from core.monitor import MONITOR
+from core.progress import eta_text
 from ui import jobs
 from ui.common import PRIVATE, QUEUE, model_choices, session_id
 from ui.merge.form import FormControls, start_form
@@ -83,11 +84,13 @@ stop_demo = jobs.stopper("demo", "Stopping after the current training step…", 
 
 
 def progress_markdown(event: DemoProgress) -> str:
-    """A bar over the whole build (models done + this model's share) and the current line."""
+    """A bar over the whole build (models done + this model's share), the current line and the time left
+    in the whole build (core.progress: its optimizer steps so far against all it plans)."""
     share = event.step / event.total if event.total else (0.0 if event.state == "training" else 1.0)
     done = (event.index - 1 + share) / event.count
     filled = round(24 * done)
-    return f"`{'█' * filled}{'░' * (24 - filled)}` {done:.0%} · {event.line()} · {event.elapsed:.0f} s"
+    return (f"`{'█' * filled}{'░' * (24 - filled)}` {done:.0%} · {event.line()} · {event.elapsed:.0f} s · "
+            f"{eta_text(event.eta)}")
 
 
 def wire_demo(demo: DemoPanel, form: FormControls, workspace: Workspace):

@@ -1,5 +1,7 @@
 """The live memory gauge: this process's real and mapped memory, the container's RAM, each GPU,
-and the latest job's memory curve with its peak. A gr.Timer refreshes it every second.
+and the latest job's memory curve with its peak. A gr.Timer refreshes it every second while a job
+runs and every IDLE_INTERVAL seconds otherwise (drawing the figure each second cost an idle page
+~22% of a core).
 
     with gr.Blocks() as demo:
         build_gauge()        # a one-line summary and a ~220 px figure
@@ -25,12 +27,26 @@ GPU_MINE, GPU_CACHED = "#d9822b", "#f2c89b"
 HEIGHT = 220  # px: the gauge sits above the panels and must not push them down
 
 
+BUSY_INTERVAL, IDLE_INTERVAL = 1.0, 5.0  # seconds between two refreshes while a job runs / while none does
+
+
 def refresh_gauge(monitor: MemoryMonitor = MONITOR) -> tuple[str, go.Figure]:
-    """The timer's handler: take a sample, return (summary Markdown, figure)."""
+    """Take a sample, return (summary Markdown, figure)."""
     latest = monitor.tick()
     job = monitor.job_state()
     samples = monitor.samples(since=job.started if job else latest.time)
     return gauge_text(latest, job), gauge_figure(samples, job)
+
+
+def gauge_interval(busy: bool) -> float:
+    """Seconds until the next refresh: fast while a job runs (its curve moves), slow when idle."""
+    return BUSY_INTERVAL if busy else IDLE_INTERVAL
+
+
+def tick_gauge(monitor: MemoryMonitor = MONITOR) -> tuple[str, go.Figure, gr.Timer]:
+    """The timer's handler: the gauge, and the timer's next interval (a job started since speeds it up
+    within IDLE_INTERVAL seconds)."""
+    return (*refresh_gauge(monitor), gr.Timer(gauge_interval(monitor.busy())))
 
 
 def gauge_text(sample: MemorySample, job: JobState | None) -> str:
@@ -41,7 +57,7 @@ def gauge_text(sample: MemorySample, job: JobState | None) -> str:
         "merge my-model": peak 598 MB real (+186 MB)
     """
     parts = [f"Process **{human(sample.anon)}** real + {human(sample.file)} mapped",
-             f"RAM {human(sample.ram_used)} / {human(sample.ram_limit)} ({sample.ram_source})"]
+             f"{ram_row(sample)} ({sample.ram_source})"]
     for gpu in sample.gpus:
         used = "?" if gpu.used is None else human(gpu.used)
         parts.append(f"GPU {gpu.index} {used} / {human(gpu.total)}, {human(gpu.allocated)} ours")
@@ -52,6 +68,12 @@ def gauge_text(sample: MemorySample, job: JobState | None) -> str:
             peak += ", GPU " + " / ".join(human(p) for p in job.peak_gpu_allocated)
         parts.append(peak)
     return " · ".join(parts)
+
+
+def ram_row(sample: MemorySample) -> str:
+    """'RAM 1.25 GB / 25.3 GB': the header's figures, and the name of the bar's RAM row, so the two agree
+    (the bar's segments read used and free; free alone, 24.0 GB, was taken for the total)."""
+    return f"RAM {human(sample.ram_used)} / {human(sample.ram_limit)}"
 
 
 def gauge_figure(samples: list[MemorySample], job: JobState | None) -> go.Figure:
@@ -89,17 +111,17 @@ def build_gauge(monitor: MemoryMonitor = MONITOR) -> None:
     text, figure = refresh_gauge(monitor)  # drawn now, so the page never opens on an empty plot
     summary = gr.Markdown(text, elem_id="gauge-summary")
     plot = gr.Plot(figure, show_label=False, elem_id="gauge-plot")
-    timer = gr.Timer(1.0)
+    timer = gr.Timer(gauge_interval(monitor.busy()))
     # private: left off the API page and gradio clients' listing. queue=False: the browser POSTs
     # /gradio_api/run/predict and gets its answer beside the queue, so a merge holding a queue
     # slot (and the ones waiting behind it) does not freeze the gauge.
-    timer.tick(partial(refresh_gauge, monitor), outputs=[summary, plot], api_name="refresh_gauge",
+    timer.tick(partial(tick_gauge, monitor), outputs=[summary, plot, timer], api_name="refresh_gauge",
                api_visibility="private", queue=False, show_progress="hidden")
 
 
 def _now_bars(sample: MemorySample) -> list[go.Bar]:
     """One bar trace per kind of memory; each spans the rows it applies to."""
-    ram = f"RAM · {sample.ram_source}"
+    ram = ram_row(sample)
     ram_note = ("the container's usage, page cache included" if sample.ram_source == "cgroup"
                 else "the system's total - available")
     bars = [
@@ -107,9 +129,9 @@ def _now_bars(sample: MemorySample) -> list[go.Bar]:
                  ["anonymous memory: tensors and buffers, given back only when freed"]),
         _segment("file-backed (mapped)", ["this process"], [sample.file], MAPPED,
                  ["file-backed = mmap'ed checkpoints: page cache, reclaimable"]),
-        _segment("RAM used", [ram], [sample.ram_used], USED, [ram_note]),
+        _segment("RAM used", [ram], [sample.ram_used], USED, [f"{ram_note} ({sample.ram_source})"], suffix=" used"),
         _segment("RAM free", [ram], [max(sample.ram_limit - sample.ram_used, 0)], FREE,
-                 [f"free up to the limit of {human(sample.ram_limit)}"]),
+                 [f"free up to the limit of {human(sample.ram_limit)}"], suffix=" free"),
     ]
     gpus = sample.gpus
     if gpus:
@@ -130,10 +152,11 @@ def _now_bars(sample: MemorySample) -> list[go.Bar]:
     return bars
 
 
-def _segment(name: str, rows: list[str], values: list[int], color: str, notes: list[str]) -> go.Bar:
-    """A horizontal bar segment in GB with a hover note per row."""
+def _segment(name: str, rows: list[str], values: list[int], color: str, notes: list[str], *,
+             suffix: str = "") -> go.Bar:
+    """A horizontal bar segment in GB with a hover note per row; suffix says what its label counts."""
     return go.Bar(name=name, y=rows, x=[value / GB for value in values], orientation="h",
-                  marker_color=color, text=[human(value) for value in values], textposition="inside",
+                  marker_color=color, text=[human(value) + suffix for value in values], textposition="inside",
                   textangle=0,  # a label too long for its segment is hidden (uniformtext), not turned on its side
                   customdata=notes, hovertemplate="<b>%{fullData.name}</b>: %{text}<br>%{customdata}<extra></extra>")
 

@@ -2,7 +2,7 @@
 
     python -m core demo [--models-dir models] [--seed 0] [--force] [--device cpu] [--threads N]
 
-Prints one line per model (skipped / saved, with its final loss) and the total time; the
+Prints one line per model (skipped / saved, with its final loss and the build's time left) and the total time; the
 models are what core.demo.build builds. Ctrl-C stops after the current step without a half model.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.devices import DEVICE_HELP
 from core.errors import MergeCancelled
+from core.progress import eta_text
 
 
 def demo_command(sub, common) -> None:
@@ -51,12 +52,13 @@ def _demo(args) -> None:
                 if bar is None:
                     bar = tqdm(total=event.total, desc=event.model, unit="step", file=sys.stderr)
                 bar.update(event.step - bar.n)
-                bar.set_postfix_str(f"loss {event.loss:.4f}", refresh=False)
+                bar.set_postfix_str(f"loss {event.loss:.4f}, build {eta_text(event.eta)}", refresh=False)
                 continue
             if bar is not None:
                 bar.close()
                 bar = None
-            print(event.line() + (f", last loss {event.loss:.4f}, {event.elapsed:.0f} s so far"
+            left = f", build {eta_text(event.eta)}" if event.done < event.planned else ""
+            print(event.line() + (f", last loss {event.loss:.4f}, {event.elapsed:.0f} s so far{left}"
                                   if event.state == "saved" else " (exists; --force rebuilds it)"))
     except KeyboardInterrupt:
         raise MergeCancelled("demo build interrupted; the models saved so far are kept, none is half written") from None

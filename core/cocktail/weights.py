@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -84,7 +86,8 @@ def check_tau(tau: float) -> None:
 
 def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAULT_TAU, device: str = "cpu",
                  batch_size: int = 16, max_length: int | None = None,
-                 token: str | bool | None = None, cancel: threading.Event | None = None) -> DataWeights:
+                 token: str | bool | None = None, cancel: threading.Event | None = None,
+                 progress: Callable[[int, int, float], None] | None = None) -> DataWeights:
     """Loss of every model on `examples` and the LM-Cocktail weights softmax(−loss/τ).
 
     Args:
@@ -95,6 +98,8 @@ def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAUL
         token: Hugging Face access for Hub ids (None = this machine's login; see
             checkpoint.resolve_reference).
         cancel: set it to stop before the next model (or decoder example); raises MergeCancelled.
+        progress: called after each model with (models weighed, models, seconds so far), for a
+            progress line and its time left (core.progress.eta).
     """
     if not models:
         raise RerankError("give at least one model to weigh")
@@ -104,7 +109,7 @@ def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAUL
     if len(set(model_kinds.values())) > 1:
         found = ", ".join(f"{ref} is a {kind}" for ref, kind in model_kinds.items())
         raise RerankError(f"weigh models of one kind: {found}")
-    losses, loss_kind = [], ""
+    losses, loss_kind, started = [], "", time.monotonic()
     for ref in models:
         MergeCancelled.check(cancel, STOPPED)
         already = {id(r) for r in loaded_rerankers()}
@@ -116,6 +121,8 @@ def data_weights(models: list[str], examples: list[dict], *, tau: float = DEFAUL
             if id(reranker) not in already:
                 unload(reranker)
         losses.append(loss)
+        if progress is not None:
+            progress(len(losses), len(models), time.monotonic() - started)
     MergeCancelled.check(cancel, STOPPED)
     return DataWeights(list(models), loss_kind, losses, weights_from_losses(losses, tau=tau), tau)
 

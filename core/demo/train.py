@@ -163,6 +163,19 @@ def finish(run: Generator[TrainStep, None, Trained]) -> Trained:
             return done.value
 
 
+def planned_steps(queries: int, config: TrainConfig) -> int:
+    """Optimizer steps a run over `queries` examples takes: whole batches per epoch, capped by max_steps.
+
+    Example:
+        >>> planned_steps(191, TrainConfig(epochs=2, batch_size=16))
+        24
+        >>> planned_steps(8, TrainConfig(batch_size=4, max_steps=1))
+        1
+    """
+    steps = math.ceil(queries / config.batch_size) * config.epochs
+    return steps if config.max_steps is None else min(config.max_steps, steps)
+
+
 def training_batches(examples: list[TrainExample], config: TrainConfig, epoch: int) -> list[list[tuple[str, list[str]]]]:
     """One epoch of batches: (query, [positive, negatives…]) groups in a seeded order.
 
@@ -189,9 +202,7 @@ def _run(load, tokenizer_folder: Path, examples, config: TrainConfig, device: to
 
     if config.group_size < 2 or config.batch_size < 1 or config.epochs < 1:
         raise RerankError("training needs group_size ≥ 2 (a positive and a negative), batch_size ≥ 1 and epochs ≥ 1")
-    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
-    total = steps_per_epoch * config.epochs if config.max_steps is None else min(config.max_steps,
-                                                                                 steps_per_epoch * config.epochs)
+    total = planned_steps(len(examples), config)
     started = time.monotonic()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

@@ -85,6 +85,18 @@ def staged_output(out_dir: str | Path, *, overwrite: bool = False,
         _LIVE.discard(token)
 
 
+def recover(out_dir: str | Path) -> None:
+    """Repair what a killed writer into `out_dir` left, by the rules above (nothing left: nothing to do).
+
+    For a caller that killed its own writer process (the demo build stops its training child this
+    way) and reaped it, so that no OUT.partial outlives the job; the next staged_output would repair
+    it too. Raises OutputError for a partial it must not touch (unmarked, or its writer still runs).
+    """
+    out = Path(out_dir).expanduser().resolve()
+    with _LOCK:
+        _recover_interrupted_run(out, out.with_name(out.name + ".partial"))
+
+
 def _refuse_existing(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise OutputExists(f"output folder {out} already exists: choose another name or replace it")

@@ -36,6 +36,7 @@ from core.errors import MergeCancelled, RecipeError
 from core.io.checkpoint import Checkpoint
 from core.merge.nonfinite import NonFinite
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob
+from core.progress import eta
 from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
 from core.merge.recipe import DTYPES, MergeRecipe
 from core.merge.sinks import ShardSink, WeightsSink
@@ -56,9 +57,8 @@ class Progress:
 
     @property
     def eta(self) -> float:
-        """Seconds left, assuming the remaining bytes go as fast as the ones so far."""
-        rate = self.bytes_done / self.elapsed if self.elapsed > 0 else 0
-        return (self.bytes_total - self.bytes_done) / rate if rate else float("inf")
+        """Seconds left, assuming the remaining bytes go as fast as the ones so far (inf before any)."""
+        return eta(self.bytes_done, self.bytes_total, self.elapsed)
 
 
 STOPPED = "merge stopped: no output was written"  # what a Stop between tensors raises

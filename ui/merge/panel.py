@@ -35,6 +35,7 @@ from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
 from core.merge.warnings import recipe_warnings
 from core.monitor import MONITOR
+from core.progress import eta_text
 from core.units import human
 from ui import jobs
 from ui.common import (PRIVATE, QUEUE, device_choices, device_update, hub_token, job_label, on_space, request_workspace,
@@ -274,9 +275,8 @@ def progress_markdown(event: Progress) -> str:
     done = event.step / event.total if event.total else 1.0
     filled = round(24 * done)
     rate = event.bytes_done / event.elapsed if event.elapsed > 0 else 0
-    eta = "—" if event.eta == float("inf") else (f"{event.eta:.0f} s" if event.eta < 120 else f"{event.eta / 60:.0f} min")
     return (f"`{'█' * filled}{'░' * (24 - filled)}` {done:.0%} · tensor {event.step}/{event.total} · "
-            f"{human(int(rate))}/s · {eta} left")
+            f"{human(int(rate))}/s · {eta_text(event.eta)}")
 
 
 def card_markdown(folder: Path) -> str:

@@ -11,6 +11,8 @@ next model (ui.jobs: only this visitor's). No tensor math here.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import gradio as gr
 
 from core.app.paths import check_model_ref
@@ -19,6 +21,7 @@ from core.app.workspace import Workspace
 from core.cocktail.weights import DEFAULT_TAU, DataWeights, data_weights, read_examples
 from core.errors import MergeCancelled, MergeDeskError
 from core.merge.methods import METHODS
+from core.progress import eta, eta_text
 from ui import jobs
 from ui.common import PRIVATE, QUEUE, hub_token, request_workspace, session_id
 from ui.merge.form import FormControls
@@ -27,6 +30,7 @@ from ui.merge.recipe_form import FormState, ModelRow, set_param
 HELP = ("Give a few examples of the task you merge for; each model's loss on them sets its weight, "
         "softmax(−loss / τ), as LM-Cocktail does. Examples (JSONL): `{\"input\": …, \"output\": …}` for LLMs, "
         "`{\"query\": …, \"pos\": […], \"neg\": […]}` for embedders and rerankers.")
+NEAR_UNIFORM = 0.05  # weights whose max − min is below this barely differ from an even mix
 
 
 def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.State) -> None:
@@ -43,8 +47,13 @@ def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.Stat
         outcome = gr.Markdown()
 
     def on_fill(state: FormState, examples_file: str | None, tau_value: float, device_spec: str, layout: int,
-                workspace: Workspace, request: gr.Request, oauth_token: gr.OAuthToken | None):
-        message, new = fill_weights(state, examples_file, tau_value, device_spec, workspace, request, oauth_token)
+                workspace: Workspace, request: gr.Request, oauth_token: gr.OAuthToken | None,
+                bar: gr.Progress = gr.Progress()):
+        def weighed(done: int, total: int, elapsed: float) -> None:
+            bar((done, total), desc=f"model {done}/{total} weighed · {eta_text(eta(done, total, elapsed))}")
+
+        message, new = fill_weights(state, examples_file, tau_value, device_spec, workspace, request, oauth_token,
+                                    progress=weighed)
         return {outcome: message, **form.updates(new, layout)}
 
     fill.click(on_fill, [form.state, examples, tau, device, form.layout, ws], [outcome, *form.shown],
@@ -54,8 +63,10 @@ def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.Stat
 
 def fill_weights(state: FormState, examples_file: str | None, tau: float, device: str, workspace: Workspace,
                  request: gr.Request | None = None,
-                 oauth_token: gr.OAuthToken | None = None) -> tuple[str, FormState | None]:
-    """(Markdown outcome, the form with the new weights — None when nothing could be computed)."""
+                 oauth_token: gr.OAuthToken | None = None, *,
+                 progress: Callable[[int, int, float], None] | None = None) -> tuple[str, FormState | None]:
+    """(Markdown outcome, the form with the new weights — None when nothing could be computed);
+    progress: data_weights' per-model callback (the page's bar with its time left)."""
     if not examples_file:
         return "✗ Upload a JSONL file of examples first.", None
     try:
@@ -67,7 +78,7 @@ def fill_weights(state: FormState, examples_file: str | None, tau: float, device
         check_pairs(scored * len(refs), ws, job=f"these examples ({scored:,} texts × {len(refs)} models)")
         with jobs.running(session_id(request), "weights") as cancel:
             result = data_weights(refs, examples, tau=float(tau or DEFAULT_TAU), device=device,
-                                  token=hub_token(workspace, oauth_token), cancel=cancel)
+                                  token=hub_token(workspace, oauth_token), cancel=cancel, progress=progress)
     except MergeCancelled:
         return "■ Stopped: the weights are unchanged.", None
     except MergeDeskError as error:
@@ -95,8 +106,17 @@ def weighted_rows(state: FormState) -> list[ModelRow]:
 
 
 def weights_markdown(result: DataWeights, rows: list[ModelRow]) -> str:
-    """A small table: model, loss, weight; and what the loss was."""
+    """A small table: model, loss, weight; what the loss was; and a hint when τ flattened the weights.
+
+    Rerankers' losses differ by a few tenths, so LM-Cocktail's τ = 5 (sized for LLM losses) gives them
+    near-uniform weights (spread under NEAR_UNIFORM): the data then decides next to nothing.
+    """
     lines = ["| model | loss | weight |", "|---|---:|---:|"]
     lines += [f"| `{row.model}` | {loss:.4f} | **{weight:.4f}** |"
               for row, loss, weight in zip(rows, result.losses, result.weights)]
-    return (f"✓ Weights set from {result.kind} losses, softmax(−loss / {result.tau:g}):\n\n" + "\n".join(lines))
+    spread = max(result.weights) - min(result.weights)
+    hint = (f"\n\n⚠ The weights are near-uniform (they differ by {spread:.3f}): τ = {result.tau:g} flattens "
+            f"losses this close; lower τ (e.g. {result.tau / 10:g}) to let the data decide."
+            if len(result.weights) > 1 and spread < NEAR_UNIFORM else "")
+    return (f"✓ Weights set from {result.kind} losses, softmax(−loss / {result.tau:g}):\n\n" + "\n".join(lines)
+            + hint)

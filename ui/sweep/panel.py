@@ -17,6 +17,7 @@ the running sweep's cancel flag, checked between two α's.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,6 +36,7 @@ from core.errors import MergeCancelled, MergeDeskError, RerankError
 from core.merge.preview import preview
 from core.merge.recipe import to_yaml
 from core.monitor import MONITOR
+from core.progress import eta, eta_text
 from ui import jobs
 from ui.common import (PRIVATE, QUEUE, SKIP, device_choices, first_view, hub_token, job_label, keyed, refresh_pair,
                        request_workspace, session_id)
@@ -142,7 +144,7 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
             check_quota(ws, scratch.plan.bytes_written, job="the sweep's scratch merge")
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
-    points, mode, result = [], "", None
+    points, mode, result, started = [], "", None, time.monotonic()
     yield SweepView(f"Merging A and B at α = {alphas[0]:g}…", None, None, gr.Dropdown(choices=[], value=None), None)
     try:
         with (jobs.running(session_id(request), "sweep") as cancel,
@@ -155,7 +157,9 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
                     done = alphas[:len(points) // len(sets)]
                     result = SweepResult(*refs, method, mode, done, list(sets), points)
                     following = f" · merging at α = {alphas[len(done)]:g}…" if len(done) < len(alphas) else ""
-                    yield SweepView(f"{len(done)}/{len(alphas)} α's measured (merges made in {mode}){following}",
+                    left = eta_text(eta(len(done), len(alphas), time.monotonic() - started))
+                    yield SweepView(f"{len(done)}/{len(alphas)} α's measured (merges made in {mode}) · {left}"
+                                    f"{following}",
                                     sweep_figure(result), metrics_table(result), _picker(result), result.to_dict())
     except MergeCancelled:
         yield SweepView("**■ Stopped.** The α's measured so far are shown.")
