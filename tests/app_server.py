@@ -45,9 +45,10 @@ def launched(workspace: Workspace) -> Iterator[tuple]:
         blocks.close()
 
 
-def fn_index(blocks, handler_name: str) -> int:
-    """The index of the (first) event whose handler is called handler_name."""
-    return next(i for i, fn in blocks.fns.items() if getattr(fn.fn, "__name__", None) == handler_name)
+def fn_index(blocks, name: str) -> int:
+    """The index of the (first) event whose api_name, else whose handler's name, is `name`."""
+    return next((i for i, fn in blocks.fns.items() if fn.api_name == name),
+                next((i for i, fn in blocks.fns.items() if getattr(fn.fn, "__name__", None) == name), None))
 
 
 def browser_event(blocks, index: int, data: list, session: str, *, timeout: float = 30) -> dict:

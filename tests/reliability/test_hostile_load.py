@@ -26,7 +26,7 @@ import ui.sweep.panel
 from core.app.sessions import cleanup_stale_sessions, session_workspace
 from core.app.workspace import Workspace, default_workspace
 from core.errors import MergeDeskError
-from tests.app_server import launched, local_workspace
+from tests.app_server import fn_index, launched, local_workspace
 from ui.merge.form import export_recipe
 from ui.merge.panel import STALE_SESSION_S, end_session, make_zip, merge, serve_downloads_in_place
 from ui.merge.recipe_form import new_form
@@ -82,7 +82,7 @@ def held_lane(tmp_path, bert_cls_family, monkeypatch):
 
 def _burst(blocks, sessions: list[str], address: str) -> list[int]:
     """/queue/join for rerank_compare from every session at the same instant (a barrier); the status codes."""
-    index = next(i for i, fn in blocks.fns.items() if getattr(fn.fn, "__name__", "") == "rerank_compare")
+    index = fn_index(blocks, "rerank_compare")
     data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False, None]
     barrier, codes = threading.Barrier(len(sessions)), [None] * len(sessions)
 
@@ -156,8 +156,12 @@ def test_one_job_cannot_be_as_big_as_the_visitor_likes(tmp_path, monkeypatch):
     monkeypatch.setattr(ui.sweep.panel, "preview", reached)  # a hosted sweep previews its scratch merge first
     monkeypatch.setattr(ui.merge.weights_panel, "data_weights", reached)
     many = "\n".join(f"passage {n}" for n in range(6001))
-    with pytest.raises(gr.Error) as caught:
+    with pytest.raises(gr.Error, match="6,001 passages pasted; the box takes at most 5,000"):  # the box's own bound
         rerank_compare("a/b", "a/c", "q", many, None, "cpu", False, hosted, _visitor("v"))
+    uploaded = tmp_path / "many.jsonl"  # the same passages as a file meet the pairs bound
+    uploaded.write_text(json.dumps({"query": "q", "docs": [f"passage {n}" for n in range(6001)]}) + "\n")
+    with pytest.raises(gr.Error) as caught:
+        rerank_compare("a/b", "a/c", "", "", str(uploaded), "cpu", False, hosted, _visitor("v"))
     assert caught.value.message == ("this comparison (6,001 passages × 2 models) scores 12,002 (query, passage) "
                                     "pairs; a job on this app may score at most 12,000: use fewer passages, queries "
                                     "or α's, or run MergeDesk on your machine")
@@ -179,7 +183,7 @@ def test_one_job_cannot_be_as_big_as_the_visitor_likes(tmp_path, monkeypatch):
             list(run_sweep("a/b", "a/c", "linear", "cpu", demo, None, "0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, "
                            "0.9, 1", workspace, _visitor("v")))
     with pytest.raises(gr.Error, match="reached the models"):
-        rerank_compare("a/b", "a/c", "q", many, None, "cpu", False, local_workspace(tmp_path), _visitor("v"))
+        rerank_compare("a/b", "a/c", "", "", str(uploaded), "cpu", False, local_workspace(tmp_path), _visitor("v"))
     print("\nreliability hostile load: 6,001 passages, a 21-α demo sweep and 6,001 weight examples refused before a "
           "model is loaded; the 11-α demo sweep admitted")
 

@@ -257,7 +257,7 @@ def test_a_session_sees_and_unloads_only_its_own_models(site, empty_cache):
 
         def run(session, model_b):
             message = browser_event(blocks, compare, ["models/ce", model_b, "the model", DOCS, None, "cpu", False,
-                                                      None], session, timeout=120)
+                                                      None, None], session, timeout=120)
             assert message["success"], message
             return message["output"]["data"][4]  # the "Loaded:" line
 

@@ -290,7 +290,7 @@ def test_the_launched_app_serves_no_server_file_to_a_visitor(hosted_app):
     for upload in forged:
         try:  # refused when joining the queue (HTTP 4xx) or when run: either way, no result
             message = browser_event(blocks, fn_index(blocks, "rerank_compare"),
-                                    ["models/ce", "models/ce", "", "", upload, "cpu", False, None], "s2")
+                                    ["models/ce", "models/ce", "", "", upload, "cpu", False, None, None], "s2")
         except httpx.HTTPStatusError as refusal:
             assert refusal.response.status_code < 500, upload
             continue
@@ -311,7 +311,7 @@ def test_one_session_may_hold_only_its_quota_of_heavy_jobs(hosted_app, monkeypat
 
     monkeypatch.setattr(ui.playground, "compare", held_compare)
     api, index = f"{blocks.local_url}gradio_api", fn_index(blocks, "rerank_compare")
-    data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False, None]
+    data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False, None, None]
 
     def join(session, address="127.0.0.1"):  # uvicorn takes X-Forwarded-For from a loopback peer
         return httpx.post(f"{api}/queue/join", json={"data": data, "fn_index": index, "session_hash": session,

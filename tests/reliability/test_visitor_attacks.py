@@ -19,7 +19,7 @@ from core.app.quota import visitor_bytes
 from core.app.sessions import session_workspace
 from core.app.workspace import Workspace
 from core.errors import CheckpointError
-from tests.app_server import launched
+from tests.app_server import fn_index, launched
 from ui.gauge import refresh_gauge
 from ui.playground import rerank_compare
 from ui.sweep.panel import run_sweep
@@ -32,10 +32,6 @@ HUB_PAIR = ("merge_method: linear\nmodels:\n  - model: someone/big-a\n    parame
 def _hosted(root: Path, **limits) -> Workspace:
     root = root.resolve()
     return Workspace(root, root / "models", root / "outputs", hosted=True, **limits)
-
-
-def _index(blocks, name: str) -> int:
-    return next(i for i, fn in blocks.fns.items() if getattr(fn.fn, "__name__", "") == name)
 
 
 def _join(blocks, index: int, data: list, session: str, address: str) -> httpx.Response:
@@ -85,13 +81,13 @@ def test_one_visitors_plans_lock_everyone_out_of_the_queue(tmp_path, gated, monk
     monkeypatch.setattr(ui.merge.panel, "preview", slow_plan)
     ws = _hosted(tmp_path / "served", max_jobs=8, max_session_jobs=2)
     with launched(ws) as (blocks, _):
-        plan = _index(blocks, "plan")
+        plan = fn_index(blocks, "plan")
         data = [HUB_PAIR, "out", "cpu", None]
         first = [_join(blocks, plan, data, f"greedy-{n}", "203.0.113.9").status_code for n in range(4)]
         _wait(lambda: len(inside) == 2, "two plans running")
         more = [_join(blocks, plan, data, f"greedy-{n}", "203.0.113.9").status_code for n in range(4, 12)]
-        other = _join(blocks, _index(blocks, "rerank_compare"), ["models/ce", "models/ce", "q", DOCS, None, "cpu",
-                                                                 False, None], "patient", "198.51.100.7")
+        other = _join(blocks, fn_index(blocks, "rerank_compare"), ["models/ce", "models/ce", "q", DOCS, None, "cpu",
+                                                                 False, None, None], "patient", "198.51.100.7")
         print(f"\nreliability visitor attacks: greedy visitor's 12 /plan joins answered {first + more}; another "
               f"visitor's comparison answered {other.status_code}")
         gate.set()
@@ -114,7 +110,7 @@ def test_hosted_off_a_space_the_rest_route_skips_the_queue_and_the_cap(tmp_path,
     ws = _hosted(tmp_path / "served", max_jobs=8, max_session_jobs=2)
     shutil.copytree(bert_cls_family[0], ws.models_dir / "ce")
     with launched(ws) as (blocks, _):
-        data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False, None]
+        data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False, None, None]
         codes = []
 
         def call(n):
@@ -148,8 +144,8 @@ def test_cancelled_jobs_keep_running_and_stack_past_the_cap(tmp_path, gated, mon
     ws = _hosted(tmp_path / "served", max_jobs=8, max_session_jobs=2)
     shutil.copytree(bert_cls_family[0], ws.models_dir / "ce")
     with launched(ws) as (blocks, _):
-        index = _index(blocks, "rerank_compare")
-        data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False, None]
+        index = fn_index(blocks, "rerank_compare")
+        data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False, None, None]
         answers = []
         for n in range(5):
             before = len(inside)
