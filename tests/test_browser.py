@@ -120,12 +120,7 @@ def test_merge_by_clicking_then_compare_in_the_playground(page, family):
     page.get_by_role("button", name="Refresh model lists").click()
     choose(page, page.locator("#model-a"), "models/bert-cls-0")
     choose(page, page.locator("#model-b"), f"outputs/{OUTPUT} (earlier merge)")
-    page.get_by_label("Query", exact=True).fill(QUERY)
-    page.get_by_label("Passages, one per line (+ marks a relevant one)").fill("\n".join(PASSAGES))
-    page.get_by_role("button", name="Compare", exact=True).click()
-    expect(page.locator("#compare-status")).to_contain_text("Scores are logit")
-    rows = table_rows(page.locator("#compare-table"))
-    shot(page, "4-playground")
+    rows = compare_in_playground(page, QUERY, PASSAGES, "4-playground")
 
     assert sorted(row["passage"] for row in rows) == sorted(PASSAGES)
     for column, model in (("A score", base), ("B score", root / "outputs" / OUTPUT)):
@@ -181,6 +176,17 @@ def drag_slider(track, *, to: float) -> None:
     box = track.bounding_box()
     x, y = box["x"] + to * box["width"], box["y"] + box["height"] / 2
     track.page.mouse.click(x, y)
+
+
+def compare_in_playground(page, query: str, passages: list[str], name: str) -> list[dict]:
+    """Type a query and passages into the Playground, press Compare, and read the table once it shows logits."""
+    page.get_by_label("Query", exact=True).fill(query)
+    page.get_by_label("Passages, one per line (+ marks a relevant one)").fill("\n".join(passages))
+    page.get_by_role("button", name="Compare", exact=True).click()
+    sync_api.expect(page.locator("#compare-status")).to_contain_text("Scores are logit")
+    rows = table_rows(page.locator("#compare-table"))
+    shot(page, name)
+    return rows
 
 
 def table_rows(table) -> list[dict]:

@@ -13,7 +13,7 @@ import pytest
 from core.demo.build import DEMO_MODELS, demo_folder
 from tests.app_server import launched, local_workspace
 from tests.model_factory import build_family
-from tests.test_browser import ARGS, CHROMIUM, WAIT_MS, shot, sync_api, table_rows  # skips here too without Chromium
+from tests.test_browser import ARGS, CHROMIUM, WAIT_MS, compare_in_playground, sync_api  # skips here too without Chromium
 
 OUTPUT = "loop-merge"
 QUERY = "how long do I boil an egg"
@@ -61,12 +61,7 @@ def test_merge_then_the_playground_compares_its_base_with_it(page, workspace):
     page.get_by_role("tab", name="Playground").click()
     expect(page.locator("#model-a input")).to_have_value("models/demo/general-ce")
     expect(page.locator("#model-b input")).to_have_value(f"outputs/{OUTPUT} (earlier merge)")
-    page.get_by_label("Query", exact=True).fill(QUERY)
-    page.get_by_label("Passages, one per line (+ marks a relevant one)").fill("\n".join(PASSAGES))
-    page.get_by_role("button", name="Compare", exact=True).click()
-    expect(page.locator("#compare-status")).to_contain_text("Scores are logit")
-    rows = table_rows(page.locator("#compare-table"))
-    shot(page, "loop-playground")
+    rows = compare_in_playground(page, QUERY, PASSAGES, "loop-playground")
     assert sorted(row["passage"] for row in rows) == sorted(PASSAGES)
     assert any(float(row["Δ score"]) != 0 for row in rows)
     assert "same model" not in page.locator("#compare-status").inner_text()
