@@ -9,8 +9,9 @@ template when it has one, with the same settings and seed; the answers stream si
 work happens in core.llm; this file turns its results into text and a table. Both jobs run in the
 heavy lane (one at a time); their public API names are `generate_compare` and
 `likelihood_compare`, every other event is private. Hosted, model references pass
-check_model_ref, Hub ids are fetched with the visitor's own access (before the shared two-model
-cache is looked at), the bounds are tighter (core.llm.settings.HOSTED), and there is no Unload.
+check_model_ref, Hub ids are fetched with the visitor's own access (before the shared model cache,
+core.model_cache, is looked at), the bounds are tighter (core.llm.settings.HOSTED), and Unload lets
+go of the visitor's own models only.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from core.llm.likelihood import mean_score, read_texts, score_texts
 from core.llm.model import CausalLM, find_decoders, is_causal_lm, load_causal_lm, unload_causal_lms
 from core.llm.settings import HOSTED, LOCAL, GenerationSettings
 from core.monitor import MONITOR
-from ui.common import (PRIVATE, QUEUE, default_pair, device_choices, first_view, hub_token, job_label, picker_updates,
-                       request_workspace)
+from ui.common import (PRIVATE, QUEUE, cache_owner, default_pair, device_choices, first_view, hub_token, job_label,
+                       picker_updates, request_workspace)
 
 DTYPES = ["auto", "float32", "bfloat16", "float16"]
 LIKELIHOOD_COLUMNS = ["text", "tokens", "A log-likelihood", "A perplexity", "B log-likelihood", "B perplexity",
@@ -63,7 +64,7 @@ def build_generation(workspace: Workspace) -> tuple:
         run = gr.Button("Generate", variant="primary", scale=0)
         refresh = gr.Button("Refresh model lists", scale=0, min_width=260)
         # The two cached decoders are shared by every visitor, so hosted, nobody frees another's: no button.
-        unload_button = gr.Button("Unload models", scale=0, visible=not workspace.hosted)
+        unload_button = gr.Button("Unload models", scale=0)
     status = gr.Markdown()
     with gr.Row():
         text_a = gr.Textbox(label="A writes", lines=12, interactive=False, buttons=["copy"])
@@ -100,7 +101,7 @@ def generate_compare(model_a: str, model_b: str, prompt: str, max_new_tokens: fl
     settings = GenerationSettings(max_new_tokens, temperature, top_p, seed)
     try:
         settings = settings.checked(limits)
-        lms = _load_pair(model_a, model_b, device, dtype, ws, workspace, oauth_token)
+        lms = _load_pair(model_a, model_b, device, dtype, ws, workspace, oauth_token, cache_owner(workspace, request))
         with MONITOR.job(job_label(ws, "generate", " / ".join(Path(lm.ref).name for lm in lms))):
             for pair in stream_pair(lms, prompt, settings, limits=limits):
                 yield generation_status(lms, pair, settings, done=False), pair[0].text, pair[1].text
@@ -116,7 +117,7 @@ def likelihood_compare(model_a: str, model_b: str, pasted: str, texts_file: str 
     ws = request_workspace(workspace, request)
     try:
         texts = read_texts(pasted=pasted, path=texts_file, limits=HOSTED if ws.hosted else LOCAL)
-        lms = _load_pair(model_a, model_b, device, dtype, ws, workspace, oauth_token)
+        lms = _load_pair(model_a, model_b, device, dtype, ws, workspace, oauth_token, cache_owner(workspace, request))
         with MONITOR.job(job_label(ws, "likelihood", f"{len(texts)} texts")):
             scores = [score_texts(lm, texts) for lm in lms]
     except MergeDeskError as error:
@@ -179,21 +180,18 @@ def refresh_decoders(workspace: Workspace, request: gr.Request | None = None):
     return picker_updates(decoder_choices(ws), decoder_pair(ws))
 
 
-def unload_all(workspace: Workspace) -> str:
-    """Free the cached decoders (local app only: hosted, they may be another visitor's too)."""
-    if workspace.hosted:
-        raise gr.Error("unloading is for the local app: on a shared app the last two models stay loaded",
-                       print_exception=False)
-    unload_causal_lms()
+def unload_all(workspace: Workspace, request: gr.Request | None = None) -> str:
+    """Let go of this session's decoders (hosted) or of all of them (local); one another session holds stays."""
+    unload_causal_lms(owner=cache_owner(workspace, request))
     return "Models unloaded."
 
 
 def _load_pair(model_a: str, model_b: str, device: str, dtype: str, ws: Workspace, workspace: Workspace,
-               oauth_token: gr.OAuthToken | None) -> list[CausalLM]:
+               oauth_token: gr.OAuthToken | None, owner: str | None) -> list[CausalLM]:
     refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
     token = hub_token(workspace, oauth_token)
-    return [load_causal_lm(ref, device=device, dtype=None if dtype in (None, "auto") else dtype, token=token)
-            for ref in refs]
+    return [load_causal_lm(ref, device=device, dtype=None if dtype in (None, "auto") else dtype, token=token,
+                           owner=owner) for ref in refs]
 
 
 def _same_model_warning(lms: list[CausalLM]) -> list[str]:

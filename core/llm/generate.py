@@ -86,17 +86,20 @@ class TokenStream:
         generator = torch.Generator(device=lm.device).manual_seed(settings.seed)
         stop = _end_ids(lm)
         inputs, past = torch.tensor([self.prompt.ids], device=lm.device), None
-        with torch.inference_mode():
-            for _ in range(settings.max_new_tokens):
+        for _ in range(settings.max_new_tokens):
+            # Inference mode per step, never across the yield: grad mode is thread-local, and gradio
+            # resumes a streaming handler on whichever worker thread is free, where a `with` opened
+            # before the yield no longer holds (the next step then failed on the inference-mode cache).
+            with torch.inference_mode():
                 out = lm.model(input_ids=inputs, past_key_values=past, use_cache=True, logits_to_keep=1)
                 past = out.past_key_values
                 token = _next_token(out.logits[:, -1, :].float(), settings, generator)  # (1,)
-                self.token_ids.append(int(token))
-                yield self._piece()
-                if int(token) in stop:
-                    self.stopped = "end of text"
-                    break
-                inputs = token.view(1, 1)
+            self.token_ids.append(int(token))
+            yield self._piece()
+            if int(token) in stop:
+                self.stopped = "end of text"
+                break
+            inputs = token.view(1, 1)
 
     def finish(self) -> Generation:
         """Run to the end (if not done yet) and return the result."""

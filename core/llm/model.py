@@ -3,23 +3,21 @@
     lm = load_causal_lm("outputs/my-merge", device="cpu")       # or a Hub id, with the caller's token
     lm.describe()                                               # "LlamaForCausalLM on cpu (float32, 0.03 GB)"
     find_decoders(ws)                                           # the pickers' causal LMs
-    unload_causal_lms()                                         # frees them (VRAM too)
+    unload_causal_lms(owner=None)                               # frees them (VRAM too)
 
 The reference is resolved (and a Hub repo's access checked with the caller's token) by
 core.io.checkpoint.resolve_reference before anything is read; a folder whose own files name
 files outside it is refused; trust_remote_code is never enabled, so a repo's own Python never
 runs; transformers loads safetensors, and a .bin only with torch.load(weights_only=True). A
 folder that is not a causal LM (an encoder, a classifier) is refused by its config, before its
-weights are read. Up to CACHE_MODELS models stay loaded (the A/B pair), keyed by resolved
-folder, device and dtype; the least recently used goes first.
+weights are read. Loaded models stay in core.model_cache.MODELS, keyed by resolved folder,
+device and dtype, in the same memory bound as the Playground's rerankers; each remembers who
+loaded it (a hosted session: `owner`), so a visitor lists and unloads only their own.
 """
 from __future__ import annotations
 
-import gc
 import json
 import pickle
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +28,10 @@ from core.app.workspace import Workspace
 from core.devices import parse_device
 from core.errors import GenerationError
 from core.io.checkpoint import check_own_files, resolve_reference
+from core.model_cache import MODELS
 from core.rerank.model import pick_dtype
 from core.units import human
 
-CACHE_MODELS = 2  # the A/B pair of the Generate tab
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM, GPT2LMHeadModel, …
 
 
@@ -89,11 +87,12 @@ def find_decoders(ws: Workspace) -> list[ModelChoice]:
 
 
 def load_causal_lm(ref: str, *, device: str = "cpu", dtype: str | None = None,
-                   token: str | bool | None = None) -> CausalLM:
+                   token: str | bool | None = None, owner: str | None = None) -> CausalLM:
     """The causal LM at `ref` (folder or Hub id) on `device`, from the cache when already loaded.
 
     dtype: "float32" | "float16" | "bfloat16"; default float32 on CPU, bfloat16 (else float16)
     on a GPU. token: Hugging Face access for a Hub id, as in checkpoint.resolve_reference.
+    owner: who holds the cached model (a hosted session id); see loaded_causal_lms.
 
     Example:
         >>> load_causal_lm("models/bert-reranker")
@@ -105,36 +104,18 @@ def load_causal_lm(ref: str, *, device: str = "cpu", dtype: str | None = None,
         raise GenerationError(f"{ref!r} is not a causal LM (its config names {_architectures(folder)}): "
                               "pick a decoder such as a Llama, Qwen2 or Mistral model")
     torch_dtype = pick_dtype(dtype, target, "llm")
-    key = (str(folder), str(target), str(torch_dtype))
-    with _LOCK:  # one load at a time: two concurrent loads of a big model would double the memory
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-        lm = _load(str(ref), folder, target, torch_dtype)
-        _CACHE[key] = lm
-        evicted = len(_CACHE) > CACHE_MODELS
-        while len(_CACHE) > CACHE_MODELS:
-            _CACHE.popitem(last=False)
-    if evicted:
-        _free_memory()
-    return lm
+    key = ("causal-lm", str(folder), str(target), str(torch_dtype))
+    return MODELS.get(key, owner, lambda: _load(str(ref), folder, target, torch_dtype))
 
 
-def loaded_causal_lms() -> list[CausalLM]:
-    """The models in the cache, least recently used first."""
-    with _LOCK:
-        return list(_CACHE.values())
+def loaded_causal_lms(owner: str | None = None) -> list[CausalLM]:
+    """The decoders `owner` holds (all when None), least recently used first."""
+    return MODELS.loaded(owner, kind=CausalLM)
 
 
-def unload_causal_lms() -> None:
-    """Drop every cached model and give back its memory (a model still in use stays until it is done)."""
-    with _LOCK:
-        _CACHE.clear()
-    _free_memory()
-
-
-_CACHE: OrderedDict[tuple, CausalLM] = OrderedDict()
-_LOCK = threading.Lock()
+def unload_causal_lms(*, owner: str | None = None) -> None:
+    """Let go of the decoders `owner` holds (all when None); one another owner holds stays loaded."""
+    MODELS.release(owner=owner, kind=CausalLM)
 
 
 def _load(ref: str, folder: Path, device: torch.device, dtype: torch.dtype) -> CausalLM:
@@ -157,9 +138,3 @@ def _architectures(folder: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return "no readable config.json"
     return ", ".join(map(str, names)) if isinstance(names, list) and names else "no architecture"
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

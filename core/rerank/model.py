@@ -13,21 +13,17 @@ Three kinds, detected from config.json and overridable with `kind=`:
   from modules.json / 1_Pooling); score = cosine(query, passage), as encode + cos_sim.
 - "llm": a causal LM (bge-reranker-v2-gemma style); score = logit of "Yes" at the last token.
 The model sits on its device from load time (the memory gauge shows its real cost). Loaded
-models are cached by (folder, device, dtype, kind), at most CACHE_BYTES of them (least
-recently used dropped first). Each cached model remembers which owners (hosted sessions)
-loaded it: an owner lists and unloads only its own, and a model two owners loaded is freed
-when neither holds it. Sharing a folder is safe because the reference is resolved, and a
-Hub repo's access checked with the caller's token, before the cache is looked at.
+models are cached by (folder, device, dtype, kind) in core.model_cache.MODELS, which bounds
+rerankers and the Generate tab's decoders together and tracks the owners (hosted sessions)
+holding each. The reference is resolved, and a Hub repo's access checked with the caller's
+token, before the cache is looked at.
 trust_remote_code is never enabled, and a folder whose files name files outside it is refused.
 """
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import pickle
-import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -35,13 +31,13 @@ import torch
 from core.devices import parse_device
 from core.errors import RerankError
 from core.io.checkpoint import check_own_files, resolve_reference
+from core.model_cache import MODELS
 from core.rerank.encode import encode_cross_pairs, encode_llm_pairs, encode_texts, run_batches
 from core.rerank.pooling import SentenceEncoder, read_pooling
 from core.units import DTYPES, human
 
 KINDS = ("cross-encoder", "bi-encoder", "llm")
 SCORE_LABELS = {"cross-encoder": "logit", "bi-encoder": "cosine", "llm": "logit of 'Yes'"}
-CACHE_BYTES = 8 * 1000**3  # weights the cache keeps loaded, all owners together; one bigger model stays alone
 
 __all__ = ["KINDS", "Reranker", "RerankError", "detect_kind", "load_reranker", "loaded_rerankers", "needs_spreading",
            "pick_dtype", "unload"]
@@ -164,67 +160,22 @@ def load_reranker(ref: str, *, device: str = "cpu", dtype: str | None = None, ki
     key = (str(folder), str(target), str(torch_dtype), kind, str(device).strip().lower() == "auto")
     if not cached:
         return _load(ref, folder, kind, target, torch_dtype, spread=key[-1], max_length=max_length)
-    # The cache lock is held only to look up and store: a slow load (a big model, a Hub download)
-    # must not block loaded_rerankers() or unload() for the rest of the app. A per-key lock makes
-    # a second request for the same model wait for the first load instead of loading it twice.
-    with _LOCK:
-        loading = _LOADING.setdefault(key, threading.Lock())
-    with loading:
-        with _LOCK:
-            if key in _CACHE:
-                _CACHE.move_to_end(key)
-                _HOLDERS[key].add(owner)
-                return _CACHE[key]
-        try:
-            reranker = _load(ref, folder, kind, target, torch_dtype, spread=key[-1], max_length=max_length)
-            with _LOCK:
-                _CACHE[key], _HOLDERS[key] = reranker, {owner}
-                total, evicted = sum(r.nbytes for r in _CACHE.values()), False
-                for old in [k for k in _CACHE if k != key]:  # least recently used first
-                    if total <= CACHE_BYTES:
-                        break
-                    total -= _CACHE.pop(old).nbytes
-                    del _HOLDERS[old]
-                    evicted = True
-            if evicted:
-                _free_memory()
-            return reranker
-        finally:
-            with _LOCK:
-                _LOADING.pop(key, None)
+    return MODELS.get(("reranker", *key), owner,
+                      lambda: _load(ref, folder, kind, target, torch_dtype, spread=key[-1], max_length=max_length))
 
 
 def loaded_rerankers(owner: str | None = None) -> list[Reranker]:
     """Models in the cache, least recently used first: those `owner` loaded, or all when None."""
-    with _LOCK:
-        return [r for k, r in _CACHE.items() if owner is None or owner in _HOLDERS[k]]
+    return MODELS.loaded(owner, kind=Reranker)
 
 
 def unload(reranker: Reranker | None = None, *, owner: str | None = None) -> None:
-    """Release one model (all when None) and give back the memory of those nobody holds any more.
+    """Release one model (all rerankers when None) and give back the memory of those nobody holds any more.
 
     owner=None drops them for every owner; an owner lets go only of its own hold, so a model
     another owner still holds stays loaded.
     """
-    with _LOCK:
-        for key in [k for k, v in _CACHE.items() if reranker is None or v is reranker]:
-            _HOLDERS[key] = set() if owner is None else _HOLDERS[key] - {owner}
-            if not _HOLDERS[key]:
-                del _CACHE[key], _HOLDERS[key]
-    _free_memory()
-
-
-def _free_memory() -> None:
-    """Give back the memory of models no longer referenced (VRAM too); a model still in use stays."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-_CACHE: OrderedDict[tuple, Reranker] = OrderedDict()
-_HOLDERS: dict[tuple, set[str | None]] = {}  # cache key → owners that loaded it and have not unloaded it
-_LOCK = threading.Lock()  # guards _CACHE, _HOLDERS and _LOADING; never held while a model loads
-_LOADING: dict[tuple, threading.Lock] = {}  # key → lock held while that model loads
+    MODELS.release(reranker, owner=owner, kind=Reranker)
 
 
 def _load(ref, folder, kind, device, dtype, *, spread, max_length) -> Reranker:

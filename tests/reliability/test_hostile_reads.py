@@ -21,6 +21,7 @@ import torch
 from huggingface_hub.errors import OfflineModeIsEnabled
 from safetensors.torch import load_file
 
+import core.model_cache
 import core.rerank.model
 from core.app.models import find_models
 from core.app.sessions import session_workspace
@@ -282,7 +283,7 @@ def test_the_model_cache_is_bounded_by_bytes(site, empty_cache, monkeypatch):
     ws = site
     folders = [shutil.copytree(ws.models_dir / "ce", ws.models_dir / f"ce-{i}") for i in range(4)]
     one = load_reranker(str(folders[0])).nbytes
-    monkeypatch.setattr(core.rerank.model, "CACHE_BYTES", int(2.5 * one), raising=False)
+    monkeypatch.setattr(core.model_cache.MODELS, "limit_bytes", int(2.5 * one))
     for folder in folders[1:]:
         load_reranker(str(folder), owner="visitor")
     kept = [r.folder.name for r in core.rerank.model.loaded_rerankers()]

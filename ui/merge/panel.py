@@ -34,6 +34,7 @@ from core.merge.engine import Progress, merge_events
 from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
 from core.merge.warnings import recipe_warnings
+from core.model_cache import MODELS
 from core.monitor import MONITOR
 from core.progress import eta_text
 from core.units import human
@@ -234,9 +235,10 @@ def serve_downloads_in_place(workspace: Workspace) -> Workspace:
 
 
 def end_session(workspace: Workspace, request: gr.Request) -> None:
-    """Hosted: a visitor closed the page: stop their jobs and delete their outputs and downloads."""
+    """Hosted: a visitor closed the page: stop their jobs, let go of their models, delete their outputs and downloads."""
     session = session_id(request)
     jobs.stop_session(session)
+    MODELS.release(owner=session)  # the rerankers and decoders it loaded, unless another session holds them
     remove_session(session_workspace(workspace, session))
 
 
