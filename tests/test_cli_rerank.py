@@ -71,3 +71,10 @@ def test_cli_runs_as_a_module(bert_cls_family):
                           timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["models"][0]["scores"][0]) == 1
+
+
+def test_a_mixed_pair_names_each_models_score_kind(bert_cls_family, bert_st_family, capsys):
+    a, b = str(bert_cls_family[0]), str(bert_st_family[0])
+    assert main(["rerank", "--model", a, "--model", b, "--query", "the model", "--doc", "hello", "--doc", "world"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("#"))
+    assert header.split()[:5] == ["#", "A", "logit", "B", "cosine"]  # not "A logit / cosine"

@@ -63,7 +63,8 @@ def _rerank(args) -> None:
         print(f"{name}: {ref} ({kind})")
     for query in result.queries:
         print(f"\nquery: {query.query}")
-        header = ["#"] + [f"{n[-1]} {result.score_label}" for n in names] + [f"{n[-1]} rank" for n in names]
+        header = (["#"] + [f"{n[-1]} {label}" for n, label in zip(names, result.score_labels)]
+                  + [f"{n[-1]} rank" for n in names])
         if len(names) > 1:
             header += ["delta", "moved"]
         print("  ".join(f"{h:>12}" for h in header) + "  passage")
