@@ -26,6 +26,7 @@ from tests.test_demo import tiny_examples, write_set
 from ui import jobs
 from ui.common import keyed
 from ui.demo_panel import build_demo, stop_demo
+from ui.layout import build_app
 from ui.merge.panel import merge, stop
 from ui.merge.recipe_form import new_form
 from ui.merge.weights_panel import fill_weights, stop_weights
@@ -33,6 +34,7 @@ from ui.sweep.panel import run_sweep, stop_sweep
 
 A, B = "visitor-a", "visitor-b"
 STOPPERS = {"merge": stop, "sweep": stop_sweep, "weights": stop_weights, "demo": stop_demo}
+STOP_NAMES = {handler.__name__ for handler in STOPPERS.values()}
 QUERIES = [{"query": "the model", "docs": ["hello world", "the model said", "good day"], "labels": [0, 1, 0]}]
 EXAMPLES = [{"query": "the model", "pos": ["the model said hello"], "neg": ["hello world", "good day"]}]
 TINY = TrainConfig(epochs=2, lr=1e-3, batch_size=4, group_size=3, max_length=32, warmup=0.0)  # 4 steps on 8 queries
@@ -261,3 +263,16 @@ def test_keyed_closes_the_handlers_generator_when_gradio_closes_its_own():
     assert next(generator)[status] == "first"
     generator.close()
     assert closed == [True]
+
+
+def test_every_stop_answers_in_its_own_note_not_over_the_jobs_outcome(workspace):
+    """Pressed after a job finished, Stop says "Nothing is running." beside the outcome, which stays."""
+    blocks = build_app(workspace)
+    stops = {fn.fn.__name__: fn for fn in blocks.fns.values() if getattr(fn.fn, "__name__", "") in STOP_NAMES}
+    assert set(stops) == STOP_NAMES
+    for name, fn in stops.items():
+        outputs = [getattr(block, "elem_id", None) for block in fn.outputs]
+        assert len(outputs) == 1 and outputs[0] and outputs[0].endswith("stop-note"), (name, outputs)
+        jobs_outputs = {id(b) for other in blocks.fns.values() if other is not fn for b in other.outputs
+                        if getattr(other.fn, "__name__", "") not in STOP_NAMES}
+        assert id(fn.outputs[0]) not in jobs_outputs, name  # nothing else writes there

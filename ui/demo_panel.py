@@ -48,8 +48,9 @@ def build_demo_panel(app: gr.Blocks, workspace: Workspace) -> DemoPanel:
                 button = gr.Button("Build demo models", variant="primary")
                 stop = gr.Button("Stop", variant="stop", size="sm")
         status = gr.Markdown(elem_classes="status")
+        stop_note = gr.Markdown(elem_id="demo-stop-note")  # what Stop did, beside the status: never over "✓ ready"
     built = button.click(build_demo, ws, status, concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
-    stop.click(stop_demo, None, status, concurrency_limit=None, **PRIVATE)
+    stop.click(stop_demo, None, stop_note, concurrency_limit=None, **PRIVATE)
     app.load(lambda: gr.Group(visible=needs_demo(workspace)), None, strip, **PRIVATE)
     return DemoPanel(strip, pitch, built)
 

@@ -45,6 +45,7 @@ def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.Stat
                 fill = gr.Button("Fill the weights from data")
                 stop = gr.Button("Stop", variant="stop", size="sm")
         outcome = gr.Markdown()
+        stop_note = gr.Markdown(elem_id="weights-stop-note")  # what Stop did, beside the outcome, never over it
 
     def on_fill(state: FormState, examples_file: str | None, tau_value: float, device_spec: str, layout: int,
                 workspace: Workspace, request: gr.Request, oauth_token: gr.OAuthToken | None,
@@ -58,7 +59,7 @@ def build_weights_from_data(form: FormControls, device: gr.Dropdown, ws: gr.Stat
 
     fill.click(on_fill, [form.state, examples, tau, device, form.layout, ws], [outcome, *form.shown],
                concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
-    stop.click(stop_weights, None, outcome, concurrency_limit=None, **PRIVATE)
+    stop.click(stop_weights, None, stop_note, concurrency_limit=None, **PRIVATE)
 
 
 def fill_weights(state: FormState, examples_file: str | None, tau: float, device: str, workspace: Workspace,

@@ -103,6 +103,7 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> tuple:
         run = gr.Button("Run the sweep", variant="primary", scale=0)
         stop = gr.Button("Stop", variant="stop", scale=0)
     status = gr.Markdown()
+    stop_note = gr.Markdown(elem_id="sweep-stop-note")  # what Stop did, beside the status, never over "✓ Swept"
     plot = gr.Plot(label="Metrics against α (click a point to use its α)", elem_id="sweep-plot")
     clicked = gr.Textbox(visible="hidden", elem_id="sweep-clicked")  # "α@time", written by CLICK_JS
     table = gr.Dataframe(label="Metrics per α", interactive=False)
@@ -114,7 +115,7 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> tuple:
     handler, outputs = keyed(run_sweep, SweepView, status=status, plot=plot, table=table, pick=pick, last=last)
     run.click(handler, [model_a, model_b, method, device, demo, uploads, alphas, ws], outputs,
               concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
-    stop.click(stop_sweep, None, status, concurrency_limit=None, **PRIVATE)
+    stop.click(stop_sweep, None, stop_note, concurrency_limit=None, **PRIVATE)
 
     def on_use(result: dict | None, alpha: float | None, layout: int):
         message, new = use_alpha(result, alpha)
