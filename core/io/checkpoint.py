@@ -222,11 +222,13 @@ def _download(repo_id: str, token: str | bool | None) -> Path:
     snapshot_download alone falls back to the local cache when the Hub refuses a token, and so
     would serve a private repo that the server's own token once fetched. A gated repo lists its
     files to anyone, so the check is auth_check, which refuses a visitor who has not accepted
-    the repo's terms (GatedRepoError).
+    the repo's terms (GatedRepoError). A visitor's download is also bounded in size before it
+    starts (core.io.download_size).
     """
     from huggingface_hub import auth_check, list_repo_files, snapshot_download
     from huggingface_hub.errors import OfflineModeIsEnabled
 
+    from core.io.download_size import check_download_size
     from core.io.hub import HubUnreachable, guard_hub_requests
 
     guard_hub_requests()
@@ -237,6 +239,8 @@ def _download(repo_id: str, token: str | bool | None) -> Path:
                 auth_check(repo_id, token=token)
             names = list_repo_files(repo_id, token=token)
             weights = ["*.safetensors"] if any(n.endswith(".safetensors") for n in names) else ["*.bin"]
+            if token is not None:  # a visitor's download: bounded before it starts (core.io.download_size)
+                check_download_size(repo_id, weights + SIDE_FILES, token=token)
         except OfflineModeIsEnabled as offline:  # HF_HUB_OFFLINE=1 or no answer: use what the local cache holds
             cut_off = offline if isinstance(offline, HubUnreachable) else None
             if token is not None:

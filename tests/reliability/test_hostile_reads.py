@@ -14,6 +14,7 @@ import shutil
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -152,6 +153,12 @@ class FakeHub:
         self.sent.append(("list_repo_files", repo_id, token))
         return sorted(p.name for p in self._refuse_unless_readable(repo_id, token).iterdir())
 
+    def list_repo_tree(self, repo_id, *, recursive=False, token=None, **_):
+        self.sent.append(("list_repo_tree", repo_id, token))
+        folder = self._refuse_unless_readable(repo_id, token)
+        return [SimpleNamespace(path=str(p.relative_to(folder)), size=p.stat().st_size)
+                for p in sorted(folder.rglob("*")) if p.is_file()]
+
     def _refuse_unless_readable(self, repo_id, token) -> Path:
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise OfflineModeIsEnabled("Cannot reach the Hub: offline mode is enabled")
@@ -183,6 +190,7 @@ def hub(site, tmp_path, monkeypatch, bert_cls_family):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(huggingface_hub, "auth_check", fake.auth_check)
     monkeypatch.setattr(huggingface_hub, "list_repo_files", fake.list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "list_repo_tree", fake.list_repo_tree)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
     return fake
 
