@@ -12,6 +12,7 @@ magnitude ranks, which `sparsify.rank_pruners` finds in two counting passes over
 they are merged.
 A random sparsifier (DARE, DELLA) and L1 rescaling need the whole tensor as one block.
 A whole tensor is `task_vector_blocks` over a single block, so both give the same numbers.
+The sign election (`elect_signs`) is SCE's too (core/merge/methods/sce.py).
 The parameters arrive as `**params` ("lambda" cannot be a keyword argument), so a member names
 what it reads in `accepts`, which `register` checks every declaration against.
 """
