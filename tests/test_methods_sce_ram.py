@@ -14,10 +14,12 @@ import torch
 import yaml
 
 from core.cli.main import main
+from core.errors import RecipeError
 from core.io.checkpoint import Checkpoint
 from core.merge import plan as planner
 from core.merge.engine import merge
 from core.merge.methods import METHODS
+from core.merge.methods.sce import variance
 from core.merge.recipe import recipe_from_dict
 from tests.test_mergekit_parity import MERGEKIT, MERGEKIT_ALL, models, tensors
 from ui.merge.recipe_form import global_params, new_form
@@ -99,6 +101,26 @@ def test_sce_selection_keeps_the_entries_where_models_disagree_most():
     got = run("sce", rows, base, select_topk=0.5)
     assert got[0] == got[1] == 0  # variances 0.01 and 0: not selected
     np.testing.assert_allclose(got, ref_sce(base, rows, 0.5), atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_sce_variance_is_torch_var_bit_for_bit(n):
+    """mergekit ranks by torch.var; SCE's faster variance must rank the same values."""
+    gen = torch.Generator().manual_seed(n)
+    for deltas in (0.01 * torch.randn(n, 64, 129, generator=gen) + 0.3,
+                   torch.randint(-3, 4, (n, 50, 7), generator=gen).float() / 3,
+                   torch.randn(n, 1000, generator=gen) * torch.logspace(-30, 30, 1000)):
+        assert torch.equal(variance(deltas), torch.var(deltas, dim=0, unbiased=False))
+
+
+@pytest.mark.parametrize("name,setting,problem", [
+    ("sce", {"select_topk": 1.5}, r"'select_topk' = 1.5 is outside its range \[0, 1\]"),
+    ("ram", {"epsilon": -0.1}, r"'epsilon' = -0.1 is outside its range \[0, inf\)"),
+    ("ramplus_tl", {"alpha": -1}, r"'alpha' = -1 is outside its range \[0, inf\)")])
+def test_values_mergekit_would_misread_are_refused_in_one_line(name, setting, problem):
+    with pytest.raises(RecipeError, match=problem):
+        recipe_from_dict({"merge_method": name, "base_model": "org/base", "models": [{"model": "org/a"}],
+                          "parameters": setting})
 
 
 def test_ram_on_a_hand_made_case():
