@@ -22,7 +22,7 @@ from core.merge.methods import METHODS
 from core.merge.methods.sce import variance
 from core.merge.recipe import recipe_from_dict
 from tests.test_mergekit_parity import MERGEKIT, MERGEKIT_ALL, bf16_ulps, models, tensors
-from ui.merge.recipe_form import global_params, new_form
+from ui.merge.recipe_form import global_params, new_form, slider_range, slider_step
 from ui.methods_panel import methods_markdown
 
 NAMES = ("sce", "ram", "ramplus_tl")
@@ -279,3 +279,9 @@ def test_listed_by_the_cli_the_form_and_the_methods_panel(name, capsys):
     assert {p.name for p in global_params(new_form(name))} == DECLARED[name]  # the form's global controls
     panel = methods_markdown().split(f"— `{name}`", 1)[1].split("### ", 1)[0]
     assert all(f"| `{param}` | global |" in panel for param in DECLARED[name])
+
+
+def test_the_form_slides_ram_epsilon_finely():
+    """A slider of 0.01 steps over [0, 0.01] could only say 0 or 0.01."""
+    low, high = slider_range(METHODS["ram"].param("epsilon"))
+    assert (low, high) == (0.0, 0.01) and slider_step(low, high) == pytest.approx(1e-4)
