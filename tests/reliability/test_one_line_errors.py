@@ -137,11 +137,12 @@ def test_float8_with_a_scale_tensor_is_refused(tmp_path, capsys):
 
 def _method_recipe(name: str, models: list[Path]) -> dict:
     method = METHODS[name]
-    declared = {p.name for p in method.params}
-    own = {k: v for k, v in (("weight", 0.5), ("density", 0.5), ("epsilon", 0.1)) if k in declared}
+    values = {"weight": 0.5, "density": 0.5, "epsilon": 0.1, "t": 0.5}
+    declared = {k: v for k, v in values.items() if method.param(k)}
+    own = {k: v for k, v in declared.items() if method.param(k).per_model}
     rows = models[1:2] if method.max_inputs == 1 else models[1:3]
     recipe = {"merge_method": name, "models": [{"model": str(m), "parameters": own} for m in rows],
-              "parameters": {"t": 0.5} if "t" in declared else {}}
+              "parameters": {k: v for k, v in declared.items() if k not in own}}
     if method.base != "unused":
         recipe["base_model"] = str(models[0])
     return recipe

@@ -33,8 +33,8 @@ from core.units import DTYPES
 from ui.common import SKIP, keyed, model_choices, request_workspace
 from ui.merge.recipe_form import (FormState, add_row, base_help, change_method, check_form, form_to_yaml, global_params,
                                   is_number, needs_text, new_form, remove_row, row_params, set_field, set_param,
-                                  set_row_model, setting_text, shown_value, shows_base, slider_range, trimmed_note,
-                                  yaml_to_form)
+                                  set_row_model, setting_text, shown_value, shows_base, slider_range, slider_step,
+                                  trimmed_note, yaml_to_form)
 
 HELP = ("Pick a method and the models to mix — or paste a mergekit recipe on the right — then "
         "**Check** to see what it needs and **Merge** to write the new model.")
@@ -259,7 +259,7 @@ def _param_control(form: FormState, key: int | None, param, on, state: gr.State,
         on(box.change, handler, [state, box], *SYNCED)
     elif is_number(value):
         low, high = slider_range(param, value)
-        slider = gr.Slider(low, high, value=value, step=0.01, **options)
+        slider = gr.Slider(low, high, value=value, step=slider_step(low, high), **options)
         on(slider.release, handler, [state, slider], *SYNCED)
     else:
         text = gr.Textbox(setting_text(value), **dict(options, label=f"{param.name} (per layer / filter)"))

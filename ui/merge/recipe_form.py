@@ -256,6 +256,16 @@ def slider_range(param: Param, value: object = None) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def slider_step(low: float, high: float) -> float:
+    """0.01, or a hundredth of the span where that is narrower (RAM's epsilon slides over [0, 0.01]).
+
+    Example:
+        >>> slider_step(0.0, 2.0), slider_step(0.0, 0.01)
+        (0.01, 0.0001)
+    """
+    return min(0.01, (high - low) / 100) or 0.01
+
+
 def is_number(value: object) -> bool:
     """True for a value a slider can show (not a bool, not a gradient or filter list)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

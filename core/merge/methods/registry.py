@@ -11,14 +11,14 @@ It returns the merged tensor, float32, shape `shape`.
 
 A large tensor is streamed to a method in blocks of rows (`Method.merge_blocks`): an
 elementwise method merges each block on its own; a method with a `stream` function (the
-TIES family, core/merge/methods/task_vectors.py) reads the blocks as often as it needs, e.g. once to
-rank magnitudes and once to merge. `Method.in_blocks(params)` says whether a tensor with
-those parameters may be split; otherwise it arrives as one block.
+TIES family, core/merge/methods/task_vectors.py; SCE; RAM+) reads the blocks as often as it needs,
+e.g. twice to rank magnitudes and once to merge. `Method.in_blocks(params)` says whether a tensor
+with those parameters may be split; otherwise it arrives as one block.
 
 `register` records each method's name, label, paper, parameters (core.merge.params.Param), base
 policy and input count once; recipe validation, the CLI's method list and the UI form read
 `METHODS`. Registration refuses a declaration it could not honour (see `register`). The methods
-themselves live one family per file (linear, task_arithmetic, spherical, model_stock), which
+themselves live one family per file (linear, task_arithmetic, sce, ram, spherical, model_stock), which
 core/merge/methods/__init__.py imports in the order the UI lists them.
 
 Semantics and defaults follow mergekit 0.1.5 so ported recipes give the same tensors;

@@ -12,6 +12,7 @@ magnitude ranks, which `sparsify.rank_pruners` finds in two counting passes over
 they are merged.
 A random sparsifier (DARE, DELLA) and L1 rescaling need the whole tensor as one block.
 A whole tensor is `task_vector_blocks` over a single block, so both give the same numbers.
+The sign election (`elect_signs`) is SCE's too (core/merge/methods/sce.py).
 The parameters arrive as `**params` ("lambda" cannot be a keyword argument), so a member names
 what it reads in `accepts`, which `register` checks every declaration against.
 """
@@ -87,13 +88,8 @@ def task_vector_blocks(read: Read, shape: tuple[int, ...], *, sparsifier: Sparsi
         for i, prune_one in enumerate(prune):
             prune_one(deltas[i])
         deltas.mul_(column(weight, deltas))
-        if consensus:  # float masks throughout: on CPU 5x cheaper than boolean ones
-            elected = deltas.sum(dim=0).ge_(0).mul_(2).sub_(1)  # (*block) +1 where Σ d_i ≥ 0, else −1
-            divisor = torch.zeros_like(base)
-            for i in range(deltas.shape[0]):
-                agrees = deltas[i].sign().eq_(elected)  # 1.0 where d_i ≠ 0 has the elected sign
-                deltas[i].mul_(agrees)
-                divisor.add_(agrees, alpha=weight[i])
+        if consensus:
+            divisor = elect_signs(deltas, weight)
             divisor.add_(divisor.clone().eq_(0))  # where no model is kept, divide by 1
         else:
             total = sum(weight)
@@ -104,6 +100,29 @@ def task_vector_blocks(read: Read, shape: tuple[int, ...], *, sparsifier: Sparsi
         if lam != 1:
             mixed.mul_(lam)
         yield mixed.add_(base)
+
+
+def elect_signs(deltas: torch.Tensor, weight: list[float]) -> torch.Tensor:
+    """TIES sign election, in place: per entry keep only the d_i whose sign matches sign(Σ d_i) (ties → +).
+
+    Args:
+        deltas: (n, *block) changes; the disagreeing ones (and zeros) are zeroed in place.
+        weight: one weight per model.
+    Returns:
+        (*block) Σ w_i over the models kept at each entry (0 where none is kept).
+
+    Example:
+        >>> deltas = torch.tensor([[1., -2.], [-3., 1.]])
+        >>> elect_signs(deltas, [0.5, 2.0]).tolist(), deltas.tolist()
+        ([2.0, 0.5], [[0.0, -2.0], [-3.0, 0.0]])
+    """
+    elected = deltas.sum(dim=0).ge_(0).mul_(2).sub_(1)  # (*block) +1 where Σ d_i ≥ 0, else −1
+    kept_weight = torch.zeros_like(elected)
+    for i in range(deltas.shape[0]):  # float masks throughout: on CPU 5x cheaper than boolean ones
+        agrees = deltas[i].sign().eq_(elected)  # 1.0 where d_i ≠ 0 has the elected sign
+        deltas[i].mul_(agrees)
+        kept_weight.add_(agrees, alpha=weight[i])
+    return kept_weight
 
 
 def _pruners(read: Read, shape: tuple[int, ...], sparsifier: Sparsifier | None, generator,
