@@ -140,11 +140,12 @@ def verdict(test: PairedTest, metric: str, *, names: tuple[str, str] = ("A", "B"
     interval = f"{test.confidence:.0%} CI {test.ci_low:+.3f} … {test.ci_high:+.3f}"
     if not test.significant():
         return (f"{metric}: not significant on {queries} (Δ {test.mean_delta:+.3f}, {interval}, "
-                f"p = {_p(test.p_value)}; {counts})")
+                f"p = {format_p(test.p_value)}; {counts})")
     better = b if test.mean_delta > 0 else a
-    return (f"{metric}: {better} better by {abs(test.mean_delta):.3f} ({interval}), p = {_p(test.p_value)} "
+    return (f"{metric}: {better} better by {abs(test.mean_delta):.3f} ({interval}), p = {format_p(test.p_value)} "
             f"on {queries}; {counts}")
 
 
-def _p(p: float) -> str:
+def format_p(p: float) -> str:
+    """p as people write it: two significant digits, scientific below 0.001."""
     return f"{p:.2g}" if p >= 0.001 else f"{p:.1e}"
