@@ -4,6 +4,7 @@ from A is real, how the score scale moved, and what each model costs.
     python -m core evaluate --model BASE --model MERGED --input eval.jsonl
     python -m core evaluate --model BASE --model MERGED --input eval.jsonl --json        # everything, as JSON
     python -m core evaluate … --report out/eval        # also writes out/eval.json and out/eval.html
+    python -m core evaluate --model BASE --model out/merged … --card   # the table into out/merged/README.md
 
 The table has a "1st stage" column: the metrics of the input order (the first-stage retriever's
 ranking) beside each model's. Below it, one line per metric from the paired test over queries
@@ -31,6 +32,8 @@ def evaluate_command(sub, common) -> None:
     parser.add_argument("--threshold", type=float,
                         help="score cut for precision/recall (default: model A's median score of relevant passages)")
     parser.add_argument("--report", metavar="STEM", help="also write STEM.json and STEM.html (self-contained report)")
+    parser.add_argument("--card", action="store_true",
+                        help="add the comparison table to the last model's README.md (the card of a merge)")
     parser.set_defaults(run=_evaluate)
 
 
@@ -56,16 +59,21 @@ def _evaluate(args) -> None:
         costs.append(measure_cost(reranker, pairs, load=load, batch_size=args.batch_size, max_length=args.max_length))
     result = evaluate(models, items, seed=args.seed, resamples=args.resamples, threshold=args.threshold,
                       batch_size=args.batch_size, max_length=args.max_length, normalize=args.normalize, costs=costs)
+    written = []
     if args.report:
         from core.rerank.report import write_report
 
-        written = write_report(result, args.report)
+        written += write_report(result, args.report)
+    if args.card:
+        from core.io.card import add_evaluation
+
+        written.append(add_evaluation(args.model[-1], result.to_dict()))
     if args.json:
         print(json.dumps(result.to_dict()))
         return
     _print_text(result)
-    if args.report:
-        print("\nreport: " + ", ".join(str(path) for path in written))
+    if written:
+        print("\nwrote: " + ", ".join(str(path) for path in written))
 
 
 def _print_text(result) -> None:

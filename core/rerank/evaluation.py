@@ -68,7 +68,9 @@ class Evaluation:
             "passages": sum(len(q.rows) for q in self.comparison.queries if q.metrics),
             "metrics": self.metrics, "baseline": self.baseline,
             "per_query": [{"query": q.query, "relevant": q.relevant, "values": q.values, "baseline": q.baseline,
-                           "delta": q.delta} for q in self.queries],
+                           "delta": q.delta, "labels": [row.label for row in scored.rows],
+                           "scores": [[row.scores[m] for row in scored.rows] for m in range(len(self.models))]}
+                          for q, scored in zip(self.queries, self.comparison.queries)],
             "tests": {name: t.to_dict() for name, t in self.tests.items()},
             "baseline_tests": {name: [t.to_dict() for t in tests] for name, tests in self.baseline_tests.items()},
             "verdicts": self.verdicts,

@@ -72,7 +72,7 @@ def html_report(data: dict) -> str:
         parts += ["<h2>Is it real?</h2>", "<ul>"] + [f"<li>{escape(v)}</li>" for v in data["verdicts"].values()]
         parts += ["</ul>", _charts(data)]
     if data["score_shift"]:
-        parts.append(_shift_section(data["score_shift"]))
+        parts.append(_shift_section(data["score_shift"], data["models"]))
     if data["cost"]:
         parts.append(_cost_section(data["cost"]))
     parts += [f"<p>Note: {escape(note)}</p>" for note in data["notes"]]
@@ -108,11 +108,11 @@ def _charts(data: dict) -> str:
             + deltas_svg(deltas, title=f"{metric}: B − A per query (green: B wins)"))
 
 
-def _shift_section(shift: dict) -> str:
+def _shift_section(shift: dict, models: list[dict]) -> str:
     charts = [histogram_svg(shift["edges"], {"relevant": shift["counts"][name]["positive"],
                                              "not relevant": shift["counts"][name]["negative"]},
-                            title=f"{name} scores ({shift['score_label']})", marker=shift["threshold"])
-              for name in ("A", "B")]
+                            title=f"{name} scores ({model['score']})", marker=shift["threshold"])
+              for name, model in zip(("A", "B"), (models[0], models[-1]))]
     cells = [(name, s) for name, s in zip(("A", "B"), shift["at_threshold"])] + [("B recalibrated", shift["after"])]
     fit = shift["calibration"]
     rows = "".join(f"<tr><td>{name}</td><td>{_share(s['precision'])}</td><td>{_share(s['recall'])}</td>"

@@ -4,7 +4,7 @@
     test.mean_delta, test.ci_low, test.ci_high              # mean of B − A and its 95% bootstrap interval
     test.p_value                                            # paired randomization test, two-sided
     test.wins, test.ties, test.losses                       # queries where B is above / equal / below A
-    verdict(test, "nDCG@10")                                # "nDCG@10: B better by +0.222, p = 0.5 (3 queries) …"
+    verdict(test, "nDCG@10")                                # "nDCG@10: not significant on 3 queries (Δ +0.222, …"
 
 Why these two: queries are the unit that varies (each has its own difficulty), so both models
 are compared on the same query and only the per-query deltas d_i = B_i − A_i matter.
@@ -133,11 +133,12 @@ def _randomization_p(delta: np.ndarray, rng, resamples: int) -> tuple[float, boo
 
 
 def verdict(test: PairedTest, metric: str, *, names: tuple[str, str] = ("A", "B")) -> str:
-    """One line in words, e.g. "nDCG@10: B better by +0.031 (95% CI +0.012 … +0.050), p = 0.002 on 200 queries"."""
+    """One line in words, e.g. "nDCG@10: B better by 0.031 (95% CI of B − A +0.012 … +0.050), p = 0.002 on
+    200 queries; 61 wins / 120 ties / 19 losses for B", or "nDCG@10: not significant on 40 queries (…)"."""
     a, b = names
     queries = f"{test.n} quer{'y' if test.n == 1 else 'ies'}"
     counts = f"{test.wins} wins / {test.ties} ties / {test.losses} losses for {b}"
-    interval = f"{test.confidence:.0%} CI {test.ci_low:+.3f} … {test.ci_high:+.3f}"
+    interval = f"{test.confidence:.0%} CI of {b} − {a} {test.ci_low:+.3f} … {test.ci_high:+.3f}"
     if not test.significant():
         return (f"{metric}: not significant on {queries} (Δ {test.mean_delta:+.3f}, {interval}, "
                 f"p = {format_p(test.p_value)}; {counts})")
