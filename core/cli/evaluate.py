@@ -49,6 +49,7 @@ def _evaluate(args) -> None:
         raise RerankError(f"{args.input} has no labels: add \"labels\" or use the pos/neg format")
     if args.pool:
         items = pooled(items)
+    _check_targets(args)
     quiet_loading()
     pairs = [(item.query, doc) for item in items if item.labels for doc in item.docs]
     models, costs = [], []
@@ -74,6 +75,18 @@ def _evaluate(args) -> None:
     _print_text(result)
     if written:
         print("\nwrote: " + ", ".join(str(path) for path in written))
+
+
+def _check_targets(args) -> None:
+    """Refuse a --report or --card that cannot be written before any model is loaded."""
+    from pathlib import Path
+
+    from core.rerank.report import check_report_stem
+
+    if args.report:
+        check_report_stem(args.report)
+    if args.card and not (Path(args.model[-1]) / "README.md").is_file():
+        raise RerankError(f"--card adds to the model card of a merge, but {args.model[-1]} has no README.md")
 
 
 def _print_text(result) -> None:

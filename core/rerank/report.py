@@ -79,11 +79,17 @@ def html_report(data: dict) -> str:
     return "\n".join(parts + ["</body></html>"]) + "\n"
 
 
-def write_report(evaluation, stem: str | os.PathLike) -> tuple[Path, Path]:
-    """Write STEM.json (Evaluation.to_dict()) and STEM.html; both are written, or neither."""
+def check_report_stem(stem: str | os.PathLike) -> Path:
+    """The stem as a Path, or a one-line error when its folder is missing (checked before any work)."""
     stem = Path(stem)
     if not stem.parent.is_dir():
         raise RerankError(f"cannot write the report: folder {stem.parent} does not exist")
+    return stem
+
+
+def write_report(evaluation, stem: str | os.PathLike) -> tuple[Path, Path]:
+    """Write STEM.json (Evaluation.to_dict()) and STEM.html; both are written, or neither."""
+    stem = check_report_stem(stem)
     data = evaluation.to_dict()
     texts = {stem.with_suffix(".json"): json.dumps(data, indent=1), stem.with_suffix(".html"): html_report(data)}
     temporary = {path: path.with_name(path.name + ".partial") for path in texts}
