@@ -10,6 +10,19 @@ from core.rerank.evaluation import evaluate
 from core.rerank.metrics import (average_precision_at_k, first_stage_scores, labelled_metrics, mrr_at_k, ndcg_at_k,
                                  recall_at_k)
 
+
+class FixedReranker:
+    """A reranker stand-in that scores by passage text, so a test knows every score."""
+
+    kind, score_label = "cross-encoder", "logit"
+
+    def __init__(self, ref, table):
+        self.ref, self.table = ref, table
+
+    def score_pairs(self, pairs, **_):
+        return [self.table[doc] for _, doc in pairs]
+
+
 GRADED = ([0.9, 0.8, 0.1, 0.5, 0.3], [3, 0, 2, 1, 0])  # ranks 1, 2, 5, 3, 4
 
 
@@ -54,19 +67,10 @@ def test_first_stage_scores_rank_in_input_order():
 def test_query_without_relevant_passage_scores_zero_in_means_and_is_left_out_of_tests():
     assert labelled_metrics([0.3, 0.1], [0, 0]) == dict.fromkeys(labelled_metrics([0.3, 0.1], [1, 0]), 0.0)
 
-    class Fixed:  # a reranker stand-in: scores by passage text
-        kind, score_label = "cross-encoder", "logit"
-
-        def __init__(self, ref, table):
-            self.ref, self.table = ref, table
-
-        def score_pairs(self, pairs, **_):
-            return [self.table[doc] for _, doc in pairs]
-
     items = [QueryItem("q1", ["a", "b", "c"], [0, 3, 1]), QueryItem("q2", ["d", "e"], [0, 0]),
              QueryItem("q3", ["f", "g"], [2, 0])]
-    base = Fixed("base", {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0, "e": 0.0, "f": 0.0, "g": 1.0})
-    merged = Fixed("merged", {"a": 1.0, "b": 3.0, "c": 2.0, "d": 0.0, "e": 1.0, "f": 1.0, "g": 0.0})
+    base = FixedReranker("base", {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0, "e": 0.0, "f": 0.0, "g": 1.0})
+    merged = FixedReranker("merged", {"a": 1.0, "b": 3.0, "c": 2.0, "d": 0.0, "e": 1.0, "f": 1.0, "g": 0.0})
     result = evaluate([base, merged], items)
     mrr = result.tests["MRR@10"]
     assert (mrr.n, mrr.skipped, mrr.wins, mrr.ties, mrr.losses) == (2, 1, 2, 0, 0)
