@@ -59,6 +59,10 @@ class Evaluation:
     def models(self) -> list[str]:
         return self.comparison.models
 
+    def shift_at(self, threshold: float | None = None, *, bins: int = 30) -> ScoreShift:
+        """The score shift recomputed at another threshold (a slider in the app), last model vs first."""
+        return _shift(self.comparison, threshold, bins)
+
     def to_dict(self) -> dict:
         """Plain JSON-able data (nan → None): what `evaluate --json` prints and report.py writes."""
         out = {
