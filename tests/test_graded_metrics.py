@@ -5,6 +5,7 @@ import math
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
+from core.errors import RerankError
 from core.rerank.compare import QueryItem
 from core.rerank.evaluation import evaluate
 from core.rerank.metrics import (average_precision_at_k, first_stage_scores, labelled_metrics, mrr_at_k, ndcg_at_k,
@@ -80,3 +81,17 @@ def test_query_without_relevant_passage_scores_zero_in_means_and_is_left_out_of_
     assert [q.relevant for q in result.queries] == [2, 0, 1]
     assert result.queries[0].delta["nDCG@10"] == pytest.approx(
         ndcg_at_k([1.0, 3.0, 2.0], [0, 3, 1]) - ndcg_at_k([3.0, 2.0, 1.0], [0, 3, 1]))
+
+
+def test_evaluate_refuses_before_scoring():
+    class Unscored(FixedReranker):
+        def score_pairs(self, pairs, **_):
+            raise AssertionError("scored before the input was checked")
+
+    model = Unscored("m", {})
+    with pytest.raises(RerankError, match="no query has a relevant passage"):
+        evaluate([model, model], [QueryItem("q", ["a"], [0])])
+    with pytest.raises(RerankError, match="resamples must be at least 1"):
+        evaluate([model, model], [QueryItem("q", ["a"], [1])], resamples=0)
+    with pytest.raises(RerankError, match="needs labelled queries"):
+        evaluate([model], [QueryItem("q", ["a"])])
