@@ -60,9 +60,9 @@ def test_histogram_draws_one_bar_per_non_empty_bin_at_its_height():
     svg = histogram_svg([0.0, 1.0, 2.0, 3.0], {"relevant": [2, 0, 4], "not relevant": [1, 1, 0]}, title="t",
                         marker=1.5)
     heights = [float(h) for h in re.findall(r'height="([\d.]+)" fill="[^"]+" fill-opacity="0.5"><title>', svg)]
-    assert len(heights) == 4  # bars only (legend squares carry no <title>): relevant 2, 4; not relevant 1, 1
-    assert heights[1] == pytest.approx(2 * heights[0])  # counts 2 and 4 of the relevant series
-    assert heights[2] == pytest.approx(heights[0] / 2) and 'stroke-dasharray="4 3"' in svg
+    assert len(heights) == 4  # bars only (legend squares carry no <title>): not relevant 1, 1, then relevant 2, 4
+    assert heights[0] == heights[1] and heights[3] == pytest.approx(2 * heights[2])  # drawn under, then on top
+    assert heights[2] == pytest.approx(2 * heights[0]) and 'stroke-dasharray="4 3"' in svg
 
 
 def test_deltas_and_intervals_colour_by_sign():
