@@ -51,6 +51,9 @@ def test_json_has_every_part_and_its_numbers_are_recomputed_here(kind, tmp_path)
     out = json.loads(done.stdout)
     assert set(out) == {"models", "queries", "passages", "metrics", "baseline", "per_query", "tests",
                         "baseline_tests", "verdicts", "score_shift", "cost", "notes"}
+    # first stage: the input order of the four "docs" queries (MRR 1, 1, 0, 1/2); the pos/neg one has none
+    assert out["baseline"]["MRR@10"] == pytest.approx((1 + 1 + 0 + 0.5) / 4)
+    assert out["per_query"][3]["baseline"] == {} and out["baseline_tests"]["MRR@10"][0]["n"] == 3
     assert [m["score"] for m in out["models"]] == ["logit", "logit"]
     models = [load_reranker(base), load_reranker(merged)]
     per_query = []
@@ -129,5 +132,6 @@ def test_packaged_minilm_bi_encoder_against_its_cross_encoder(minilm_cross_encod
     docs, _ = _docs_labels(rows[0])
     assert out["per_query"][0]["scores"][0] == pytest.approx(bi.score(rows[0]["query"], docs), abs=1e-5)
     assert out["cost"][0]["parameters"] == 22_713_216  # all-MiniLM-L6-v2's published size
-    assert out["baseline"]["MRR@10"] == 1.0  # the pos/neg format lists the positive first
+    assert out["baseline"] == {} and out["baseline_tests"] == {}  # pos/neg lists positives first: no first stage
+    assert any(note.startswith("first stage: 6 of 6 queries give pos/neg lists") for note in out["notes"])
     assert out["tests"]["nDCG@10"]["n"] == 6

@@ -31,6 +31,7 @@ class QueryItem:
     query: str
     docs: list[str]
     labels: list[int] | None = None  # one grade per doc; > 0 means relevant
+    ordered: bool = True  # docs come in a first-stage (retrieval) order; False: pos/neg lists positives first
 
     def __post_init__(self):
         if not isinstance(self.query, str) or not self.query.strip():
@@ -187,7 +188,7 @@ def _parse_line(line: str, where: str) -> QueryItem:
             return QueryItem(data["query"], data["docs"], data.get("labels"))
         if "pos" in data:
             pos, neg = data["pos"], data.get("neg", [])
-            return QueryItem(data["query"], pos + neg, [1] * len(pos) + [0] * len(neg))
+            return QueryItem(data["query"], pos + neg, [1] * len(pos) + [0] * len(neg), ordered=False)
     except RerankError as error:
         raise RerankError(f"{where}: {error}") from None
     raise RerankError(f'{where}: has no "docs" (or "pos"/"neg") list of passages')

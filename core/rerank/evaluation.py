@@ -34,7 +34,7 @@ class QueryDelta:
     query: str
     relevant: int  # passages with label > 0; 0: left out of the paired tests
     values: dict[str, list[float]]  # metric → value per model
-    baseline: dict[str, float]  # metric → value of the input order
+    baseline: dict[str, float]  # metric → value of the input order; {} when it is no first stage (pos/neg)
 
     @property
     def delta(self) -> dict[str, float]:
@@ -46,7 +46,7 @@ class QueryDelta:
 class Evaluation:
     comparison: Comparison  # scores and ranks of every passage, per model
     metrics: dict[str, list[float]]  # metric → mean over labelled queries, per model
-    baseline: dict[str, float]  # metric → mean of the first-stage (input) order
+    baseline: dict[str, float]  # metric → mean of the first-stage (input) order over ordered queries; {} if none
     queries: list[QueryDelta]  # labelled queries, in input order
     tests: dict[str, PairedTest]  # metric → last model vs first (empty with one model)
     baseline_tests: dict[str, list[PairedTest]]  # metric → each model vs the first-stage order
@@ -106,15 +106,21 @@ def evaluate(models: list, items: list[QueryItem], *, seed: int = 0, resamples: 
     comparison = compare(models, labelled, batch_size=batch_size, max_length=max_length, normalize=normalize)
     queries = [_query_delta(item, q.metrics) for item, q in zip(labelled, comparison.queries)]
     names = list(queries[0].values)
-    baseline = {name: sum(q.baseline[name] for q in queries) / len(queries) for name in names}
+    ordered = [q for q in queries if q.baseline]  # the queries whose input order is a first stage
+    baseline = {name: sum(q.baseline[name] for q in ordered) / len(ordered) for name in names} if ordered else {}
     tests, verdicts, notes = {}, {}, []
+    if len(ordered) < len(queries):
+        notes.append(f"first stage: {len(queries) - len(ordered)} of {len(queries)} queries give pos/neg lists, whose "
+                     "order (positives first) is no retrieval order; the first-stage column "
+                     + (f"covers the other {len(ordered)}" if ordered else "is left out") + ": give \"docs\" in "
+                     "retrieval order (with \"labels\") to compare against it")
     if len(models) > 1:
         for name in names:
             tests[name] = paired_test(*(_column(queries, name, m) for m in (0, -1)), resamples=resamples, seed=seed)
             verdicts[name] = verdict(tests[name], name)
-    baseline_tests = {name: [paired_test(_column(queries, name, None), _column(queries, name, m),
+    baseline_tests = {name: [paired_test(_column(ordered, name, None), _column(ordered, name, m),
                                          resamples=resamples, seed=seed) for m in range(len(models))]
-                      for name in names}
+                      for name in names} if ordered else {}
     shift = None
     if len(models) > 1:
         try:
@@ -127,7 +133,7 @@ def evaluate(models: list, items: list[QueryItem], *, seed: int = 0, resamples: 
 
 def _query_delta(item: QueryItem, per_model: list[dict[str, float]]) -> QueryDelta:
     values = {name: [m[name] for m in per_model] for name in per_model[0]}
-    first_stage = labelled_metrics(first_stage_scores(len(item.docs)), item.labels)
+    first_stage = labelled_metrics(first_stage_scores(len(item.docs)), item.labels) if item.ordered else {}
     return QueryDelta(item.query, sum(1 for label in item.labels if label > 0), values, first_stage)
 
 

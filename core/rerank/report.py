@@ -29,10 +29,12 @@ def comparison_rows(data: dict) -> list[list[str]]:
     its interval, p-value and win/tie/loss counts."""
     models = [chr(65 + i) for i in range(len(data["models"]))]
     tested = bool(data["tests"])
-    header = ["metric", "1st stage", *models] + (["B − A", "95% CI", "p", "W / T / L"] if tested else [])
+    staged = bool(data["baseline"])  # pos/neg input has no first-stage order
+    header = ["metric", *(["1st stage"] if staged else []), *models]
+    header += ["B − A", "95% CI", "p", "W / T / L"] if tested else []
     rows = [header]
     for name, values in data["metrics"].items():
-        row = [name, _num(data["baseline"][name]), *(_num(v) for v in values)]
+        row = [name, *([_num(data["baseline"][name])] if staged else []), *(_num(v) for v in values)]
         if tested:
             t = data["tests"][name]
             row += [f"{t['mean_delta']:+.4f}", f"{t['ci_low']:+.4f} … {t['ci_high']:+.4f}", format_p(t["p_value"]),
