@@ -11,22 +11,22 @@ from core.merge.params import Param
 
 ALPHA = Param(name="alpha", kind=float, default=0.5, per_model=False, help="a", low=0, high=1)
 ORDER = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
-         "della_linear", "slerp", "nuslerp", "model_stock"]
+         "della_linear", "slerp", "nuslerp", "multislerp", "karcher", "model_stock", "nearswap", "arcee_fusion"]
 
 
 @pytest.fixture
 def scratch_registry():
-    """Registrations made by a test are removed again, so METHODS stays the real 12."""
+    """Registrations made by a test are removed again, so METHODS stays the real 16."""
     before = dict(METHODS)
     yield
     METHODS.clear()
     METHODS.update(before)
 
 
-def test_the_package_registers_the_twelve_in_the_order_the_ui_lists():
+def test_the_package_registers_the_sixteen_in_the_order_the_ui_lists():
     assert list(METHODS) == ORDER
     assert [family.__name__.rsplit(".", 1)[1] for family in FAMILIES] == ["linear", "task_arithmetic", "spherical",
-                                                                           "model_stock"]
+                                                                           "sphere_means", "model_stock", "selective"]
 
 
 def test_a_plain_function_cannot_be_declared_with_a_parameter_it_does_not_take(scratch_registry):
@@ -84,4 +84,4 @@ def test_register_accepts_each_real_declaration_again(scratch_registry):
         assert {p.name for p in method.params} <= receivable(name, method.merge)
         if isinstance(method.merge, TaskVectors):  # a member reads exactly what it declares
             assert {p.name for p in method.params} == method.merge.accepts
-    assert len(METHODS) == 24
+    assert len(METHODS) == 32
