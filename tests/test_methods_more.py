@@ -2,6 +2,7 @@
 sharing no code with core/merge/methods/), tensors against mergekit-yaml on the same recipes, and the
 declarations reaching the CLI, the form and the Methods panel.
 """
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from core.cli.main import main
+from core.errors import RecipeError
 from core.merge.engine import merge
 from core.merge.methods import METHODS
 from core.merge.recipe import recipe_from_dict
@@ -84,6 +87,25 @@ def test_multislerp_of_one_model_is_that_model_and_of_antipodes_is_linear():
     np.testing.assert_allclose(got, x - x, atol=1e-6)  # Σ wᵢxᵢ where the mean direction vanishes
 
 
+def test_multislerp_where_no_model_changed_the_base_gives_the_base():
+    """mergekit stops the merge there (no mean direction); every model agreeing means the base."""
+    base, _ = family(0)
+    got = run("multislerp", [base, base, base], base, weight=[1.0, 2.0, 3.0], normalize_weights=True, eps=1e-8)
+    np.testing.assert_array_equal(got, base)
+
+
+PARAMS = {"multislerp": {"weight": [1.0, 1.0, 1.0], "normalize_weights": True, "eps": 1e-8},
+          "karcher": {"max_iter": 10, "tol": 1e-5}, "nearswap": {"t": 0.1}, "arcee_fusion": {}}
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (), (7,)])
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_empty_scalar_and_vector_tensors_keep_their_shape(name, shape):
+    rows = 1 if METHODS[name].max_inputs == 1 else 3
+    merged = METHODS[name].merge(torch.ones((rows, *shape)), torch.zeros(shape), generator=None, **PARAMS[name])
+    assert merged.shape == shape and bool(torch.isfinite(merged).all())
+
+
 def test_karcher_is_the_riemannian_mean():
     _, rows = family(3, scale=1.0)
     got = run("karcher", rows, max_iter=100, tol=1e-7)
@@ -138,6 +160,34 @@ def test_only_nearswap_may_be_streamed_in_blocks():
     x[2, 3] += 6.0
     halves = np.concatenate([run("arcee_fusion", [x[:3]], base[:3]), run("arcee_fusion", [x[3:]], base[3:])])
     assert (halves != run("arcee_fusion", [x], base)).any()
+
+
+def test_bad_settings_are_refused_before_anything_is_written(llama_family, tmp_path):
+    base, a, b = (str(folder) for folder in llama_family)
+    bad = {"weights [1.0, -1.0] sum to 0 but normalize_weights is on": {
+               "merge_method": "multislerp", "models": [{"model": a, "parameters": {"weight": 1}},
+                                                        {"model": b, "parameters": {"weight": -1}}]},
+           "max_iter must be a whole number, got 2.5": {
+               "merge_method": "karcher", "models": [{"model": a}, {"model": b}], "parameters": {"max_iter": 2.5}},
+           "'t' = -0.1 is outside its range": {
+               "merge_method": "nearswap", "base_model": base, "models": [{"model": a}], "parameters": {"t": -0.1}}}
+    for problem, spec in bad.items():
+        with pytest.raises(RecipeError, match=problem.replace("[", r"\[").replace("]", r"\]")):
+            merge(recipe_from_dict(spec), tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+
+def test_multislerp_of_cancelling_directions_fails_and_leaves_nothing(llama_family, tmp_path):
+    """Models x, −x and a third of weight 0: no mean direction, which mergekit refuses too."""
+    _, a, c = llama_family
+    mirror = tmp_path / "mirror"
+    shutil.copytree(a, mirror)
+    save_file({k: -v for k, v in parity.tensors(a).items()}, next(mirror.glob("*.safetensors")))
+    spec = {"merge_method": "multislerp",
+            "models": parity.models((a, {"weight": 1.0}), (mirror, {"weight": 1.0}), (c, {"weight": 0.0}))}
+    with pytest.raises(RecipeError, match="multislerp: the weighted mean of the models' directions is zero"):
+        merge(recipe_from_dict(spec), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def recipes(base, a, b):

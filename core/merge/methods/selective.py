@@ -33,6 +33,8 @@ def arcee_fusion(tensors, base, *, generator=None):
     them from a random sample of 10⁶ elements above that size; MergeDesk always uses every element.
     """
     other = tensors[0]
+    if other.numel() == 0:
+        return base.clone()
     p = torch.softmax(other, dim=-1) + 1e-8
     q = torch.softmax(base, dim=-1) + 1e-8
     divergence = (p * torch.log(p / q)).sum(dim=-1, keepdim=True)  # (*rows, 1): one per row

@@ -35,12 +35,14 @@ def multislerp(tensors, base, *, weight, normalize_weights, eps, generator=None)
     scaled to the weighted mean norm Σ wᵢ|xᵢ|; of the task vectors xᵢ − base when a base is given.
 
     One model is returned as it is. Where the mean direction vanishes (antipodal models of equal
-    weight) two models fall back to Σ wᵢxᵢ and more are refused, as mergekit does.
+    weight) two models fall back to Σ wᵢxᵢ and more are refused, as mergekit does; where every
+    model is zero (no model changed the base, an empty tensor) that sum is the answer too, where
+    mergekit stops the merge.
     """
     count, shape = tensors.shape[0], tensors.shape[1:]
     if count == 1:
         return tensors[0]
-    vectors = (tensors if base is None else tensors.sub_(base)).reshape(count, -1)  # (n, d)
+    vectors = (tensors if base is None else tensors.sub_(base)).reshape(count, shape.numel())  # (n, d)
     w = torch.tensor(weight, dtype=vectors.dtype)  # (n,)
     if normalize_weights:
         w = w / w.sum()
@@ -49,10 +51,10 @@ def multislerp(tensors, base, *, weight, normalize_weights, eps, generator=None)
     mean = (units * w[:, None]).sum(dim=0)  # (d,)
     mean_norm = torch.linalg.vector_norm(mean)
     if mean_norm < eps:
-        if count != 2:
+        if count != 2 and norms.any():
             raise RecipeError("multislerp: the weighted mean of the models' directions is zero (antipodal "
                               "models whose weights cancel): change the weights")
-        merged = vectors[0] * w[0] + vectors[1] * w[1]
+        merged = (vectors * w[:, None]).sum(dim=0)
     else:
         mean = mean / mean_norm
         tangents = units - (units * mean).sum(dim=-1, keepdim=True) * mean  # (n, d)
@@ -88,7 +90,7 @@ def karcher(tensors, base, *, max_iter, tol, generator=None):
     count, shape = tensors.shape[0], tensors.shape[1:]
     if count == 1:
         return tensors[0]
-    flat = tensors.reshape(count, -1)  # (n, d)
+    flat = tensors.reshape(count, shape.numel())  # (n, d)
     norms = torch.linalg.vector_norm(flat, dim=-1)  # (n,)
     valid = norms > tol
     if not valid.any():
