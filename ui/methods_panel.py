@@ -15,6 +15,9 @@ def methods_markdown() -> str:
     parts = []
     for method in METHODS.values():
         parts.append(f"### {method.label} — `{method.name}`\n[paper]({method.paper}) · takes {method.needs()}\n")
+        if not method.params:
+            parts.append("No parameters.\n")
+            continue
         parts.append("| parameter | scope | default | range | what it does |\n|---|---|---|---|---|")
         for p in method.params:
             default = "required" if p.default is None else str(p.default)

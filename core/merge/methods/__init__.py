@@ -2,8 +2,8 @@
 
 Import `METHODS`, `Method` and `register` from here; importing this package registers every method.
 Each family registers on import, and METHODS (so the UI) lists the methods in that order: linear,
-the task-arithmetic family, SCE, RAM and RAM+, slerp and nuslerp, model stock. Hence the unsorted
-imports below.
+the task-arithmetic family, SCE, RAM and RAM+, slerp and nuslerp, multislerp and karcher, model
+stock, nearswap and arcee_fusion. Hence the unsorted imports below.
 """
 # isort: off
 from core.merge.methods import linear
@@ -11,10 +11,13 @@ from core.merge.methods import task_arithmetic
 from core.merge.methods import sce
 from core.merge.methods import ram
 from core.merge.methods import spherical
+from core.merge.methods import sphere_means
 from core.merge.methods import model_stock
+from core.merge.methods import selective
 # isort: on
 from core.merge.methods.registry import METHODS, Method, register
 
-FAMILIES = (linear, task_arithmetic, sce, ram, spherical, model_stock)  # the family modules, in registration order
+# the family modules, in registration order
+FAMILIES = (linear, task_arithmetic, sce, ram, spherical, sphere_means, model_stock, selective)
 
 __all__ = ["FAMILIES", "METHODS", "Method", "register"]
