@@ -5,7 +5,7 @@
     python -m core inspect MODEL
     python -m core methods
     python -m core rerank --model A [--model B] (--query Q --doc D … | --input FILE.jsonl) [--json]
-    python -m core evaluate --model A --model B --input FILE.jsonl
+    python -m core evaluate --model A --model B --input FILE.jsonl [--json] [--report STEM]
     python -m core weights --model A --model B --examples FILE.jsonl [--tau 5]
     python -m core sweep --model-a A --model-b B --set [NAME=]FILE … [--alphas 0,0.5,1]
     python -m core demo [--models-dir DIR] [--seed N] [--force]
@@ -22,7 +22,8 @@ import traceback
 from core.cli.commands import inspect_command, merge_command, methods_command, plan_command
 from core.cli.demo import demo_command
 from core.cli.mix import sweep_command, weights_command
-from core.cli.rerank import evaluate_command, rerank_command
+from core.cli.evaluate import evaluate_command
+from core.cli.rerank import rerank_command
 from core.errors import MergeCancelled, MergeDeskError, OutputExists, one_line
 
 COMMANDS = (merge_command, plan_command, inspect_command, methods_command, rerank_command, evaluate_command,

@@ -1,8 +1,8 @@
-"""The CLI's reranker commands: `rerank` (scores per query) and `evaluate` (metrics table).
+"""The CLI's `rerank` command (scores per query) and the options and input it shares with `evaluate`
+(core/cli/evaluate.py).
 
     python -m core rerank --model A [--model B] --query Q --doc D1 --doc D2 [--json]
     python -m core rerank --model A --model B --input eval.jsonl --normalize
-    python -m core evaluate --model A --model B --input eval.jsonl
 
 Scores are raw model outputs (logits for cross-encoders and LLM rerankers, cosine for
 bi-encoders) unless --normalize (sigmoid of logits). With --json, `rerank` prints
@@ -18,7 +18,7 @@ from core.rerank.model import KINDS
 from core.units import DTYPES
 
 
-def _scoring_options(parser) -> None:
+def scoring_options(parser) -> None:
     parser.add_argument("--model", action="append", required=True,
                         help="model folder or Hub id; repeat to compare (the first is the reference)")
     parser.add_argument("--input", help="JSONL: {query, docs, labels?} or {query, pos, neg} per line")
@@ -33,23 +33,15 @@ def _scoring_options(parser) -> None:
 
 def rerank_command(sub, common) -> None:
     parser = sub.add_parser("rerank", parents=[common], help="score passages for queries with one or more models")
-    _scoring_options(parser)
+    scoring_options(parser)
     parser.add_argument("--query", help="one query (with --doc)")
     parser.add_argument("--doc", action="append", help="a passage for --query; repeat for more")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(run=_rerank)
 
 
-def evaluate_command(sub, common) -> None:
-    parser = sub.add_parser("evaluate", parents=[common], help="MRR@10, nDCG@10, recall@k of models on labelled queries")
-    _scoring_options(parser)
-    parser.add_argument("--pool", action="store_true",
-                        help="rank each query against every passage of the file, not only its own (retrieval-style)")
-    parser.set_defaults(run=_evaluate)
-
-
 def _rerank(args) -> None:
-    result = _run(args, _items_from(args))
+    result = _run(args, items_from(args))
     if args.json:
         scores = [[[row.scores[m] for row in q.rows] for q in result.queries] for m in range(len(result.models))]
         out = {"models": [{"model": ref, "kind": kind, "scores": s}
@@ -76,35 +68,18 @@ def _rerank(args) -> None:
             print(f"{name} vs A: Kendall tau {tau:.3f}, top-10 overlap {overlap:.0%}")
     if result.metrics:
         print()
-        _print_metrics(result, names)
+        print_metrics(result, names)
 
 
-def _evaluate(args) -> None:
-    if not args.input:
-        raise RerankError("evaluate needs --input FILE.jsonl with labels (or pos/neg)")
-    items = _items_from(args)
-    if not any(item.labels for item in items):
-        raise RerankError(f"{args.input} has no labels: add \"labels\" or use the pos/neg format")
-    if args.pool:
-        from core.rerank.compare import pooled
-
-        items = pooled(items)
-    result = _run(args, items)
-    names = [f"model {chr(65 + i)}" for i in range(len(result.models))]
-    for name, ref, kind in zip(names, result.models, result.kinds):
-        print(f"{name}: {ref} ({kind})")
-    labelled = sum(1 for q in result.queries if q.metrics)
-    print(f"{labelled} labelled queries, {sum(len(q.rows) for q in result.queries)} passages\n")
-    _print_metrics(result, names)
-
-
-def _print_metrics(result, names) -> None:
+def print_metrics(result, names, baseline: dict[str, float] | None = None) -> None:
+    """The metrics table (a "first stage" column when `baseline` gives the input order's metrics)
+    and each model's mean Kendall tau and top-10 overlap against model A."""
     from core.rerank.compare import mean_or_nan
 
-    header = f"{'metric':<12}" + "".join(f"{n:>10}" for n in names)
+    header = f"{'metric':<12}" + (f"{'1st stage':>10}" if baseline else "") + "".join(f"{n:>10}" for n in names)
     print(header + (f"{'B − A':>10}" if len(names) == 2 else ""))
     for metric, values in result.metrics.items():
-        line = f"{metric:<12}" + "".join(f"{v:>10.4f}" for v in values)
+        line = f"{metric:<12}" + (f"{baseline[metric]:>10.4f}" if baseline else "") + "".join(f"{v:>10.4f}" for v in values)
         print(line + (f"{values[1] - values[0]:>+10.4f}" if len(names) == 2 else ""))
     for i, name in enumerate(names[1:]):
         tau = mean_or_nan([q.kendall_tau[i] for q in result.queries])
@@ -112,7 +87,7 @@ def _print_metrics(result, names) -> None:
         print(f"{name} vs A: mean Kendall tau {tau:.3f}, mean top-10 overlap {overlap:.0%}")
 
 
-def _items_from(args):
+def items_from(args):
     from core.rerank.compare import QueryItem, read_queries
 
     query, docs = getattr(args, "query", None), getattr(args, "doc", None)  # evaluate takes --input only

@@ -7,6 +7,9 @@ made, and embeds the exact recipe so anyone can reproduce it, with MergeDesk or 
 `base_model` lists Hub ids only (the Hub rejects or mislinks local paths): an input given as a
 Hub id, or a local folder that says which Hub model it is (its config.json `_name_or_path`, or
 a Hugging Face cache folder `models--org--name`); an input known only by its path is left out.
+
+After `python -m core evaluate` (or the app) compares the merge with its base, add_evaluation puts
+that comparison table into the card as its "## Evaluation" section (replacing an earlier one).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from core.errors import RerankError
 from core.io.checkpoint import HUB_ID, Checkpoint
 from core.merge.recipe import MergeRecipe, to_yaml
 
@@ -22,6 +26,7 @@ from core.merge.recipe import MergeRecipe, to_yaml
 MERGEKIT_METHODS = frozenset({"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
                               "breadcrumbs_ties", "della", "della_linear", "slerp", "nuslerp", "model_stock",
                               "multislerp", "karcher", "sce", "nearswap", "arcee_fusion", "passthrough"})
+EVALUATION_HEADING = "## Evaluation"
 CACHE_FOLDER = re.compile(r"^models--([A-Za-z0-9][\w.-]*)--([\w.-]+)$")  # huggingface_hub's cache layout
 
 
@@ -68,3 +73,31 @@ def _hub_id(ref: str, checkpoint: Checkpoint | None) -> str | None:
         return named
     cached = next((CACHE_FOLDER.match(part) for part in checkpoint.folder.parts if CACHE_FOLDER.match(part)), None)
     return f"{cached[1]}/{cached[2]}" if cached else None
+
+
+def add_evaluation(folder: str | Path, evaluation: dict) -> Path:
+    """Write the comparison table of `evaluation` (Evaluation.to_dict(), or evaluate --json's output)
+    into `folder`/README.md as its "## Evaluation" section, replacing an earlier one; returns the path.
+
+    Example:
+        >>> add_evaluation("out/merged", result.to_dict())   # then README.md ends with the table
+    """
+    from core.rerank.report import markdown_table
+
+    card = Path(folder) / "README.md"
+    try:
+        text = card.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RerankError(f"cannot add the evaluation to {card}: {error}") from None
+    section = f"{EVALUATION_HEADING}\n\nCompared with MergeDesk (`python -m core evaluate`).\n\n{markdown_table(evaluation)}"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == EVALUATION_HEADING), None)
+    if start is None:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        stop = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        text = "".join(lines[:start]) + section + ("\n" + "".join(lines[stop:]) if stop < len(lines) else "")
+    partial = card.with_name("README.md.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(card)
+    return card

@@ -5,10 +5,15 @@
     ndcg_at_k([0.2, 0.9, 0.5], [1, 0, 0])        # 0.5 = (1/log2(4)) / (1/log2(2))
     kendall_tau([1, 2, 3], [3, 2, 1])            # -1.0
 
-Labels are relevance grades (0 = not relevant; binary labels are the common case). nDCG uses
-linear gain (rel / log2(rank + 1)), as trec_eval, pytrec_eval and BEIR do; with binary labels
-every common definition agrees. A query without any relevant passage scores 0 on MRR, nDCG
-and recall (and is still counted in the mean), as sentence-transformers' evaluators do.
+    average_precision_at_k([0.2, 0.9, 0.5], [1, 0, 1])   # (1/2 + 2/3) / 2: hits at ranks 2 and 3
+
+Labels are relevance grades (0 = not relevant; 0–3 graded labels or binary). nDCG uses linear
+gain (rel / log2(rank + 1)), as trec_eval, pytrec_eval and BEIR do; with binary labels every
+common definition agrees (the 2^rel − 1 gain of Burges et al. weighs grade 3 seven times grade
+1 instead of three). MRR, MAP and recall treat label > 0 as relevant. A query without any
+relevant passage scores 0 on every metric here (and is still counted in the means of
+compare.Comparison.metrics), as sentence-transformers' evaluators do; the paired test in
+core.rerank.significance leaves such queries out. Equal scores rank in input order.
 """
 from __future__ import annotations
 
@@ -42,6 +47,19 @@ def recall_at_k(scores: list[float], labels: list[int], k: int = 10) -> float:
     relevant = sum(1 for label in labels if label > 0)
     found = sum(1 for rank, label in zip(ranks(scores), labels) if label > 0 and rank <= k)
     return found / relevant if relevant else 0.0
+
+
+def average_precision_at_k(scores: list[float], labels: list[int], k: int = 10) -> float:
+    """Mean of precision@rank over the relevant items in the top k, divided by min(#relevant, k)
+    (MTEB's and trec_eval's map_cut convention, so a perfect top k scores 1)."""
+    hits = sorted(rank for rank, label in zip(ranks(scores), labels) if label > 0 and rank <= k)
+    relevant = min(k, sum(1 for label in labels if label > 0))
+    return sum(found / rank for found, rank in enumerate(hits, start=1)) / relevant if relevant else 0.0
+
+
+def first_stage_scores(n: int) -> list[float]:
+    """Scores that rank n passages in the order given: the first-stage retriever's order, the baseline."""
+    return [float(n - i) for i in range(n)]
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
@@ -78,11 +96,11 @@ def top_k_overlap(a: list[float], b: list[float], k: int = 10) -> float:
     return len(top_a & top_b) / k
 
 
-LABELLED_METRICS = {"MRR@10": mrr_at_k, "nDCG@10": ndcg_at_k}
+LABELLED_METRICS = {"MRR@10": mrr_at_k, "nDCG@10": ndcg_at_k, "MAP@10": average_precision_at_k}
 
 
 def labelled_metrics(scores: list[float], labels: list[int], *, recall_k: tuple[int, ...] = (1, 5, 10)) -> dict:
-    """MRR@10, nDCG@10 and recall@k of one query's ranking."""
+    """MRR@10, nDCG@10, MAP@10 and recall@k of one query's ranking."""
     found = {name: metric(scores, labels, 10) for name, metric in LABELLED_METRICS.items()}
     found.update({f"recall@{k}": recall_at_k(scores, labels, k) for k in recall_k})
     return found
