@@ -11,11 +11,12 @@ import pytest
 
 from core.app.sessions import session_workspace
 from core.app.workspace import Workspace
+from core.errors import RerankError
 from core.rerank.compare import QueryItem
 from core.rerank.evaluation import evaluate
 from core.rerank.model import load_reranker, unload
 from tests.app_server import launched, local_workspace
-from ui.playground import evaluate_pasted, parse_passages
+from ui.playground import evaluate_pasted, parse_passages, parse_threshold
 
 QUERY = "the model"
 PASSAGES = "+2 the model said\nhello world\n+ time way\ngood day\n+0 her\n+3 it is a model\nno"
@@ -91,3 +92,10 @@ def test_the_evaluate_api_answers_through_gradio_client(bert_cls_family, tmp_pat
     expected = evaluate([load_reranker(a), load_reranker(b)], [QueryItem(QUERY, DOCS, GRADES)])
     assert expected.verdicts["nDCG@10"] in summary
     assert [row[0] for row in metrics["data"]] == list(expected.metrics)
+
+
+def test_the_threshold_box_reads_empty_as_the_default_and_refuses_words():
+    assert parse_threshold("") is None and parse_threshold(None) is None and parse_threshold(" 0.25 ") == 0.25
+    for bad in ("high", "nan", "inf"):
+        with pytest.raises(RerankError, match="score threshold .*write a number"):
+            parse_threshold(bad)

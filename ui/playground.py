@@ -19,6 +19,7 @@ visitor never sees or frees another's models, and Hub ids are fetched with their
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -98,8 +99,8 @@ def build_playground(workspace: Workspace) -> tuple:
         metrics = gr.Dataframe(label="Metrics (needs relevant passages)", interactive=False, headers=METRIC_COLUMNS)
     with gr.Accordion("Is it real? Significance, score shift, cost (labelled passages)", open=False):
         with gr.Row():
-            threshold = gr.Number(None, label="Score threshold", info="empty: A's median relevant-passage score",
-                                  scale=0, min_width=220, elem_id="eval-threshold")
+            threshold = gr.Textbox("", label="Score threshold", info="empty: A's median relevant-passage score",
+                                   scale=0, min_width=220, elem_id="eval-threshold")  # a gr.Number sends 0 when empty
             judge = gr.Button("Significance, score shift, cost", scale=0, elem_id="eval-run")
             report = gr.File(label="Export: JSON + HTML report", file_count="multiple", scale=1)
         summary = gr.Markdown(elem_id="eval-summary")
@@ -170,15 +171,30 @@ def compare_and_keep(model_a: str, model_b: str, query: str, passages: str, quer
 
 
 def evaluate_pasted(model_a: str, model_b: str, query: str, passages: str, queries_file: str | None, device: str,
-                    normalize: bool, threshold: float | None, workspace: Workspace, request: gr.Request | None = None,
+                    normalize: bool, threshold: str | float | None, workspace: Workspace,
+                    request: gr.Request | None = None,
                     oauth_token: gr.OAuthToken | None = None):
     """The /rerank_evaluate API: ui.evaluation_view's seven outputs for the same input as Compare."""
     try:
         items = pasted_items(query, passages, queries_file, request_workspace(workspace, request))
+        cut = parse_threshold(threshold)
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
-    return tuple(evaluation_view.evaluate_items(items, model_a, model_b, device, normalize, threshold, workspace,
+    return tuple(evaluation_view.evaluate_items(items, model_a, model_b, device, normalize, cut, workspace,
                                                 request, oauth_token))
+
+
+def parse_threshold(text: str | float | None) -> float | None:
+    """The threshold box: empty → None (A's median relevant score), else a finite number; one line otherwise."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise RerankError(f"score threshold {str(text)[:40]!r}: write a number, e.g. 0.5, or leave it empty")
+    return value
 
 
 def pasted_items(query: str, passages: str, queries_file: str | None, ws: Workspace) -> list[QueryItem]:
