@@ -16,7 +16,8 @@ from core.rerank.compare import QueryItem
 from core.rerank.evaluation import evaluate
 from core.rerank.model import load_reranker, unload
 from tests.app_server import launched, local_workspace
-from ui.playground import evaluate_pasted, parse_passages, parse_threshold
+from ui.evaluation_view import parse_threshold
+from ui.playground import evaluate_pasted, parse_passages
 
 QUERY = "the model"
 PASSAGES = "+2 the model said\nhello world\n+ time way\ngood day\n+0 her\n+3 it is a model\nno"

@@ -1,6 +1,6 @@
 """The Playground's "Is it real?" section: significance, per-query deltas, score shift, cost and export.
 
-    evaluate_items(items, model_a, model_b, device, normalize, threshold, ws)
+    evaluate_items(items, refs, device, normalize, threshold, ws)
         → EvaluationView(summary, per_query, histogram, threshold table, cost table, report files)
 
 It needs labelled passages (the box's "+" / "+N " grades or a JSONL file). core.rerank.evaluation does
@@ -15,6 +15,7 @@ evaluate` loads afresh and measures the load's peak too).
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -24,10 +25,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.app.paths import check_model_ref
-from core.app.quota import check_pairs, check_quota
+from core.app.quota import check_quota
 from core.app.workspace import Workspace
-from core.errors import MergeDeskError
+from core.errors import MergeDeskError, RerankError
 from core.monitor import MONITOR
 from core.rerank.cost import LoadCost, measure_cost
 from core.rerank.evaluation import Evaluation, evaluate
@@ -51,17 +51,14 @@ class EvaluationView(NamedTuple):
     files: list[str]  # the report: JSON and HTML
 
 
-def evaluate_items(items: list, model_a: str, model_b: str, device: str, normalize: bool, threshold: float | None,
+def evaluate_items(items: list, refs: list[str], device: str, normalize: bool, threshold: float | None,
                    workspace: Workspace, request: gr.Request | None = None,
                    oauth_token: gr.OAuthToken | None = None) -> EvaluationView:
-    """The Playground's items (ui.playground parses the box or the file) evaluated: EvaluationView;
-    one gr.Error line on any problem."""
+    """The Playground's items and checked model references (ui.playground parses and checks them) evaluated:
+    EvaluationView; one gr.Error line on any problem."""
     ws = request_workspace(workspace, request)
     owner = cache_owner(workspace, request)
     try:
-        passages_in_all = sum(len(item.docs) for item in items)
-        check_pairs(2 * passages_in_all, ws, job=f"this evaluation ({passages_in_all:,} passages × 2 models)")
-        refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
         with MONITOR.job(job_label(ws, "evaluate", f"{Path(refs[0]).name} / {Path(refs[1]).name}")):
             loads = [timed_load(ref, device=device, token=hub_token(workspace, oauth_token), owner=owner)
                      for ref in refs]
@@ -73,6 +70,19 @@ def evaluate_items(items: list, model_a: str, model_b: str, device: str, normali
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
     return view(result, files)
+
+
+def parse_threshold(text: str | float | None) -> float | None:
+    """The threshold box: empty → None (A's median relevant score), else a finite number; one line otherwise."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise RerankError(f"score threshold {str(text)[:40]!r}: write a number, e.g. 0.5, or leave it empty")
+    return value
 
 
 def timed_load(ref: str, **options) -> tuple[object, LoadCost | None]:

@@ -19,7 +19,6 @@ visitor never sees or frees another's models, and Hub ids are fetched with their
 """
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -155,9 +154,7 @@ def compare_and_keep(model_a: str, model_b: str, query: str, passages: str, quer
     owner = cache_owner(workspace, request)
     try:
         items = pasted_items(query, passages, queries_file, ws)
-        passages_in_all = sum(len(item.docs) for item in items)
-        check_pairs(2 * passages_in_all, ws, job=f"this comparison ({passages_in_all:,} passages × 2 models)")
-        refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
+        refs = checked_refs(items, model_a, model_b, ws, "comparison")
         with MONITOR.job(job_label(ws, "compare", f"{Path(refs[0]).name} / {Path(refs[1]).name}")):
             models = [load_reranker(ref, device=device, token=hub_token(workspace, oauth_token), owner=owner)
                       for ref in refs]
@@ -175,26 +172,21 @@ def evaluate_pasted(model_a: str, model_b: str, query: str, passages: str, queri
                     request: gr.Request | None = None,
                     oauth_token: gr.OAuthToken | None = None):
     """The /rerank_evaluate API: ui.evaluation_view's seven outputs for the same input as Compare."""
+    ws = request_workspace(workspace, request)
     try:
-        items = pasted_items(query, passages, queries_file, request_workspace(workspace, request))
-        cut = parse_threshold(threshold)
+        items = pasted_items(query, passages, queries_file, ws)
+        cut = evaluation_view.parse_threshold(threshold)
+        refs = checked_refs(items, model_a, model_b, ws, "evaluation")
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
-    return tuple(evaluation_view.evaluate_items(items, model_a, model_b, device, normalize, cut, workspace,
-                                                request, oauth_token))
+    return tuple(evaluation_view.evaluate_items(items, refs, device, normalize, cut, workspace, request, oauth_token))
 
 
-def parse_threshold(text: str | float | None) -> float | None:
-    """The threshold box: empty → None (A's median relevant score), else a finite number; one line otherwise."""
-    if text is None or str(text).strip() == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise RerankError(f"score threshold {str(text)[:40]!r}: write a number, e.g. 0.5, or leave it empty")
-    return value
+def checked_refs(items: list[QueryItem], model_a: str, model_b: str, ws: Workspace, job: str) -> list[str]:
+    """A and B as model references the workspace allows, once the pairs cap allows scoring `items` with both."""
+    passages_in_all = sum(len(item.docs) for item in items)
+    check_pairs(2 * passages_in_all, ws, job=f"this {job} ({passages_in_all:,} passages × 2 models)")
+    return [check_model_ref(ref, ws) for ref in (model_a, model_b)]
 
 
 def pasted_items(query: str, passages: str, queries_file: str | None, ws: Workspace) -> list[QueryItem]:
