@@ -5,10 +5,24 @@ import math
 import pytest
 from sklearn.metrics import average_precision_score, ndcg_score
 
+from core.errors import RerankError
 from core.rerank.compare import QueryItem
 from core.rerank.evaluation import evaluate
 from core.rerank.metrics import (average_precision_at_k, first_stage_scores, labelled_metrics, mrr_at_k, ndcg_at_k,
                                  recall_at_k)
+
+
+class FixedReranker:
+    """A reranker stand-in that scores by passage text, so a test knows every score."""
+
+    kind, score_label = "cross-encoder", "logit"
+
+    def __init__(self, ref, table):
+        self.ref, self.table = ref, table
+
+    def score_pairs(self, pairs, **_):
+        return [self.table[doc] for _, doc in pairs]
+
 
 GRADED = ([0.9, 0.8, 0.1, 0.5, 0.3], [3, 0, 2, 1, 0])  # ranks 1, 2, 5, 3, 4
 
@@ -54,19 +68,10 @@ def test_first_stage_scores_rank_in_input_order():
 def test_query_without_relevant_passage_scores_zero_in_means_and_is_left_out_of_tests():
     assert labelled_metrics([0.3, 0.1], [0, 0]) == dict.fromkeys(labelled_metrics([0.3, 0.1], [1, 0]), 0.0)
 
-    class Fixed:  # a reranker stand-in: scores by passage text
-        kind, score_label = "cross-encoder", "logit"
-
-        def __init__(self, ref, table):
-            self.ref, self.table = ref, table
-
-        def score_pairs(self, pairs, **_):
-            return [self.table[doc] for _, doc in pairs]
-
     items = [QueryItem("q1", ["a", "b", "c"], [0, 3, 1]), QueryItem("q2", ["d", "e"], [0, 0]),
              QueryItem("q3", ["f", "g"], [2, 0])]
-    base = Fixed("base", {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0, "e": 0.0, "f": 0.0, "g": 1.0})
-    merged = Fixed("merged", {"a": 1.0, "b": 3.0, "c": 2.0, "d": 0.0, "e": 1.0, "f": 1.0, "g": 0.0})
+    base = FixedReranker("base", {"a": 3.0, "b": 2.0, "c": 1.0, "d": 1.0, "e": 0.0, "f": 0.0, "g": 1.0})
+    merged = FixedReranker("merged", {"a": 1.0, "b": 3.0, "c": 2.0, "d": 0.0, "e": 1.0, "f": 1.0, "g": 0.0})
     result = evaluate([base, merged], items)
     mrr = result.tests["MRR@10"]
     assert (mrr.n, mrr.skipped, mrr.wins, mrr.ties, mrr.losses) == (2, 1, 2, 0, 0)
@@ -76,3 +81,17 @@ def test_query_without_relevant_passage_scores_zero_in_means_and_is_left_out_of_
     assert [q.relevant for q in result.queries] == [2, 0, 1]
     assert result.queries[0].delta["nDCG@10"] == pytest.approx(
         ndcg_at_k([1.0, 3.0, 2.0], [0, 3, 1]) - ndcg_at_k([3.0, 2.0, 1.0], [0, 3, 1]))
+
+
+def test_evaluate_refuses_before_scoring():
+    class Unscored(FixedReranker):
+        def score_pairs(self, pairs, **_):
+            raise AssertionError("scored before the input was checked")
+
+    model = Unscored("m", {})
+    with pytest.raises(RerankError, match="no query has a relevant passage"):
+        evaluate([model, model], [QueryItem("q", ["a"], [0])])
+    with pytest.raises(RerankError, match="resamples must be at least 1"):
+        evaluate([model, model], [QueryItem("q", ["a"], [1])], resamples=0)
+    with pytest.raises(RerankError, match="needs labelled queries"):
+        evaluate([model], [QueryItem("q", ["a"])])

@@ -78,3 +78,21 @@ def test_nothing_kept_gives_nan_precision_and_an_explicit_threshold_is_used():
 def test_bad_input_is_refused(args, message):
     with pytest.raises(RerankError, match=message):
         score_shift(*args)
+
+
+def test_an_evaluation_recomputes_its_shift_at_another_threshold():
+    from core.rerank.compare import QueryItem
+    from core.rerank.evaluation import evaluate
+    from tests.test_graded_metrics import FixedReranker
+
+    base = FixedReranker("base", {"a": 2.0, "b": 0.0, "c": 1.0})
+    merged = FixedReranker("merged", {"a": 12.0, "b": 10.0, "c": 11.0})
+    result = evaluate([base, merged], [QueryItem("q", ["a", "b", "c"], [1, 0, 1])], resamples=10)
+    assert result.shift.threshold == 1.5  # median of the base's positives 2.0 and 1.0
+    moved = result.shift_at(11.5)
+    assert moved.threshold == 11.5 and moved.at_threshold[1].kept == 1 and moved.at_threshold[0].kept == 0
+    assert moved.calibration == result.shift.calibration
+    everything_relevant = evaluate([base, merged], [QueryItem("q", ["a", "b"], [1, 2])], resamples=10)
+    assert everything_relevant.shift is None
+    assert everything_relevant.notes == ["score shift: score shift needs both relevant and non-relevant labelled "
+                                         "passages"]

@@ -40,7 +40,7 @@ class ModelCost:
     ref: str
     kind: str
     device: str
-    dtype: str  # "float32", "float16", "bfloat16"
+    dtype: str  # a core.units.DTYPES name
     parameters: int  # weights counted once (tied embeddings once)
     load_s: float | None  # None when the model was already loaded (cached) before measuring
     score_s_per_100: float  # wall-clock seconds to score 100 pairs

@@ -59,6 +59,10 @@ class Evaluation:
     def models(self) -> list[str]:
         return self.comparison.models
 
+    def shift_at(self, threshold: float | None = None, *, bins: int = 30) -> ScoreShift:
+        """The score shift recomputed at another threshold (a slider in the app), last model vs first."""
+        return _shift(self.comparison, threshold, bins)
+
     def to_dict(self) -> dict:
         """Plain JSON-able data (nan → None): what `evaluate --json` prints and report.py writes."""
         out = {
@@ -96,14 +100,14 @@ def evaluate(models: list, items: list[QueryItem], *, seed: int = 0, resamples: 
     labelled = [item for item in items if item.labels]
     if not labelled:
         raise RerankError('evaluation needs labelled queries: add "labels" or use the pos/neg format')
+    if not any(label > 0 for item in labelled for label in item.labels):
+        raise RerankError("no query has a relevant passage (label > 0): nothing to evaluate")
+    paired_test([0.0], [0.0], resamples=resamples)  # refuses bad options before the models' slow scoring
     comparison = compare(models, labelled, batch_size=batch_size, max_length=max_length, normalize=normalize)
     queries = [_query_delta(item, q.metrics) for item, q in zip(labelled, comparison.queries)]
     names = list(queries[0].values)
     baseline = {name: sum(q.baseline[name] for q in queries) / len(queries) for name in names}
-    notes = []
-    if all(q.relevant == 0 for q in queries):
-        raise RerankError("no query has a relevant passage (label > 0): nothing to evaluate")
-    tests, verdicts = {}, {}
+    tests, verdicts, notes = {}, {}, []
     if len(models) > 1:
         for name in names:
             tests[name] = paired_test(*(_column(queries, name, m) for m in (0, -1)), resamples=resamples, seed=seed)

@@ -19,6 +19,7 @@ from pathlib import Path
 from core.errors import RerankError
 from core.rerank.significance import format_p
 from core.rerank.svg import deltas_svg, histogram_svg, intervals_svg
+from core.units import human
 
 DELTA_CHART_METRIC = "nDCG@10"  # the per-query chart shows this metric (the first one when absent)
 
@@ -131,9 +132,9 @@ def _shift_section(shift: dict, models: list[dict]) -> str:
 
 def _cost_section(costs: list[dict]) -> str:
     rows = "".join(f"<tr><td>{chr(65 + i)}</td><td>{_num(c['load_s'], 2)}</td><td>{c['score_s_per_100']:.3f}</td>"
-                   f"<td>{c['peak_bytes'] / 1e6:.1f}</td><td>{c['parameters']:,}</td><td>{escape(c['dtype'])}</td>"
+                   f"<td>{human(c['peak_bytes'])}</td><td>{c['parameters']:,}</td><td>{escape(c['dtype'])}</td>"
                    f"<td>{escape(c['device'])}</td></tr>" for i, c in enumerate(costs))
-    return ("<h2>Cost</h2><table><tr><th>model</th><th>load s</th><th>s / 100 pairs</th><th>peak MB</th>"
+    return ("<h2>Cost</h2><table><tr><th>model</th><th>load s</th><th>s / 100 pairs</th><th>peak memory</th>"
             f"<th>parameters</th><th>dtype</th><th>device</th></tr>{rows}</table><p>Peak: {escape(costs[0]['peak_source'])}"
             ".</p>")
 

@@ -35,12 +35,13 @@ def _axis_label(x: float, y: float, text: str, anchor: str = "middle") -> str:
 
 
 def histogram_svg(edges: list[float], series: dict[str, list[int]], *, title: str, marker: float | None = None) -> str:
-    """Overlaid translucent bars, one colour per series, over shared bin edges; `marker` draws a dashed line."""
+    """Overlaid translucent bars, one colour per series (the first on top), over shared bin edges;
+    `marker` draws a dashed line."""
     x = _scale(edges[0], edges[-1], PAD, WIDTH - 10)
     top = max([1] + [c for counts in series.values() for c in counts])
     y = _scale(0, top, HEIGHT - PAD, 24)
     body = [f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - 10}" y2="{HEIGHT - PAD}" stroke="#333"/>']
-    for colour, (name, counts) in zip(COLOURS, series.items()):
+    for colour, (name, counts) in reversed(list(zip(COLOURS, series.items()))):
         for left, right, count in zip(edges, edges[1:], counts):
             if count:
                 body.append(f'<rect x="{x(left):.1f}" y="{y(count):.1f}" width="{max(x(right) - x(left) - 1, 1):.1f}" '
