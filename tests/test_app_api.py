@@ -55,11 +55,12 @@ def test_rerank_compare_through_the_client(served, bert_cls_family):
     assert "Scores are **logit**" in status and "bert-cls-1" in loaded
 
 
-def test_only_plan_merge_and_rerank_compare_are_public(served):
+def test_only_plan_merge_and_the_compare_endpoints_are_public(served):
     _, client, _ = served
     api = client.view_api(print_info=False, return_format="dict")
     named = set(api["named_endpoints"])
-    assert named == {"/plan", "/merge", "/rerank_compare", "/generate_compare", "/likelihood_compare"}
+    assert named == {"/plan", "/merge", "/rerank_compare", "/rerank_evaluate", "/generate_compare",
+                     "/likelihood_compare"}
     hidden = {"/refresh_gauge", "/refresh_models", "/on_yaml", "/on_method", "/on_example", "/stop", "/push",
               "/make_zip", "/export_recipe", "/handler", "/lambda", "/draw_rows"}
     assert not named & hidden

@@ -47,7 +47,7 @@ def test_the_ends_of_the_sweep_are_the_two_input_models(bert_cls_family, mode):
 @pytest.mark.parametrize("family", ["bert_cls_family", "bert_st_family", "llama_family"])
 def test_memory_and_disk_merges_score_the_same(family, request):
     a, b = (str(f) for f in request.getfixturevalue(family)[:2])
-    recipes = [sweep_recipe("linear", a, b, alpha) for alpha in (0.3, 0.8)]
+    recipes = [(sweep_recipe("linear", a, b, alpha), 0) for alpha in (0.3, 0.8)]
     pairs = [(item.query, doc) for items in SETS.values() for item in items for doc in item.docs]
     in_memory = [(used, r.score_pairs(pairs)) for r, used in merged_in_memory(recipes, SCORING, None)]
     on_disk = [(used, r.score_pairs(pairs)) for r, used in merged_on_disk(recipes, SCORING, None)]
@@ -60,7 +60,7 @@ def test_memory_and_disk_merges_score_the_same(family, request):
 def test_in_memory_weights_are_the_weighted_average(bert_cls_family, tmp_path):
     a, b = str(bert_cls_family[0]), str(bert_cls_family[2])
     recipe = sweep_recipe("linear", a, b, 0.25)
-    reranker, _ = next(merged_in_memory([recipe], SCORING, None))
+    reranker, _ = next(merged_in_memory([(recipe, 0)], SCORING, None))
     state = reranker.model.state_dict()
     tensors_a, tensors_b = read_tensors(bert_cls_family[0]), read_tensors(bert_cls_family[2])
     for name, tensor in tensors_a.items():
@@ -81,7 +81,7 @@ def test_task_arithmetic_starts_at_the_base(bert_cls_family):
 def test_weights_line_up_only_when_every_tensor_has_its_place(bert_cls_family):
     a, b = str(bert_cls_family[0]), str(bert_cls_family[1])
     recipe = sweep_recipe("linear", a, b, 0.5)
-    reranker, used = next(merged_in_memory([recipe], SCORING, None))
+    reranker, used = next(merged_in_memory([(recipe, 0)], SCORING, None))
     weights = dict(reranker.model.named_parameters())
     checkpoints = open_inputs(recipe)
     try:

@@ -5,8 +5,10 @@
 Model A defaults to the base of the latest merge and model B to that merge (ui.common.default_pair,
 re-read on page load, after each merge and after the demo build), so the page answers "what did my
 merge do?" right after merging; comparing a model with itself says so. Passages are typed one per line (a
-leading "+" marks a relevant one, which turns on MRR / nDCG) or uploaded as JSONL with
-several queries. The scoring runs in core.rerank.model (models stay loaded between runs); this
+leading "+" marks a relevant one, which turns on MRR / nDCG; "+2 " a grade 0–3, GRADE_RULE) or uploaded as
+JSONL with several queries. "Significance, score shift, cost" (ui.evaluation_view) evaluates the same
+labelled input: the paired test in words, per-query wins / ties / losses, the first-stage order,
+score histograms, precision / recall at a threshold with B recalibrated, cost, and a JSON + HTML export. The scoring runs in core.rerank.model (models stay loaded between runs); this
 file turns its Comparison into a status line and a metrics table; ui.compare_view pages the table
 and its chart (top 20 by default) and writes the whole result as a CSV. The last Comparison stays
 in the session's gr.State, so paging never scores again. Pasted text has a visible limit
@@ -17,6 +19,7 @@ visitor never sees or frees another's models, and Hub ids are fetched with their
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -31,6 +34,7 @@ from core.errors import MergeDeskError, RerankError
 from core.monitor import MONITOR
 from core.rerank.compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
 from core.rerank.model import load_reranker, loaded_rerankers, unload
+from ui import evaluation_view
 from ui.common import (PRIVATE, QUEUE, cache_owner, device_choices, first_view, hub_token, job_label, refresh_pair,
                        request_workspace)
 from ui.compare_view import MAX_TOP_K, TOP_K, Shown, page_view, pager_line, write_csv
@@ -46,10 +50,14 @@ COUNT_JS = ("(text) => { const n = (text || '').split(/\\r?\\n/).filter(l => l.t
 TABLE_COLUMNS = ["passage", "A score", "A rank", "B score", "B rank", "Δ score", "rank change"]
 NOTHING_LOADED = "No models loaded."
 METRIC_COLUMNS = ["metric", "A", "B", "B − A"]
+# "+2 passage": grade 2 (0–3, nDCG's gain); "+ passage": grade 1. A relevant passage whose text itself starts
+# with a digit 0–3 and a space is written with its grade first ("+1 3 eggs, beaten").
+GRADE_RULE = re.compile(r"^\+([0-3])\s+(.*)$")
 SAME_MODEL = "**⚠ A and B are the same model: every Δ is 0.** Pick your merge as B (or another model as A).\n\n"
 HELP = """Compare how two models rank the same passages. **A** is the reference (by default the base of
 your latest merge), **B** the model under test (by default that merge). One passage per line; start a line
-with `+` to mark it relevant and get MRR and nDCG. Or upload a JSONL file:
+with `+` to mark it relevant and get MRR and nDCG, or with `+2 ` (a grade 0–3: nDCG's gain, MAP and recall
+count grade > 0). Or upload a JSONL file:
 `{"query": "…", "docs": ["…"], "labels": [1, 0]}` or `{"query": "…", "pos": ["…"], "neg": ["…"]}` per line."""
 
 
@@ -88,6 +96,20 @@ def build_playground(workspace: Workspace) -> tuple:
     with gr.Row():
         chart = gr.Plot(label="Rank of each shown passage under A and B", elem_id="compare-chart")
         metrics = gr.Dataframe(label="Metrics (needs relevant passages)", interactive=False, headers=METRIC_COLUMNS)
+    with gr.Accordion("Is it real? Significance, score shift, cost (labelled passages)", open=False):
+        with gr.Row():
+            threshold = gr.Textbox("", label="Score threshold", info="empty: A's median relevant-passage score",
+                                   scale=0, min_width=220, elem_id="eval-threshold")  # a gr.Number sends 0 when empty
+            judge = gr.Button("Significance, score shift, cost", scale=0, elem_id="eval-run")
+            report = gr.File(label="Export: JSON + HTML report", file_count="multiple", scale=1)
+        summary = gr.Markdown(elem_id="eval-summary")
+        judged = gr.Dataframe(label="Metrics: first stage (input order), A, B, paired test of B − A",
+                              interactive=False, elem_id="eval-metrics")
+        per_query = gr.Dataframe(label="Per query (nDCG@10)", interactive=False, elem_id="eval-per-query")
+        histogram = gr.Plot(label="Score distributions", elem_id="eval-histogram")
+        with gr.Row():
+            at_threshold = gr.Dataframe(label="At the threshold", interactive=False, elem_id="eval-threshold-table")
+            cost = gr.Dataframe(label="Cost", interactive=False, elem_id="eval-cost")
     with gr.Row():
         loaded = gr.Markdown(NOTHING_LOADED if workspace.hosted else loaded_markdown(None))  # a new visitor has none
         unload_button = gr.Button("Unload models", size="sm", scale=0)
@@ -103,6 +125,9 @@ def build_playground(workspace: Workspace) -> tuple:
     top_k.change(show_top, [shown, top_k], paging, **PRIVATE)
     previous.click(previous_page, shown, paging, **PRIVATE)
     following.click(next_page, shown, paging, **PRIVATE)
+    judge.click(evaluate_pasted, [model_a, model_b, query, passages, queries_file, device, normalize, threshold, ws],
+                [summary, judged, per_query, histogram, at_threshold, cost, report], api_name="rerank_evaluate",
+                concurrency_id=QUEUE, concurrency_limit=1, show_progress_on=summary)
     refresh.click(refresh_pair, ws, [model_a, model_b], **PRIVATE)
     unload_button.click(unload_all, ws, loaded, **PRIVATE)
     return refresh_pair, ws, [model_a, model_b]
@@ -128,11 +153,8 @@ def compare_and_keep(model_a: str, model_b: str, query: str, passages: str, quer
     ws = request_workspace(workspace, request)
     owner = cache_owner(workspace, request)
     try:
-        items = read_queries(queries_file) if queries_file else parse_passages(query, passages,
-                                                                                 limit=pasted_limit(ws))
-        passages_in_all = sum(len(item.docs) for item in items)
-        check_pairs(2 * passages_in_all, ws, job=f"this comparison ({passages_in_all:,} passages × 2 models)")
-        refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
+        items = pasted_items(query, passages, queries_file, ws)
+        refs = checked_refs(items, model_a, model_b, ws, "comparison")
         with MONITOR.job(job_label(ws, "compare", f"{Path(refs[0]).name} / {Path(refs[1]).name}")):
             models = [load_reranker(ref, device=device, token=hub_token(workspace, oauth_token), owner=owner)
                       for ref in refs]
@@ -143,6 +165,33 @@ def compare_and_keep(model_a: str, model_b: str, query: str, passages: str, quer
     same = SAME_MODEL if same_model(*refs) else ""
     return (same + status_markdown(result, models), *page_view(kept), metrics_table(result), loaded_markdown(owner),
             kept)
+
+
+def evaluate_pasted(model_a: str, model_b: str, query: str, passages: str, queries_file: str | None, device: str,
+                    normalize: bool, threshold: str | float | None, workspace: Workspace,
+                    request: gr.Request | None = None,
+                    oauth_token: gr.OAuthToken | None = None):
+    """The /rerank_evaluate API: ui.evaluation_view's seven outputs for the same input as Compare."""
+    ws = request_workspace(workspace, request)
+    try:
+        items = pasted_items(query, passages, queries_file, ws)
+        cut = evaluation_view.parse_threshold(threshold)
+        refs = checked_refs(items, model_a, model_b, ws, "evaluation")
+    except MergeDeskError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    return tuple(evaluation_view.evaluate_items(items, refs, device, normalize, cut, workspace, request, oauth_token))
+
+
+def checked_refs(items: list[QueryItem], model_a: str, model_b: str, ws: Workspace, job: str) -> list[str]:
+    """A and B as model references the workspace allows, once the pairs cap allows scoring `items` with both."""
+    passages_in_all = sum(len(item.docs) for item in items)
+    check_pairs(2 * passages_in_all, ws, job=f"this {job} ({passages_in_all:,} passages × 2 models)")
+    return [check_model_ref(ref, ws) for ref in (model_a, model_b)]
+
+
+def pasted_items(query: str, passages: str, queries_file: str | None, ws: Workspace) -> list[QueryItem]:
+    """The queries of the file when one is given, else the one typed query and its passages."""
+    return read_queries(queries_file) if queries_file else parse_passages(query, passages, limit=pasted_limit(ws))
 
 
 def offer_download(shown: Shown, workspace: Workspace, request: gr.Request | None = None):
@@ -185,7 +234,8 @@ def count_line(ws: Workspace) -> str:
 
 
 def parse_passages(query: str, passages: str, *, limit: int = MAX_PASTED) -> list[QueryItem]:
-    """One query from the text boxes; lines starting with '+' are relevant (label 1).
+    """One query from the text boxes; lines starting with '+' are relevant (label 1), '+N ' with N in 0–3
+    gives the grade N (GRADE_RULE).
 
     Refuses more than `limit` passages or MAX_PASTED_CHARS characters, and a line that is only "+".
     """
@@ -201,10 +251,17 @@ def parse_passages(query: str, passages: str, *, limit: int = MAX_PASTED) -> lis
         if line[1:].strip() == "" and line.startswith("+"):
             raise RerankError(f"passage line {n} is only '+': write the relevant passage after it "
                               "('+ the relevant passage') or remove the line")
-    lines = [line for _, line in numbered]
-    labels = [1 if line.startswith("+") else 0 for line in lines]
-    docs = [line[1:].strip() if line.startswith("+") else line for line in lines]
-    return [QueryItem(query or "", docs, labels if any(labels) else None)]
+    labelled = [passage_label(line) for _, line in numbered]
+    labels = [label for _, label in labelled]
+    return [QueryItem(query or "", [doc for doc, _ in labelled], labels if any(labels) else None)]
+
+
+def passage_label(line: str) -> tuple[str, int]:
+    """'+2 text' → ('text', 2); '+ text' or '+text' → ('text', 1); 'text' → ('text', 0)."""
+    graded = GRADE_RULE.match(line)
+    if graded:
+        return graded.group(2).strip(), int(graded.group(1))
+    return (line[1:].strip(), 1) if line.startswith("+") else (line, 0)
 
 
 def status_markdown(result: Comparison, models) -> str:

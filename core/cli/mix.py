@@ -3,11 +3,13 @@
     python -m core weights --model A --model B --model C --examples few.jsonl [--tau 5] [--recipe mix.yml]
     python -m core sweep --model-a base/ --model-b tuned/ --set assets/demo/cooking/eval.jsonl \\
                          --set general=assets/demo/general/eval.jsonl [--alphas 0,0.25,0.5,0.75,1]
+                         [--method dare_linear --seeds 5 [--density 0.5]]
 
 `weights` prints each model's loss and weight (and `--json`: {"models", "kind", "losses",
 "weights", "tau"}); `--recipe FILE` also writes the linear recipe with those weights. `sweep` prints one row per α with
 nDCG@10 and MRR@10 per set (`--json`: SweepResult.to_dict(), which docs/render_sweep.py turns
-into a PNG).
+into a PNG); with `--seeds K` and a random method (dare_linear, della_linear) each α is merged with
+seeds 0 … K−1, the table shows the mean and a second table the spread (min, max, 95% interval).
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.cli.rerank import quiet_loading
-from core.cocktail.sweep import DEFAULT_ALPHAS, DEFAULT_METHOD, MODES, SWEEP_FORMULAS, SWEEP_METHODS
+from core.cocktail.spread import MAX_SEEDS, seeds_apply
+from core.cocktail.sweep import DEFAULT_ALPHAS, DEFAULT_METHOD, MODES, SWEEP_DENSITY, SWEEP_FORMULAS, SWEEP_METHODS
 from core.cocktail.weights import DEFAULT_TAU
 from core.devices import DEVICE_HELP
 from core.units import DTYPES
@@ -70,6 +73,11 @@ def sweep_command(sub, common) -> None:
                         help="comma-separated α values (default %(default)s)")
     parser.add_argument("--method", default=DEFAULT_METHOD, choices=SWEEP_METHODS,
                         help="; ".join(f"{name}: {formula}" for name, formula in SWEEP_FORMULAS.items()))
+    parser.add_argument("--seeds", type=int, default=1, metavar="K",
+                        help=f"merge each α with seeds 0 … K−1 and report the spread (1 … {MAX_SEEDS}; "
+                             "dare_linear / della_linear only: the other methods are deterministic, one run)")
+    parser.add_argument("--density", type=float, default=SWEEP_DENSITY,
+                        help="share of B − A that dare_linear / della_linear keep (default %(default)s)")
     parser.add_argument("--mode", default=MODES[0], choices=MODES,
                         help="merge in memory, or stream each merge to a temporary folder (default: auto)")
     parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
@@ -92,13 +100,25 @@ def _sweep(args) -> None:
     quiet_loading()
     result = sweep(args.model_a, args.model_b, sets, alphas=alphas, method=args.method,
                    mode=args.mode, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                   max_length=args.max_length)
+                   max_length=args.max_length, seeds=args.seeds, density=args.density)
     if args.json:
         print(json.dumps(result.to_dict()))
         return
     print(f"A (α = 0): {result.model_a}\nB (α = 1): {result.model_b}")
-    print(f"{result.method} merges, made in {result.mode}\n")
+    print(f"{result.method} merges, made in {result.mode}")
+    print(seeds_line(result) + "\n")
     print(result.table())
+    if len(result.seeds) > 1:
+        print("\nSpread over the seeds:\n" + result.spread_table())
+
+
+def seeds_line(result) -> str:
+    """What the seeds did: the K seeds each α was merged with, or that the method does not use one."""
+    if not seeds_apply(result.method):
+        return f"{result.method} is deterministic: seeds do not apply, one merge per α"
+    if len(result.seeds) > 1:
+        return f"each α merged with seeds 0 … {len(result.seeds) - 1}; the table shows their mean"
+    return "one seed (0) per α: --seeds K shows how much the random drop moves the metrics"
 
 
 def set_arg(text: str) -> tuple[str | None, str]:

@@ -6,7 +6,11 @@
     print(result.table())                   # α by rows, set × metric by columns
 
 The merge at α is `linear` (1 − α)·A + α·B — with A the base, the base plus α times B's task
-vector — or `task_arithmetic` A + α·(B − A) (α may leave [0, 1]) or `slerp` at t = α; the
+vector — or `task_arithmetic` A + α·(B − A) (α may leave [0, 1]) or `slerp` at t = α, or
+`dare_linear` / `della_linear`: A + α·(B − A) with the task vector sparsified at random to
+`density`. Those two depend on the seed: `seeds=K` merges each α with the seeds 0 … K−1 and
+the result keeps every draw, summarized per α and set by SweepResult.spread (core.cocktail.spread:
+min, max, mean, 95% interval); a deterministic method is merged once whatever K is. The
 recipe goes through the engine's planner and method code, so the sweep measures exactly the
 models `python -m core merge` would write. This is the trade-off curve of the LM-Cocktail paper
 (in-domain against general skill), for the user's own models and queries.
@@ -26,13 +30,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import psutil
 import torch
 
+from core.cocktail.spread import Spread, sweep_seeds
 from core.devices import parse_device
 from core.errors import MergeCancelled, RerankError
 from core.io.checkpoint import Checkpoint
@@ -45,13 +50,14 @@ from core.rerank.model import Reranker, detect_kind, load_reranker, pick_dtype
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))  # 0, 0.1, …, 1
 SWEEP_FORMULAS = {"linear": "(1 − α)·A + α·B", "task_arithmetic": "A + α·(B − A)",
-                  "slerp": "spherical interpolation at t = α"}
+                  "slerp": "spherical interpolation at t = α",
+                  "dare_linear": "A + α·DARE(B − A): random drop to the density, rescaled",
+                  "della_linear": "A + α·DELLA(B − A): drop by magnitude-ranked chance, rescaled"}
 SWEEP_METHODS = tuple(SWEEP_FORMULAS)  # the CLI's --method choices and the Sweep tab's "Mix" dropdown
 DEFAULT_METHOD = "linear"
 MODES = ("auto", "memory", "disk")
 SHOWN_METRICS = ("nDCG@10", "MRR@10")
-
-
+SWEEP_DENSITY = 0.5  # the random methods' share of B − A kept (density 1 would drop nothing: no spread)
 @dataclass(frozen=True)
 class Scoring:
     """How each merged model is loaded and scored (core.rerank.model's options)."""
@@ -70,6 +76,7 @@ class SweepPoint:
     alpha: float
     set_name: str
     metrics: dict[str, float]  # nDCG@10, MRR@10, recall@k: means over the set's queries
+    seed: int = 0  # the merge's seed (matters for the random methods only)
 
 
 @dataclass(frozen=True)
@@ -80,12 +87,21 @@ class SweepResult:
     mode: str  # "memory" or "disk": how the merges were made
     alphas: list[float]
     set_names: list[str]
-    points: list[SweepPoint]  # α-major: every set at the first α, then at the next…
+    points: list[SweepPoint]  # α-major: every seed's sets at the first α, then at the next…
+    seeds: list[int] = field(default_factory=lambda: [0])  # each α merged with each of these
+    density: float = SWEEP_DENSITY  # dare_linear / della_linear only
 
     def values(self, set_name: str, metric: str) -> list[float]:
-        """One value per α (in self.alphas order) of `metric` on `set_name`."""
-        found = {p.alpha: p.metrics[metric] for p in self.points if p.set_name == set_name}
-        return [found[a] for a in self.alphas]
+        """One value per α (in self.alphas order) of `metric` on `set_name`: the mean over the seeds."""
+        return [spread.mean for spread in self.spread(set_name, metric)]
+
+    def spread(self, set_name: str, metric: str) -> list[Spread]:
+        """Per α (in self.alphas order): `metric` on `set_name` over the seeds (min, max, mean, interval)."""
+        found: dict[float, list[float]] = {}
+        for p in self.points:
+            if p.set_name == set_name:
+                found.setdefault(p.alpha, []).append(p.metrics[metric])
+        return [Spread.of(found[a]) for a in self.alphas]
 
     def table(self, metrics: tuple[str, ...] = SHOWN_METRICS) -> str:
         """Aligned text, one row per α: what `python -m core sweep` prints.
@@ -105,17 +121,39 @@ class SweepResult:
     def to_dict(self) -> dict:
         """Plain data for JSON (the CLI's --json, the PNG tool)."""
         return {"model_a": self.model_a, "model_b": self.model_b, "method": self.method, "mode": self.mode,
-                "alphas": self.alphas, "sets": self.set_names,
-                "points": [{"alpha": p.alpha, "set": p.set_name, **p.metrics} for p in self.points]}
+                "alphas": self.alphas, "sets": self.set_names, "seeds": self.seeds, "density": self.density,
+                "points": [{"alpha": p.alpha, "set": p.set_name, "seed": p.seed, **p.metrics} for p in self.points],
+                "spread": [{"alpha": alpha, "set": name, "metric": metric, **spread.to_dict()}
+                           for name in self.set_names for metric in self.metric_names()
+                           for alpha, spread in zip(self.alphas, self.spread(name, metric))]}
+
+    def metric_names(self) -> list[str]:
+        return list(self.points[0].metrics) if self.points else []
+
+    def spread_table(self, metrics: tuple[str, ...] = SHOWN_METRICS) -> str:
+        """Aligned text, one row per α, set and metric: the spread over the seeds (the CLI's --seeds K > 1).
+
+        Example:
+            alpha  set      metric    mean     min     max  95% low  95% high
+             0.50  cooking  nDCG@10   0.6120  0.6001  0.6240   0.5824    0.6416
+        """
+        width = max(len(name) for name in self.set_names)
+        lines = [f"alpha  {'set':<{width}}  metric     mean     min     max  95% low  95% high"]
+        for name in self.set_names:
+            for metric in metrics:
+                for alpha, s in zip(self.alphas, self.spread(name, metric)):
+                    lines.append(f"{alpha:>5.2f}  {name:<{width}}  {metric:<8} {s.mean:.4f}  {s.min:.4f}  "
+                                 f"{s.max:.4f}   {s.low:.4f}    {s.high:.4f}")
+        return "\n".join(lines)
 
     @classmethod
     def from_dict(cls, data: dict) -> "SweepResult":
         """The inverse of to_dict (for JSON written by `python -m core sweep --json`)."""
         try:
-            points = [SweepPoint(p["alpha"], p["set"], {k: v for k, v in p.items() if k not in ("alpha", "set")})
-                      for p in data["points"]]
+            points = [SweepPoint(p["alpha"], p["set"], {k: v for k, v in p.items() if k not in ("alpha", "set", "seed")},
+                                 p.get("seed", 0)) for p in data["points"]]
             return cls(data["model_a"], data["model_b"], data["method"], data["mode"], list(data["alphas"]),
-                       list(data["sets"]), points)
+                       list(data["sets"]), points, list(data.get("seeds", [0])), data.get("density", SWEEP_DENSITY))
         except (KeyError, TypeError) as error:
             raise RerankError(f"not a sweep result: missing or malformed {error}") from None
 
@@ -126,15 +164,17 @@ def sweep(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], **option
     for point, mode in sweep_points(model_a, model_b, sets, **options):
         points.append(point)
     alphas = list(dict.fromkeys(p.alpha for p in points))
-    return SweepResult(model_a, model_b, options.get("method", DEFAULT_METHOD), mode, alphas, list(sets), points)
+    method = options.get("method", DEFAULT_METHOD)
+    return SweepResult(model_a, model_b, method, mode, alphas, list(sets), points,
+                       sweep_seeds(method, options.get("seeds", 1)), options.get("density", SWEEP_DENSITY))
 
 
 def sweep_points(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], *,
                  alphas=DEFAULT_ALPHAS, method: str = DEFAULT_METHOD, device: str = "cpu", mode: str = "auto",
                  dtype: str | None = None, batch_size: int = 32, max_length: int | None = None,
-                 cancel: threading.Event | None = None,
+                 seeds: int = 1, density: float = SWEEP_DENSITY, cancel: threading.Event | None = None,
                  scratch: Path | None = None, token: str | bool | None = None) -> Iterator[tuple[SweepPoint, str]]:
-    """Yield (SweepPoint, mode used) for every α and set, as each is measured.
+    """Yield (SweepPoint, mode used) for every α, seed and set, as each is measured.
 
     Args:
         model_a, model_b: folders or Hub ids of the same architecture (α = 0 is A, α = 1 is B).
@@ -143,25 +183,29 @@ def sweep_points(model_a: str, model_b: str, sets: dict[str, list[QueryItem]], *
         method: "linear" (1−α)A + αB, "task_arithmetic" A + α(B − A), or "slerp" at t = α.
         device, dtype: where and in which precision the merges are scored (core.rerank.model defaults).
         mode: "memory", "disk" or "auto" (see the module docstring).
+        seeds: K, how many seeds (0 … K−1) each α of a random method is merged with; 1 for others.
+        density: the share of B − A that dare_linear / della_linear keep.
         cancel: set it to stop between two α's (raises MergeCancelled).
         scratch: the folder that holds the "disk" mode's temporary merge; None = the system's temp dir.
         token: Hugging Face access for Hub ids: None = this machine's login; a hosted visitor's
             token or False = only theirs (see checkpoint.resolve_reference).
     """
     alphas = check_sweep(alphas, sets, method, mode)
-    recipes = [sweep_recipe(method, model_a, model_b, alpha) for alpha in alphas]
+    seed_list = sweep_seeds(method, seeds)
+    recipes = [(sweep_recipe(method, model_a, model_b, alpha, density), seed) for alpha in alphas for seed in seed_list]
     if mode == "auto":
         mode = "memory" if fits_in_memory(model_a, device, dtype, token=token) else "disk"
     merges = merged_in_memory if mode == "memory" else merged_on_disk
     scoring = Scoring(device, dtype, batch_size, max_length, token)
-    for alpha, (reranker, used) in zip(alphas, merges(recipes, scoring, cancel, scratch=scratch)):
+    steps = [(alpha, seed) for alpha in alphas for seed in seed_list]
+    for (alpha, seed), (reranker, used) in zip(steps, merges(recipes, scoring, cancel, scratch=scratch)):
         for name, items in sets.items():
             metrics = compare([reranker], items, batch_size=batch_size, max_length=max_length).metrics
-            yield SweepPoint(alpha, name, {k: v[0] for k, v in metrics.items()}), used
+            yield SweepPoint(alpha, name, {k: v[0] for k, v in metrics.items()}, seed), used
 
 
-def sweep_recipe(method: str, model_a: str, model_b: str, alpha: float) -> MergeRecipe:
-    """The recipe of the merge at α (validated like any recipe)."""
+def sweep_recipe(method: str, model_a: str, model_b: str, alpha: float, density: float = SWEEP_DENSITY) -> MergeRecipe:
+    """The recipe of the merge at α (validated like any recipe; `density` for the random methods only)."""
     if method == "linear":
         data = {"merge_method": "linear", "parameters": {"normalize": False},
                 # round: the form and YAML show 0.3, not 0.30000000000000004
@@ -173,6 +217,9 @@ def sweep_recipe(method: str, model_a: str, model_b: str, alpha: float) -> Merge
     elif method == "slerp":
         data = {"merge_method": "slerp", "base_model": model_a, "models": [{"model": model_b}],
                 "parameters": {"t": alpha}}
+    elif method in ("dare_linear", "della_linear"):
+        data = {"merge_method": method, "base_model": model_a,
+                "models": [{"model": model_b, "parameters": {"weight": alpha, "density": density}}]}
     else:
         raise RerankError(f"unknown sweep method {method!r}: use one of {', '.join(SWEEP_METHODS)}")
     return recipe_from_dict(data)
@@ -208,26 +255,27 @@ def fits_in_memory(model: str, device: str, dtype: str | None, *, token: str | b
     return loaded <= free / 2
 
 
-def merged_in_memory(recipes: list[MergeRecipe], scoring: Scoring, cancel: threading.Event | None, *,
+def merged_in_memory(recipes: list[tuple[MergeRecipe, int]], scoring: Scoring, cancel: threading.Event | None, *,
                      scratch: Path | None = None) -> Iterator[tuple[Reranker, str]]:
-    """(the merged model, "memory") per recipe: the first input loaded once, each merge copied into its weights.
+    """(the merged model, "memory") per (recipe, seed): the first input loaded once, each merge copied into its
+    weights.
 
     The model yielded is the same object each time: score it before asking for the next one.
     Falls back to merged_on_disk when the loaded model's tensor names or shapes differ from
     the checkpoint's.
     """
-    reranker = load_reranker(recipes[0].inputs()[0], device=scoring.device, dtype=scoring.dtype,
+    reranker = load_reranker(recipes[0][0].inputs()[0], device=scoring.device, dtype=scoring.dtype,
                              max_length=scoring.max_length, cached=False, token=scoring.token)
     model = reranker.model  # tied weights appear under each of their names
     weights = {**dict(model.named_parameters(remove_duplicate=False)),
                **dict(model.named_buffers(remove_duplicate=False))}
-    if not weights_line_up(plan_inputs(recipes[0], token=scoring.token), weights):
+    if not weights_line_up(plan_inputs(recipes[0][0], token=scoring.token), weights):
         del reranker, model, weights  # e.g. renamed on load: let the engine write real folders
         yield from merged_on_disk(recipes, scoring, cancel, scratch=scratch)
         return
-    for recipe in recipes:
+    for recipe, seed in recipes:
         MergeCancelled.check(cancel, "sweep stopped")
-        for _ in merge_into(recipe, weights, cancel=cancel, token=scoring.token):
+        for _ in merge_into(recipe, weights, seed=seed, cancel=cancel, token=scoring.token):
             pass
         yield reranker, "memory"
 
@@ -241,18 +289,18 @@ def weights_line_up(plan: MergePlan, weights: dict[str, torch.Tensor]) -> bool:
     return True
 
 
-def merged_on_disk(recipes: list[MergeRecipe], scoring: Scoring, cancel: threading.Event | None, *,
+def merged_on_disk(recipes: list[tuple[MergeRecipe, int]], scoring: Scoring, cancel: threading.Event | None, *,
                    scratch: Path | None = None) -> Iterator[tuple[Reranker, str]]:
-    """(the merged model, "disk") per recipe: merged by the engine into a temporary folder made in `scratch`
+    """(the merged model, "disk") per (recipe, seed): merged by the engine into a temporary folder made in `scratch`
     (a dot-folder, which model lists skip), loaded; the folder is deleted once the caller asks for the next
     one (or stops)."""
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".mergedesk-sweep-", dir=scratch))
     try:
-        for step, recipe in enumerate(recipes):
+        for step, (recipe, seed) in enumerate(recipes):
             MergeCancelled.check(cancel, "sweep stopped")
-            folder = merge(recipe, scratch / f"merge-{step}", device=scoring.device, cancel=cancel,
+            folder = merge(recipe, scratch / f"merge-{step}", device=scoring.device, seed=seed, cancel=cancel,
                            token=scoring.token)
             reranker = load_reranker(str(folder), device=scoring.device, dtype=scoring.dtype,
                                      max_length=scoring.max_length, cached=False)

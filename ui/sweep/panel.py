@@ -5,7 +5,9 @@
 Model A is α = 0 (the base or general model), B is α = 1 (the fine-tune). Each α's merge is
 measured on labelled sets — the demo sets in assets/demo/*/eval.jsonl and/or uploaded JSONL —
 and drawn as nDCG@10 / MRR@10 curves, one per set (ui/sweep/plot.py): the in-domain gain
-against the general loss, as in the LM-Cocktail paper. Clicking a point (or picking a swept α and
+against the general loss, as in the LM-Cocktail paper. For the random mixes (DARE, DELLA) "Seeds"
+K merges each α with seeds 0 … K−1: the curve is their mean, a band their min–max, and the table
+adds min / max columns, so a gain smaller than the draw's spread shows as one. Clicking a point (or picking a swept α and
 "Use this α") writes that merge's recipe into the Merge tab's form (weights 1 − α and α for
 linear). gr.Plot reports no clicks in Gradio 6, so a few lines of JS (CLICK_JS) pass plotly's
 click to a hidden text box whose change event does the rest.
@@ -29,8 +31,9 @@ from core import ASSETS
 from core.app.paths import check_model_ref
 from core.app.quota import check_pairs, check_quota
 from core.app.workspace import Workspace
-from core.cocktail.sweep import (DEFAULT_ALPHAS, DEFAULT_METHOD, SHOWN_METRICS, SWEEP_FORMULAS, SweepResult, read_sets,
-                                 sweep_points, sweep_recipe)
+from core.cocktail.spread import MAX_SEEDS, sweep_seeds
+from core.cocktail.sweep import (DEFAULT_ALPHAS, DEFAULT_METHOD, SHOWN_METRICS, SWEEP_DENSITY, SWEEP_FORMULAS,
+                                 SweepResult, read_sets, sweep_points, sweep_recipe)
 from core.devices import devices_for
 from core.errors import MergeCancelled, MergeDeskError, RerankError
 from core.merge.preview import preview
@@ -99,6 +102,8 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> tuple:
                           file_types=[".jsonl", ".json"])
         alphas = gr.Textbox(", ".join(f"{a:g}" for a in DEFAULT_ALPHAS), label="α values",
                             info="comma-separated; task arithmetic may go beyond 1")
+        seeds = gr.Number(1, label="Seeds", precision=0, minimum=1, maximum=MAX_SEEDS, elem_id="sweep-seeds",
+                          info=f"DARE / DELLA (density {SWEEP_DENSITY:g}): merge each α with K seeds, draw the spread")
     with gr.Row():
         run = gr.Button("Run the sweep", variant="primary", scale=0)
         stop = gr.Button("Stop", variant="stop", scale=0)
@@ -113,7 +118,7 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> tuple:
     used = gr.Markdown()
 
     handler, outputs = keyed(run_sweep, SweepView, status=status, plot=plot, table=table, pick=pick, last=last)
-    run.click(handler, [model_a, model_b, method, device, demo, uploads, alphas, ws], outputs,
+    run.click(handler, [model_a, model_b, method, device, demo, uploads, alphas, ws, seeds], outputs,
               concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
     stop.click(stop_sweep, None, stop_note, concurrency_limit=None, **PRIVATE)
 
@@ -130,15 +135,19 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> tuple:
 
 def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[str], uploads: list[str] | None,
               alphas_text: str, workspace: Workspace, request: gr.Request | None = None,
-              oauth_token: gr.OAuthToken | None = None):
-    """Yield a SweepView after each α; one gr.Error line on bad input."""
+              seeds: float = 1, oauth_token: gr.OAuthToken | None = None):
+    """Yield a SweepView after each α (all its seeds measured); one gr.Error line on bad input.
+
+    `seeds` follows `request`: gradio puts the request in its place and the Seeds box's value after it."""
     ws = request_workspace(workspace, request)
     try:
         refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
         sets = read_sets(set_files(demo, uploads, ws))
         alphas = parse_alphas(alphas_text)
+        seed_list = sweep_seeds(method, seeds)
         passages = sum(len(item.docs) for items in sets.values() for item in items)
-        check_pairs(passages * len(alphas), ws, job=f"this sweep ({passages:,} passages × {len(alphas)} α's)")
+        merges = len(alphas) * len(seed_list)
+        check_pairs(passages * merges, ws, job=f"this sweep ({passages:,} passages × {merges} merges)")
         if ws.hosted:  # a streamed sweep writes one merge at a time into the visitor's folder
             scratch = preview(sweep_recipe(method, *refs, alphas[0]), ws.outputs_dir, devices_for(device),
                               token=hub_token(workspace, oauth_token))
@@ -151,12 +160,12 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
         with (jobs.running(session_id(request), "sweep") as cancel,
               MONITOR.job(job_label(ws, "sweep", f"{Path(refs[0]).name} → {Path(refs[1]).name}"))):
             for point, mode in sweep_points(*refs, sets, alphas=alphas, method=method, device=device, cancel=cancel,
-                                            scratch=ws.outputs_dir if ws.hosted else None,
+                                            seeds=len(seed_list), scratch=ws.outputs_dir if ws.hosted else None,
                                             token=hub_token(workspace, oauth_token)):
                 points.append(point)
-                if len(points) % len(sets) == 0:
-                    done = alphas[:len(points) // len(sets)]
-                    result = SweepResult(*refs, method, mode, done, list(sets), points)
+                if len(points) % (len(sets) * len(seed_list)) == 0:
+                    done = alphas[:len(points) // (len(sets) * len(seed_list))]
+                    result = SweepResult(*refs, method, mode, done, list(sets), points, seed_list)
                     following = f" · merging at α = {alphas[len(done)]:g}…" if len(done) < len(alphas) else ""
                     left = eta_text(eta(len(done), len(alphas), time.monotonic() - started))
                     yield SweepView(f"{len(done)}/{len(alphas)} α's measured (merges made in {mode}) · {left}"
@@ -167,7 +176,17 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
         return
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
-    yield SweepView(f"**✓ Swept** {len(alphas)} α's on {len(sets)} set(s), merges made in {mode}.")
+    yield SweepView(f"**✓ Swept** {len(alphas)} α's on {len(sets)} set(s), merges made in {mode}. "
+                    f"{seeds_note(method, seeds, seed_list)}")
+
+
+def seeds_note(method: str, asked: float, seed_list: list[int]) -> str:
+    """What the Seeds box did, in words."""
+    if len(seed_list) > 1:
+        return f"Each α merged with seeds 0 … {len(seed_list) - 1}: curves are the mean, bands the min–max."
+    if asked and asked > 1:
+        return f"{method} is deterministic: seeds do not apply, one merge per α."
+    return ""
 
 
 stop_sweep = jobs.stopper("sweep", "Stopping after the current α…", "stop_sweep")
@@ -179,7 +198,8 @@ def use_alpha(result: dict | None, alpha: float | None) -> tuple[str, FormState 
         return "✗ Run a sweep first.", None
     if alpha is None:
         return "✗ Pick the α to keep.", None
-    recipe = sweep_recipe(result["method"], result["model_a"], result["model_b"], float(alpha))
+    recipe = sweep_recipe(result["method"], result["model_a"], result["model_b"], float(alpha),
+                          result.get("density", SWEEP_DENSITY))
     form = yaml_to_form(to_yaml(recipe))
     message = f"✓ The Merge tab now holds the {result['method']} merge at α = {float(alpha):g}: check it and merge."
     return message, form
@@ -194,11 +214,16 @@ def clicked_alpha(text: str):
 
 
 def metrics_table(result: SweepResult) -> pd.DataFrame:
-    """One row per α; a column per set and metric, rounded to 4 places."""
+    """One row per α; a column per set and metric (the mean over the seeds), rounded to 4 places, and
+    with more than one seed that metric's min and max over them."""
     frame = pd.DataFrame({"α": result.alphas})
     for name in result.set_names:
         for metric in SHOWN_METRICS:
-            frame[f"{name} {metric}"] = [round(v, 4) for v in result.values(name, metric)]
+            spread = result.spread(name, metric)
+            frame[f"{name} {metric}"] = [round(s.mean, 4) for s in spread]
+            if len(result.seeds) > 1:
+                frame[f"{name} {metric} min"] = [round(s.min, 4) for s in spread]
+                frame[f"{name} {metric} max"] = [round(s.max, 4) for s in spread]
     return frame
 
 
