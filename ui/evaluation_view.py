@@ -123,7 +123,7 @@ def metrics_frame(data: dict) -> pd.DataFrame:
     rows = []
     for name, (a, b) in data["metrics"].items():
         test = data["tests"][name]
-        rows.append({"metric": name, "first stage": _round(data["baseline"][name]), "A": _round(a), "B": _round(b),
+        rows.append({"metric": name, "first stage": _round(data["baseline"].get(name)), "A": _round(a), "B": _round(b),
                      "B − A": _round(test["mean_delta"]), "p": _round(test["p_value"]),
                      "95% interval": f"{test['ci_low']:+.4f} … {test['ci_high']:+.4f}"
                      if test["ci_low"] is not None else "—",
