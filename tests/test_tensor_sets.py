@@ -15,6 +15,7 @@ import transformers
 import yaml
 from safetensors.torch import load_file, save_file
 
+from core.errors import CheckpointError, RecipeError
 from core.merge.engine import merge
 from core.merge.preview import plan_inputs
 from core.merge.recipe import recipe_from_dict
@@ -128,3 +129,19 @@ def test_the_plan_command_warns_of_what_is_left_out(extra_head, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert f"warning: 'score.weight': only in {b}, not in {base}: left out" in run.stderr
+
+
+def test_a_vocabulary_that_differs_is_refused_with_the_reason(tmp_path):
+    base, a = build_family(tmp_path / "family", "llama", n_models=2)
+    rewrite(a, lambda weights: weights.update({name: torch.cat([weights[name], weights[name][:2]])
+                                               for name in ("model.embed_tokens.weight", "lm_head.weight")}))
+    with pytest.raises(CheckpointError, match=r"shape mismatch at .*: .* has \[\d+, 32\], .* has \[\d+, 32\] "
+                                              r"\(their vocabularies differ: .* not supported yet\)"):
+        merge(recipe_from_dict(linear((base, 0.5), (a, 0.5))), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_source_union_is_refused_by_name_not_looked_up_as_a_folder(extra_head):
+    base, a, _ = extra_head
+    with pytest.raises(RecipeError, match="tokenizer_source: union .* is not supported yet"):
+        recipe_from_dict({**linear((base, 0.5), (a, 0.5)), "tokenizer_source": "union"})

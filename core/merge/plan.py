@@ -27,6 +27,9 @@ DEFAULT_SHARD_BYTES = 2 * 1000**3  # "2GB" as transformers counts it
 CHUNK_ELEMENTS = 512 * 1024
 # Output heads a tied model (tie_word_embeddings) does not store: its embedding is read instead (mergekit's tied_names)
 TIED = {"lm_head.weight": "model.embed_tokens.weight"}
+TOKEN_INDEXED = ("embed_tokens.weight", "lm_head.weight", "word_embeddings.weight", "wte.weight")
+VOCABULARY_HINT = (" (their vocabularies differ: realigning embedding rows through each model's tokenizer, "
+                   "as mergekit's tokenizer_source does, is not supported yet)")
 LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
 
@@ -180,8 +183,9 @@ def common_tensors(refs: list[str], listings: dict[str, dict[str, TensorInfo]]
         shapes = {ref: listings[ref][there].shape for ref, there in found.items()}
         for ref, shape in shapes.items():
             if shape != shapes[refs[0]]:
+                vocab = VOCABULARY_HINT if name.endswith(TOKEN_INDEXED) and shape[1:] == shapes[refs[0]][1:] else ""
                 raise CheckpointError(f"shape mismatch at {name}: {refs[0]} has {list(shapes[refs[0]])}, "
-                                      f"{ref} has {list(shape)}")
+                                      f"{ref} has {list(shape)}{vocab}")
     return sources, left_out
 
 
