@@ -181,6 +181,10 @@ def test_every_method_streams_the_same_tensors_as_a_whole_model_merge(method, ll
         spec["models"] = [{"model": str(a), "parameters": {"weight": 0.6}}, {"model": str(b), "parameters": {"weight": 0.4}}]
     if m.param("density"):
         spec["parameters"]["density"] = 1.0 if m.random else 0.6
+    if m.max_inputs == 1:  # nearswap, arcee_fusion: the base and one other
+        spec["models"] = spec["models"][:1]
+    if method == "nearswap":
+        spec["parameters"]["t"] = 0.01  # the fixture's changes are ~0.02: some swapped, some stepped
     if method == "slerp":
         spec["models"] = [{"model": str(base)}, {"model": str(a)}]
         spec["parameters"]["t"] = [0.2, 0.8]

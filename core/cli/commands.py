@@ -43,7 +43,7 @@ def _merge(args) -> None:
     bar = None
     events = merge_events(recipe, args.out_dir, device=args.device, overwrite=args.overwrite, seed=args.seed,
                           shard_bytes=parse_size(args.shard_size), refuse_nonfinite=args.refuse_nonfinite,
-                          cancel=cancel)
+                          cancel=cancel, admit=lambda found: _warn_left_out(found.plan))
     try:
         for event in events:
             for finding in event.nonfinite:
@@ -71,6 +71,12 @@ def _warn(recipe) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
+def _warn_left_out(plan) -> None:
+    """The input tensors the merge leaves out (only some models have them), one `warning:` line each on stderr."""
+    for line in plan.left_out:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def plan_command(sub, common) -> None:
     parser = sub.add_parser("plan", parents=[common], help="show what a merge will need, without running it")
     parser.add_argument("recipe", help="recipe YAML file")
@@ -90,6 +96,7 @@ def _plan(args) -> None:
     devices = devices_for(args.device)
     found = preview(recipe, args.out, devices, shard_bytes=parse_size(args.shard_size))
     plan, resources = found.plan, found.resources
+    _warn_left_out(plan)
     print(f"method      {recipe.merge_method} ({recipe.method.label})")
     print(f"models      {len(recipe.inputs())}: " + ", ".join(recipe.inputs()))
     print(f"tensors     {len(plan.jobs)} ({sum(j.merged for j in plan.jobs)} merged)")

@@ -115,7 +115,8 @@ class ShardWriter:
             self.handle = None
 
 
-def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, dtype: torch.dtype) -> None:
+def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, dtype: torch.dtype,
+                    untie: bool = False) -> None:
     """Config, tokenizer, generation and sentence-transformers files from `source` into `out`.
 
     Files at the top of `source` are copied, weight files excepted. Of its sub-folders only the
@@ -123,7 +124,8 @@ def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, d
     come along, whole: anything else beside the model (onnx/, checkpoint-500/) holds the unmerged
     source, not the merge. Known limit: a module with weights of its own (2_Dense/) is not merged
     but taken from `source`, as LM-Cocktail does, so the output still loads. config.json gets the new dtype. With `tokenizer_source`, its tokenizer
-    files replace the source's.
+    files replace the source's. With `untie` (an lm_head is written though `source` is tied) config.json
+    gets tie_word_embeddings: false, so the written head is the one transformers loads.
     """
     for item in source.iterdir():
         if item.is_symlink() and not item.exists():
@@ -146,6 +148,8 @@ def copy_side_files(source: Path, out: Path, *, tokenizer_source: Path | None, d
         config["dtype"] = dtype_name
         if "torch_dtype" in config:
             config["torch_dtype"] = dtype_name
+        if untie:
+            config["tie_word_embeddings"] = False
         config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 

@@ -9,6 +9,7 @@ here, so a merge that starts will not fail on bad input halfway.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ DEFAULT_SHARD_BYTES = 2 * 1000**3  # "2GB" as transformers counts it
 # size come from malloc's heap and are reused, while 32 MB ones were mmap'ed fresh each time, and
 # the kernel zeroing those pages cost more than the merge (bench: TA on 3 x 1.46 GB, 8.5 s -> 3.5 s).
 CHUNK_ELEMENTS = 512 * 1024
+# Output heads a tied model (tie_word_embeddings) does not store: its embedding is read instead (mergekit's tied_names)
+TIED = {"lm_head.weight": "model.embed_tokens.weight"}
+TOKEN_INDEXED = ("embed_tokens.weight", "lm_head.weight", "word_embeddings.weight", "wte.weight")
+VOCABULARY_HINT = (" (their vocabularies differ: realigning embedding rows through each model's tokenizer, "
+                   "as mergekit's tokenizer_source does, is not supported yet)")
 LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
 
@@ -38,6 +44,11 @@ class TensorJob:
     t: float  # position of the tensor's layer in [0, 1] (0 for tensors outside the layer stack)
     params: dict  # resolved method parameters for this tensor (empty when copied)
     rows_per_chunk: int | None  # elementwise methods: merge this many rows at a time; None = whole tensor
+    sources: tuple[tuple[str, str], ...] = ()  # (model reference, tensor read there) where it is not `name`
+
+    def source(self, ref: str) -> str:
+        """The tensor read from input `ref` for this job (a tied model's embedding stands in for its lm_head)."""
+        return dict(self.sources).get(ref, self.name)
 
     @property
     def nbytes(self) -> int:
@@ -60,6 +71,7 @@ class MergePlan:
     bytes_read: int  # from all inputs
     bytes_written: int
     peak_bytes: int  # estimated working memory on the compute device, largest job
+    left_out: tuple[str, ...] = ()  # one line per input tensor not merged, and why (the log says it)
 
 
 def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], *,
@@ -72,21 +84,24 @@ def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], 
     """
     refs = recipe.inputs()
     first = listings[refs[0]]
-    _check_same_tensors(refs, listings)
+    sources, left_out = common_tensors(refs, listings)
     _check_float8_scales(refs[0], first)
     layers = _stack_depths(first, num_layers)
     rows = [e.model for e in recipe.rows()]
-    order = sorted(first.values(), key=lambda info: (str(info.file), info.offset, info.name))
-    jobs = [_job(recipe, info, layers, [listings[r][info.name] for r in rows]) for info in order]
+    order = sorted((listings[refs[0]].get(name) or _stand_in(name, sources[name], listings) for name in sources),
+                   key=lambda info: (str(info.file), info.offset, info.name))
+    jobs = [_job(recipe, info, layers, [listings[r][sources[info.name][r]] for r in rows], sources[info.name])
+            for info in order]
     shards = plan_shards([(job.name, job.nbytes) for job in jobs], shard_bytes)
     inputs_per_job = len(rows) + (1 if recipe.uses_base else 0)
     return MergePlan(
         jobs=jobs,
         shards=shards,
         inputs=len(refs),
-        bytes_read=sum(listings[r][job.name].nbytes for job in jobs for r in refs if job.merged or r == refs[0]),
+        bytes_read=sum(listings[r][job.source(r)].nbytes for job in jobs for r in refs if job.merged or r == refs[0]),
         bytes_written=sum(job.nbytes for job in jobs),
         peak_bytes=max((_working_bytes(job, inputs_per_job) for job in jobs), default=0),
+        left_out=tuple(left_out),
     )
 
 
@@ -118,10 +133,12 @@ def layer_position(name: str, num_layers: int) -> float:
     return int(match.group(1)) / (num_layers - 1) if num_layers > 1 else 1.0
 
 
-def _job(recipe: MergeRecipe, info: TensorInfo, layers: dict[str, int], row_infos: list[TensorInfo]) -> TensorJob:
+def _job(recipe: MergeRecipe, info: TensorInfo, layers: dict[str, int], row_infos: list[TensorInfo],
+         sources: dict[str, str]) -> TensorJob:
+    renamed = tuple((ref, name) for ref, name in sources.items() if name != info.name)
     merged = info.dtype.is_floating_point and bool(row_infos)
     if not merged:
-        return TensorJob(info.name, info.shape, info.dtype, False, 0.0, {}, None)
+        return TensorJob(info.name, info.shape, info.dtype, False, 0.0, {}, None, renamed)
     out_dtype = DTYPES[recipe.out_dtype or recipe.dtype] if (recipe.out_dtype or recipe.dtype) else info.dtype
     match = LAYER.search(info.name)
     t = layer_position(info.name, layers[info.name[:match.start()]]) if match else 0.0
@@ -129,23 +146,74 @@ def _job(recipe: MergeRecipe, info: TensorInfo, layers: dict[str, int], row_info
     chunk = None
     if recipe.method.in_blocks(params) and len(info.shape) >= 1 and info.numel > CHUNK_ELEMENTS:
         chunk = max(1, CHUNK_ELEMENTS // max(1, info.numel // info.shape[0]))
-    return TensorJob(info.name, info.shape, out_dtype, True, t, params, chunk)
+    return TensorJob(info.name, info.shape, out_dtype, True, t, params, chunk, renamed)
 
 
-def _check_same_tensors(refs: list[str], listings: dict[str, dict[str, TensorInfo]]) -> None:
-    first = listings[refs[0]]
-    for ref in refs[1:]:
-        other = listings[ref]
-        missing, extra = sorted(set(first) - set(other)), sorted(set(other) - set(first))
-        if missing or extra:
-            what = f"lacks {missing[0]!r}" if missing else f"has extra tensor {extra[0]!r}"
-            count = len(missing) + len(extra)
-            raise CheckpointError(f"models are not the same architecture: {ref} {what} compared with {refs[0]} "
-                                  f"({count} tensor name(s) differ)")
-        for name, info in first.items():
-            if other[name].shape != info.shape:
-                raise CheckpointError(f"shape mismatch at {name}: {refs[0]} has {list(info.shape)}, "
-                                      f"{ref} has {list(other[name].shape)}")
+def common_tensors(refs: list[str], listings: dict[str, dict[str, TensorInfo]]
+                   ) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The tensors every input has, each as {model reference: tensor name read there}, and what is left out.
+
+    As mergekit does: a head some inputs lack (`score.weight` beside `model.*`) is not merged and
+    not written; an lm_head that a tied model (tie_word_embeddings, no lm_head stored) lacks is read
+    from its embedding there, and is written when any input stores one. A tensor of the backbone
+    (under the module holding the layer stack, `model.` or `bert.`) that an input lacks, and a
+    shape that differs, mean other architectures: refused (mergekit: "required but not present").
+
+    Example:
+        >>> info = lambda name: TensorInfo(name, (2,), torch.float32, None, 0, 8)
+        >>> common_tensors(["a", "b"], {"a": {"w": info("w"), "x": info("x")}, "b": {"w": info("w")}})
+        ({'w': {'a': 'w', 'b': 'w'}}, ["'x': only in a, not in b: left out (mergekit merges the tensors all inputs have)"])
+    """
+    names = list(listings[refs[0]]) + sorted({n for r in refs for n in listings[r]} - set(listings[refs[0]]))
+    sources: dict[str, dict[str, str]] = {}
+    left_out = []
+    for name in names:
+        found = {ref: _name_in(listings[ref], name) for ref in refs}
+        lacking = [ref for ref, there in found.items() if there is None]
+        if lacking:
+            _check_not_backbone(name, refs, lacking, found, listings)
+            if all(there is None or there == name for there in found.values()):  # not a stand-in: a real gap
+                having = ", ".join(ref for ref in refs if found[ref] is not None)
+                left_out.append(f"{name!r}: only in {having}, not in {', '.join(lacking)}: left out "
+                                "(mergekit merges the tensors all inputs have)")
+            continue
+        if name not in TIED or any(there == name for there in found.values()):
+            sources[name] = found
+    for name, found in sources.items():
+        shapes = {ref: listings[ref][there].shape for ref, there in found.items()}
+        for ref, shape in shapes.items():
+            if shape != shapes[refs[0]]:
+                vocab = VOCABULARY_HINT if name.endswith(TOKEN_INDEXED) and shape[1:] == shapes[refs[0]][1:] else ""
+                raise CheckpointError(f"shape mismatch at {name}: {refs[0]} has {list(shapes[refs[0]])}, "
+                                      f"{ref} has {list(shape)}{vocab}")
+    return sources, left_out
+
+
+def _check_not_backbone(name: str, refs: list[str], lacking: list[str], found: dict[str, str | None],
+                        listings: dict[str, dict[str, TensorInfo]]) -> None:
+    """Refuse a gap in the backbone: the tensor lies under a module that holds a layer stack."""
+    backbones = {n.split(".")[0] for listing in listings.values() for n in listing if LAYER.search(n)}
+    if name.split(".")[0] not in backbones:
+        return
+    first = refs[0]
+    ref, what = (lacking[0], f"lacks {name!r}") if found[first] is not None else (
+        next(r for r in refs if found[r] is not None), f"has extra tensor {name!r}")
+    count = sum(set(listings[first]) != set(listings[r]) for r in refs[1:])
+    raise CheckpointError(f"models are not the same architecture: {ref} {what} compared with {first} "
+                          f"({count} model(s) differ in their tensor names)")
+
+
+def _name_in(listing: dict[str, TensorInfo], name: str) -> str | None:
+    """`name` where `listing` has it, else the tied tensor standing in for it, else None."""
+    if name in listing:
+        return name
+    return TIED[name] if name in TIED and TIED[name] in listing else None
+
+
+def _stand_in(name: str, found: dict[str, str], listings: dict[str, dict[str, TensorInfo]]) -> TensorInfo:
+    """The first input's listing entry for an lm_head it reads from its tied embedding, under the lm_head's name."""
+    ref = next(iter(found))
+    return dataclasses.replace(listings[ref][found[ref]], name=name)
 
 
 def _check_float8_scales(ref: str, listing: dict[str, TensorInfo]) -> None:

@@ -119,7 +119,7 @@ def recipe_from_dict(data: object) -> MergeRecipe:
         parameters=_mapping(data.get("parameters"), "parameters"),
         dtype=_dtype_name(data, "dtype"),
         out_dtype=_dtype_name(data, "out_dtype"),
-        tokenizer_source=_optional_text(data, "tokenizer_source"),
+        tokenizer_source=_tokenizer_source(data),
     )
     _check_against_method(recipe)
     return recipe
@@ -245,6 +245,15 @@ def _mapping(value: object, where: str) -> dict:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise RecipeError(f"'{where}' must be a mapping of parameter names to values")
     return dict(value)
+
+
+def _tokenizer_source(data: dict) -> str | None:
+    """tokenizer_source: base or a model reference; mergekit's `union` is refused by name, not looked up as a folder."""
+    source = _optional_text(data, "tokenizer_source")
+    if source == "union":
+        raise RecipeError("tokenizer_source: union (a vocabulary merged from every model) is not supported yet: "
+                          "use tokenizer_source: base or a model reference")
+    return source
 
 
 def _optional_text(data: dict, key: str) -> str | None:

@@ -22,7 +22,7 @@ from core.io.card import model_card
 from core.io.checkpoint import Checkpoint, resolve_reference
 from core.io.staging import staged_output
 from core.io.writer import ShardWriter, copy_side_files
-from core.merge.plan import MergePlan
+from core.merge.plan import TIED, MergePlan
 from core.merge.recipe import MergeRecipe, to_yaml
 
 
@@ -58,8 +58,9 @@ class ShardSink:
     def finish(self) -> None:
         """Close the last shard and add the side files; the folder is published when the block ends."""
         self.writer.finish()
+        untie = any(job.sources for job in self.plan.jobs if job.name in TIED)  # tied and untied inputs mixed
         copy_side_files(self.first.folder, self.staging, tokenizer_source=self.tokenizer_from,
-                        dtype=_main_dtype(self.plan))
+                        dtype=_main_dtype(self.plan), untie=untie)
         (self.staging / "mergekit_config.yml").write_text(to_yaml(self.recipe), encoding="utf-8")
         is_st = (self.first.folder / "modules.json").exists()
         card = model_card(self.recipe, name=self.out_dir.name, sentence_transformers=is_st, inputs=self.inputs)

@@ -257,7 +257,7 @@ def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[
             ("Reads", human(merge_plan.bytes_read)),
             ("Writes", f"{human(merge_plan.bytes_written)} in {len(merge_plan.shards)} file(s) → `{out.name}`"),
             ("Working memory", memory), ("Free disk", human(found.resources.disk_free))]
-    warnings = recipe_warnings(recipe)
+    warnings = recipe_warnings(recipe) + list(merge_plan.left_out)
     if out.exists():
         warnings.append(f"`{out.name}` already exists: pick another name or {REPLACE_HINT}.")
     if found.problem is not None:
