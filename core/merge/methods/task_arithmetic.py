@@ -18,7 +18,7 @@ from core.merge.params import Param
 DENSITY = Param(name="density", kind=float, default=1.0, per_model=True,
                 help="fraction of this model's changes kept (1 = all)", low=0, high=1)
 LAMBDA = Param(name="lambda", kind=float, default=1.0, per_model=False,
-               help="scale of the merged change added to the base", low=-10, high=10, ui_low=0, ui_high=2)
+               help="scale of the merged change added to the base", ui_low=0, ui_high=2)  # unbounded, as in mergekit
 INT8_MASK = Param(name="int8_mask", kind=bool, default=False, per_model=False,
                   help="accepted for mergekit recipes; MergeDesk's masks are always compact")
 
