@@ -83,6 +83,8 @@ class MergeRecipe:
         """The models the method combines, in order: all of them, or all but the base."""
         if self.uses_base:
             return [e for e in self.models if e.model != self.base_model]
+        if self.base_model and self.base_model not in (e.model for e in self.models):
+            return [ModelEntry(self.base_model), *self.models]  # as mergekit: an unlisted base is averaged in
         return list(self.models)
 
 
