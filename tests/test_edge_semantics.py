@@ -7,7 +7,6 @@
 - linear with a base_model not listed under models averages the base in with the global weight.
 DARE and DELLA are random, but at density 0 and 1 they are not, so mergekit parity holds there.
 """
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,8 @@ import yaml
 from core.errors import RecipeError
 from core.merge.engine import merge
 from core.merge.recipe import recipe_from_dict
-from tests.test_mergekit_parity import MERGEKIT, MERGEKIT_ALL, tensors
-
-needs_mergekit = pytest.mark.skipif(not Path(MERGEKIT).is_file(), reason="mergekit-yaml not found ($MERGEKIT_YAML)")
+from tests.test_mergekit_parity import tensors
+from tests.test_param_syntax import assert_same_as_mergekit, mergekit_outputs_of, needs_mergekit
 
 
 def cases(base, a, b) -> dict[str, dict]:
@@ -48,26 +46,14 @@ CASES = list(cases("b", "x", "y"))
 
 @pytest.fixture(scope="module")
 def mergekit_outputs(tmp_path_factory, llama_family):
-    root = tmp_path_factory.mktemp("mergekit_edges")
-    specs = cases(*llama_family)
-    args = []
-    for case, spec in specs.items():
-        (root / f"{case}.yml").write_text(yaml.safe_dump(spec))
-        args += [str(root / f"{case}.yml"), str(root / case)]
-    python = Path(MERGEKIT).read_text().splitlines()[0].removeprefix("#!").strip()
-    run = subprocess.run([python, "-c", MERGEKIT_ALL, *args], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return {case: (spec, root / case) for case, spec in specs.items()}
+    texts = {case: yaml.safe_dump(spec) for case, spec in cases(*llama_family).items()}
+    return mergekit_outputs_of(tmp_path_factory.mktemp("mergekit_edges"), texts)
 
 
 @needs_mergekit
 @pytest.mark.parametrize("case", CASES)
 def test_edges_match_mergekit(case, mergekit_outputs, tmp_path):
-    spec, theirs = mergekit_outputs[case]
-    mine, theirs = tensors(merge(recipe_from_dict(spec), tmp_path / "ours")), tensors(theirs)
-    assert set(mine) == set(theirs)
-    for name, tensor in theirs.items():
-        torch.testing.assert_close(mine[name], tensor, atol=2e-6, rtol=1e-5, msg=f"{case}: {name}")
+    assert_same_as_mergekit(case, mergekit_outputs, tmp_path)
 
 
 def test_zero_sum_divides_by_one(llama_family, tmp_path):

@@ -76,10 +76,8 @@ def llama5(tmp_path_factory):
     return build_family(tmp_path_factory.mktemp("llama5s"), "llama", layers=5)
 
 
-@pytest.fixture(scope="module")
-def mergekit_outputs(tmp_path_factory, llama5):
-    root = tmp_path_factory.mktemp("mergekit_syntax")
-    texts = cases(*llama5)
+def mergekit_outputs_of(root: Path, texts: dict[str, str]) -> dict[str, tuple[str, Path]]:
+    """{case: (YAML text, mergekit's output folder)}, every case merged by one mergekit process."""
     args = []
     for case, text in texts.items():
         (root / f"{case}.yml").write_text(text)
@@ -90,14 +88,24 @@ def mergekit_outputs(tmp_path_factory, llama5):
     return {case: (text, root / case) for case, text in texts.items()}
 
 
-@needs_mergekit
-@pytest.mark.parametrize("case", CASES)
-def test_syntax_matches_mergekit(case, mergekit_outputs, tmp_path):
-    text, theirs = mergekit_outputs[case]
+def assert_same_as_mergekit(case: str, outputs: dict, tmp_path: Path) -> None:
+    """MergeDesk merges the case's YAML text; every tensor equals mergekit's."""
+    text, theirs = outputs[case]
     mine, theirs = tensors(merge(parse_recipe(text), tmp_path / "ours")), tensors(theirs)
     assert set(mine) == set(theirs)
     for name, tensor in theirs.items():
         torch.testing.assert_close(mine[name], tensor, atol=2e-5, rtol=1e-5, msg=f"{case}: {name}")
+
+
+@pytest.fixture(scope="module")
+def mergekit_outputs(tmp_path_factory, llama5):
+    return mergekit_outputs_of(tmp_path_factory.mktemp("mergekit_syntax"), cases(*llama5))
+
+
+@needs_mergekit
+@pytest.mark.parametrize("case", CASES)
+def test_syntax_matches_mergekit(case, mergekit_outputs, tmp_path):
+    assert_same_as_mergekit(case, mergekit_outputs, tmp_path)
 
 
 def test_number_strings_are_read_as_numbers():
