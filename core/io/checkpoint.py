@@ -67,16 +67,20 @@ class Checkpoint:
         return None
 
     def read(self, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-             rows: slice | None = None) -> torch.Tensor:
-        """One tensor (or rows[start:stop] of its first dimension) on `device`, cast to `dtype`."""
+             rows: slice | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One tensor (or rows[start:stop] of its first dimension) on `device`, cast to `dtype`.
+
+        out: a CPU tensor of the block's shape and stored dtype to read into, reused from block to block
+        (a fresh block of a megabyte or more is a fresh mapping whose every page faults on first write)."""
         info = self.tensors.get(name)
         if info is None:
             raise CheckpointError(f"{self.ref}: has no tensor {name!r}")
         if name in self._pickled:
             tensor = self._pickled[name]
             tensor = tensor[rows] if rows is not None else tensor
+            tensor = out.copy_(tensor) if out is not None else tensor
         else:
-            tensor = self._mapped(info, rows)
+            tensor = self._mapped(info, rows, out)
         return tensor.to(device=device, dtype=dtype or tensor.dtype)
 
     def __enter__(self) -> "Checkpoint":
@@ -98,7 +102,7 @@ class Checkpoint:
         self._files.clear()
         self._pickled.clear()
 
-    def _mapped(self, info: TensorInfo, rows: slice | None) -> torch.Tensor:
+    def _mapped(self, info: TensorInfo, rows: slice | None, out: torch.Tensor | None) -> torch.Tensor:
         shape, offset = list(info.shape), info.offset
         if rows is not None and shape:
             start, stop, _ = rows.indices(shape[0])
@@ -110,8 +114,8 @@ class Checkpoint:
             count *= dim
         if count == 0:
             return torch.empty(shape, dtype=info.dtype)
-        if rows is not None:
-            return self._pread(info, shape, offset)
+        if rows is not None or out is not None:
+            return self._pread(info, shape, offset, out)
         mapping = self._maps.get(info.file)
         if mapping is None:
             with open(info.file, "rb") as handle:
@@ -119,13 +123,16 @@ class Checkpoint:
                 mapping = self._maps[info.file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         return torch.frombuffer(mapping, dtype=info.dtype, count=count, offset=offset).reshape(shape)
 
-    def _pread(self, info: TensorInfo, shape: list[int], offset: int) -> torch.Tensor:
-        """A block copied from the file into a new tensor (see the module docstring for why not the map)."""
+    def _pread(self, info: TensorInfo, shape: list[int], offset: int, out: torch.Tensor | None) -> torch.Tensor:
+        """A block copied from the file into `out` or a new tensor (the module docstring says why not the map)."""
         descriptor = self._files.get(info.file)
         if descriptor is None:
             descriptor = self._files[info.file] = os.open(info.file, os.O_RDONLY)
             os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        block = torch.empty(shape, dtype=info.dtype)
+        block = torch.empty(shape, dtype=info.dtype) if out is None else out
+        if list(block.shape) != shape or block.dtype != info.dtype or not block.is_contiguous():
+            raise ValueError(f"out must be a contiguous {info.dtype} tensor of shape {shape}, got {block.dtype} "
+                             f"{list(block.shape)}")
         buffer, done = memoryview(block.view(-1).view(torch.uint8).numpy()), 0
         while done < len(buffer):
             got = os.preadv(descriptor, [buffer[done:]], offset + done)
