@@ -25,6 +25,11 @@ How to run (from the repo root)
     python3 bench/merge_bench.py                                  # sizes 0.1,0.4,1.5 GB, both methods
     python3 bench/merge_bench.py --sizes 0.1 --methods ties --skip-mergekit
     python3 bench/merge_bench.py --mergekit "$(bash .ci/mergekit_venv)" --out bench/results.md
+    python3 bench/merge_bench.py --big --repeat 1   # Llama-70B shapes, 2 layers: 3 x 7.6 GB under /work/bigbench
+
+    GB/s is the input merged per second (3 models' bytes / wall s). Each family also gets floor
+    rows: the time `cat` takes to read the same input files warm (just read) and cold (after
+    dropping the page cache, which needs root; when that is refused the row says so).
 
     mergekit is optional: --mergekit PATH, else `mergekit-yaml` on PATH, else
     $MERGEKIT_YAML (`bash .ci/mergekit_venv` builds one); without one its rows are skipped with a note.
@@ -54,6 +59,8 @@ REPO = Path(__file__).resolve().parent.parent
 VOCAB = 32000
 HEAD_DIM = 64
 SHARD_BYTES = 500 * 10**6
+BIG_FAMILY_BYTES = 3 * 7.6e9
+BIG_CACHE = Path("/work/bigbench")  # --big's default: outside the repo, it is ~23 GB
 FAMILY = ("base", "ft1", "ft2")
 GENERATOR_VERSION = 1  # bump when generation changes, so cached families are rebuilt
 OURS_CMD = "{python} -m core merge {recipe} {out} --overwrite"
@@ -84,13 +91,34 @@ def llama_config(size_gb: float) -> dict:
     }
 
 
+def big_config() -> dict:
+    """Llama-3-70B's tensor shapes (vocab 128256, hidden 8192, ffn 28672, 8 KV heads) with 2 layers: 7.6 GB bf16."""
+    cfg = llama_config(0.1)
+    cfg.update({"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 2, "num_attention_heads": 64,
+                "num_key_value_heads": 8, "vocab_size": 128256})
+    return cfg
+
+
+def check_big_disk(cache: Path, family_bytes: float = BIG_FAMILY_BYTES) -> None:
+    """Refuse --big before writing anything when the cache's disk cannot hold the family and two outputs."""
+    cache.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(cache).free
+    need = 0 if (cache / f"llama-big-v{GENERATOR_VERSION}" / "complete").exists() else family_bytes
+    need += 2 * family_bytes / 3  # one output at a time, plus room for a half-deleted one
+    print(f"--big: the 70B-shaped family needs ~{family_bytes / 1e9:.0f} GB of disk (base + 2 fine-tunes) plus "
+          f"~7.6 GB per output; {cache} has {free / 1e9:.0f} GB free", flush=True)
+    if free < need:
+        raise SystemExit(f"--big needs {need / 1e9:.0f} GB free under {cache}, it has {free / 1e9:.0f} GB")
+
+
 def tensor_specs(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     """Names and shapes of a Llama checkpoint's tensors, in file order."""
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
     specs = [("model.embed_tokens.weight", (v, h))]
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
-        specs += [(f"{p}self_attn.{n}_proj.weight", (h, h)) for n in "qkvo"]
+        specs += [(f"{p}self_attn.{n}_proj.weight", (kv if n in "kv" else h, h)) for n in "qkvo"]
         specs += [(f"{p}mlp.gate_proj.weight", (i, h)), (f"{p}mlp.up_proj.weight", (i, h)),
                   (f"{p}mlp.down_proj.weight", (h, i)),
                   (f"{p}input_layernorm.weight", (h,)), (f"{p}post_attention_layernorm.weight", (h,))]
@@ -130,13 +158,13 @@ def write_model(path: Path, cfg: dict, variant: int) -> None:
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def ensure_family(cache: Path, size_gb: float) -> Path:
-    """Return the cached family folder for size_gb, generating it first if missing or incomplete."""
-    family = cache / f"llama-{size_gb:g}GB-v{GENERATOR_VERSION}"
+def ensure_family(cache: Path, size_gb: float | None) -> Path:
+    """Return the cached family folder for size_gb (None: the 70B-shaped one), generating it first if missing."""
+    family = cache / (f"llama-{size_gb:g}GB-v{GENERATOR_VERSION}" if size_gb else f"llama-big-v{GENERATOR_VERSION}")
     if (family / "complete").exists():
         return family
     shutil.rmtree(family, ignore_errors=True)
-    cfg = llama_config(size_gb)
+    cfg = llama_config(size_gb) if size_gb else big_config()
     start = time.perf_counter()
     for variant, name in enumerate(FAMILY):
         write_model(family / name, cfg, variant)
@@ -158,6 +186,23 @@ def write_recipe(path: Path, method: str, family: Path) -> Path:
 def warm_page_cache(family: Path) -> None:
     """Read every input file once so each tool starts with the inputs in the page cache."""
     subprocess.run(["cat", *map(str, sorted(family.rglob("*.safetensors")))], stdout=subprocess.DEVNULL, check=True)
+
+
+def cat_floor(family: Path) -> list[tuple[str, float | None]]:
+    """(label, seconds) for reading the family's input files with cat, warm and cold (None: cache not dropped)."""
+    files = list(map(str, sorted(family.rglob("*.safetensors"))))
+    timed = []
+    for label in ("warm", "cold"):
+        if label == "cold":
+            try:
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            except OSError as error:
+                timed.append((f"cold: page cache not dropped ({error.strerror})", None))
+                continue
+        start = time.perf_counter()
+        subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
+        timed.append((label, time.perf_counter() - start))
+    return timed
 
 
 def read_rss(pid: int) -> tuple[int, int]:
@@ -227,7 +272,7 @@ def verdict(method: str, time_ratio: float | None, anon_mb: float) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     """The results as a markdown table."""
-    head = ["GB/model", "method", "tool", "wall s", "runs s", "peak anon MB", "peak file MB",
+    head = ["GB/model", "method", "tool", "wall s", "GB/s", "runs s", "peak anon MB", "peak file MB",
             "other CPU %", "time mk/ours", "anon ours/mk", "target"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(str(r.get(k, "")) for k in head) + " |" for r in rows])
@@ -237,17 +282,22 @@ def main() -> int:
     """Parse options, run every size x method x tool, print (and optionally write) the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="0.1,0.4,1.5", help="GB per model, comma separated")
+    ap.add_argument("--big", action="store_true",
+                    help="instead of --sizes: the Llama-70B-shaped family (~23 GB disk, default cache /work/bigbench)")
     ap.add_argument("--methods", default="task_arithmetic,ties", help="merge methods, comma separated")
     ap.add_argument("--mergekit", help="path to mergekit-yaml (default: PATH, then $MERGEKIT_YAML)")
     ap.add_argument("--skip-mergekit", action="store_true", help="run MergeDesk only")
     ap.add_argument("--skip-ours", action="store_true", help="run mergekit only")
     ap.add_argument("--ours-cmd", default=OURS_CMD,
                     help="command for MergeDesk, with {python} {recipe} {out} (default: %(default)s)")
-    ap.add_argument("--cache", type=Path, default=REPO / "bench" / ".cache", help="folder for generated models")
+    ap.add_argument("--cache", type=Path, help="folder for generated models (default bench/.cache, --big: /work/bigbench)")
     ap.add_argument("--out", type=Path, help="also write the table to this markdown file")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs per tool, alternating between tools; the table gives the median wall time")
     args = ap.parse_args()
+    args.cache = args.cache or (BIG_CACHE if args.big else REPO / "bench" / ".cache")
+    if args.big:
+        check_big_disk(args.cache)
 
     tools = [] if args.skip_ours else [("ours", args.ours_cmd.split())]
     notes = ["Inputs read once (cat > /dev/null) before each timed run: both tools see a warm page cache.",
@@ -268,10 +318,13 @@ def main() -> int:
     work, out = args.cache / "runs", args.cache / "runs" / "out"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for size in (float(s) for s in args.sizes.split(",")):
+    for size in [None] if args.big else [float(s) for s in args.sizes.split(",")]:
         family = ensure_family(args.cache, size)
         index = json.loads((family / "base" / "model.safetensors.index.json").read_text())
         gb = index["metadata"]["total_size"] / 1e9
+        for label, seconds in cat_floor(family):
+            rows.append({"GB/model": f"{gb:.2f}", "method": "(floor)", "tool": f"cat, {label}",
+                         **({"wall s": f"{seconds:.1f}", "GB/s": f"{len(FAMILY) * gb / seconds:.2f}"} if seconds else {})})
         for method in args.methods.split(","):
             recipe = write_recipe(work / f"{method}.yml", method, family)
             runs: dict[str, list[tuple[float, float, float, float]]] = {tool: [] for tool, _ in tools}
@@ -303,7 +356,7 @@ def main() -> int:
                     wall = statistics.median(r[0] for r in runs[tool])
                     anon, file, other = (max(r[i] for r in runs[tool]) for i in (1, 2, 3))
                     results[tool] = (wall, anon)
-                    row.update({"wall s": f"{wall:.1f}", "runs s": " ".join(f"{r[0]:.1f}" for r in runs[tool]),
+                    row.update({"wall s": f"{wall:.1f}", "GB/s": f"{len(FAMILY) * gb / wall:.2f}", "runs s": " ".join(f"{r[0]:.1f}" for r in runs[tool]),
                                 "peak anon MB": f"{anon:.0f}", "peak file MB": f"{file:.0f}", "other CPU %": f"{other:.0f}"})
                 rows.append(row)
             if "ours" in results:

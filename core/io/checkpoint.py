@@ -6,8 +6,13 @@
     ckpt.read("lm_head.weight", rows=slice(0, 1024))   # or a block of rows
     with Checkpoint.open(ref) as ckpt: ...             # memory maps closed at the end of the block
 
-safetensors files are memory-mapped and read through `torch.frombuffer`, so only the bytes a
-merge touches are paged in and they stay page cache (file-backed), not process memory.
+A whole safetensors tensor is a view of the memory-mapped file (`torch.frombuffer`): nothing is
+copied, and its pages stay page cache (file-backed), not process memory. A block of rows (what the
+merge engine reads) is instead copied with one `preadv` into a fresh tensor: touching mapped pages
+keeps every page read mapped into the process until the map closes, so at inputs larger than RAM
+the kernel must unmap them again to reclaim memory (RSS grew to 21.8 GB and a 3 x 7.6 GB merge ran
+~10x slower per byte); a copied block costs only its own size, and the files are opened
+POSIX_FADV_SEQUENTIAL so the kernel reads ahead of the engine.
 `.bin` pickles are opened only with `torch.load(weights_only=True, mmap=True)`; arbitrary
 code in a pickle is refused, never executed. Every file a checkpoint's own index names must
 lie inside its folder (`own_file`): a downloaded repo whose weight_map says `../../secret`
@@ -18,6 +23,7 @@ machine's user, and anything else fails at once with one line that says so.
 from __future__ import annotations
 
 import mmap
+import os
 import re
 from pathlib import Path
 
@@ -40,6 +46,7 @@ class Checkpoint:
         self.config = _read_json(folder / "config.json") if (folder / "config.json").exists() else {}
         self.tensors: dict[str, TensorInfo] = {}
         self._maps: dict[Path, mmap.mmap] = {}
+        self._files: dict[Path, int] = {}  # descriptors for preadv of row blocks
         self._pickled: dict[str, torch.Tensor] = {}
         self._list_tensors()
 
@@ -60,16 +67,20 @@ class Checkpoint:
         return None
 
     def read(self, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-             rows: slice | None = None) -> torch.Tensor:
-        """One tensor (or rows[start:stop] of its first dimension) on `device`, cast to `dtype`."""
+             rows: slice | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One tensor (or rows[start:stop] of its first dimension) on `device`, cast to `dtype`.
+
+        out: a CPU tensor of the block's shape and stored dtype to read into, reused from block to block
+        (a fresh block of a megabyte or more is a fresh mapping whose every page faults on first write)."""
         info = self.tensors.get(name)
         if info is None:
             raise CheckpointError(f"{self.ref}: has no tensor {name!r}")
         if name in self._pickled:
             tensor = self._pickled[name]
             tensor = tensor[rows] if rows is not None else tensor
+            tensor = out.copy_(tensor) if out is not None else tensor
         else:
-            tensor = self._mapped(info, rows)
+            tensor = self._mapped(info, rows, out)
         return tensor.to(device=device, dtype=dtype or tensor.dtype)
 
     def __enter__(self) -> "Checkpoint":
@@ -86,14 +97,12 @@ class Checkpoint:
             except BufferError:  # a view still points into it; the OS frees it with the view
                 pass
         self._maps.clear()
+        for descriptor in self._files.values():
+            os.close(descriptor)
+        self._files.clear()
         self._pickled.clear()
 
-    def _mapped(self, info: TensorInfo, rows: slice | None) -> torch.Tensor:
-        mapping = self._maps.get(info.file)
-        if mapping is None:
-            with open(info.file, "rb") as handle:
-                # ACCESS_COPY: writable for torch.frombuffer, yet pages stay file-backed until written.
-                mapping = self._maps[info.file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    def _mapped(self, info: TensorInfo, rows: slice | None, out: torch.Tensor | None) -> torch.Tensor:
         shape, offset = list(info.shape), info.offset
         if rows is not None and shape:
             start, stop, _ = rows.indices(shape[0])
@@ -105,7 +114,32 @@ class Checkpoint:
             count *= dim
         if count == 0:
             return torch.empty(shape, dtype=info.dtype)
+        if rows is not None or out is not None:
+            return self._pread(info, shape, offset, out)
+        mapping = self._maps.get(info.file)
+        if mapping is None:
+            with open(info.file, "rb") as handle:
+                # ACCESS_COPY: writable for torch.frombuffer, yet pages stay file-backed until written.
+                mapping = self._maps[info.file] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         return torch.frombuffer(mapping, dtype=info.dtype, count=count, offset=offset).reshape(shape)
+
+    def _pread(self, info: TensorInfo, shape: list[int], offset: int, out: torch.Tensor | None) -> torch.Tensor:
+        """A block copied from the file into `out` or a new tensor (the module docstring says why not the map)."""
+        descriptor = self._files.get(info.file)
+        if descriptor is None:
+            descriptor = self._files[info.file] = os.open(info.file, os.O_RDONLY)
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        block = torch.empty(shape, dtype=info.dtype) if out is None else out
+        if list(block.shape) != shape or block.dtype != info.dtype or not block.is_contiguous():
+            raise ValueError(f"out must be a contiguous {info.dtype} tensor of shape {shape}, got {block.dtype} "
+                             f"{list(block.shape)}")
+        buffer, done = memoryview(block.view(-1).view(torch.uint8).numpy()), 0
+        while done < len(buffer):
+            got = os.preadv(descriptor, [buffer[done:]], offset + done)
+            if got == 0:
+                raise CheckpointError(f"{self.ref}: {info.file.name} ends inside tensor {info.name!r}")
+            done += got
+        return block
 
     def _list_tensors(self) -> None:
         files = sorted(self.folder.glob("*.safetensors"))
