@@ -147,3 +147,54 @@ def test_same_tensors_as_mergekit_multi(llama_family, tmp_path):
     assert main(["merge", str(tmp_path / "multi.yml"), str(tmp_path / "ours"), "--quiet"]) == 0
     assert_same(tmp_path / "ours", tmp_path / "theirs", atol=2e-6, rtol=1e-5)
     assert_same(tmp_path / "ours-stages" / "first", tmp_path / "theirs-stages" / "first", atol=2e-6, rtol=1e-5)
+
+
+def _workspace(root: Path, *, hosted: bool = False):
+    from core.app.workspace import Workspace
+
+    root = root.resolve()
+    return Workspace(root, root / "models", root / "outputs", hosted=hosted)
+
+
+def test_the_app_checks_every_stage_and_merges_them_with_progress_per_stage(llama_family, tmp_path):
+    from ui.merge.form import on_yaml
+    from ui.merge.panel import merge as merge_handler
+    from ui.merge.panel import plan as plan_handler
+    from ui.merge.recipe_form import new_form
+
+    ws, docs = _workspace(tmp_path), documents(*llama_family)
+    text = yaml.safe_dump_all(docs, sort_keys=False)
+    assert on_yaml(text, new_form(), 0).recipe_status.startswith("✓ A multi-stage recipe")
+    checked = plan_handler(text, "mix", "cpu", ws)
+    assert [checked.count(f"**Stage {i}/3") for i in (1, 2, 3)] == [1, 1, 1] and checked.count("✓ Ready") == 3
+    updates = list(merge_handler(text, "mix", "cpu", False, 0, ws))
+    statuses = [u[0] for u in updates]
+    assert any(s.startswith("stage 1/3 first · ") for s in statuses)
+    assert any(s.startswith("stage 3/3 final · ") for s in statuses) and statuses[-1].startswith("**✓ Merged**")
+    assert updates[-1][4] == str(ws.outputs_dir / "mix")
+    assert_same(ws.outputs_dir / "mix", by_hand(docs, tmp_path))
+    assert (ws.outputs_dir / "mix-stages" / "second").is_dir()
+
+
+def test_the_app_stop_between_tensors_leaves_no_final_model(llama_family, tmp_path):
+    from ui import jobs
+    from ui.merge.panel import merge as merge_handler
+    from ui.merge.panel import stop
+
+    ws = _workspace(tmp_path)
+    text = yaml.safe_dump_all(documents(*llama_family), sort_keys=False)
+    for status, *_ in merge_handler(text, "mix", "cpu", False, 0, ws):
+        if status.startswith("stage 3/3"):
+            stop()
+    assert status.startswith("**■ Stopped.**")
+    assert not (ws.outputs_dir / "mix").exists() and not list(ws.outputs_dir.glob("*.partial"))
+    assert not jobs.is_running("local", "merge")
+
+
+def test_hosted_refs_of_every_stage_pass_the_path_policy(llama_family, tmp_path):
+    from ui.merge.panel import plan as plan_handler
+
+    docs = documents(*llama_family)
+    docs[1]["models"][0]["model"] = "/etc"
+    shown = plan_handler(yaml.safe_dump_all(docs), "mix", "cpu", _workspace(tmp_path, hosted=True))
+    assert shown.startswith("**✗ Not ready:**") and "absolute paths are refused" in shown
