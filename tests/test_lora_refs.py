@@ -16,8 +16,10 @@ from core.merge.engine import merge
 from core.merge.preview import plan_inputs
 from core.merge.recipe import recipe_from_dict
 from tests.model_factory import read_tensors
+from tests import test_offline
 
 MERGEKIT = os.environ.get("MERGEKIT_YAML", "")
+no_hub = test_offline.no_hub  # the fixture: Hub unreachable, probes counted
 TARGETS = {"model.layers.0.self_attn.q_proj": (32, 32), "model.layers.1.mlp.down_proj": (32, 64)}  # (out, in)
 
 
@@ -123,6 +125,20 @@ def test_hosted_checks_the_adapter_path_too(tmp_path):
     (ws.models_dir / "base").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="absolute paths are refused"):
         check_model_ref("models/base+/etc/lora", ws)
+
+
+def test_an_adapter_on_the_hub_fails_at_once_offline(no_hub, llama_family, tmp_path):
+    probes, _ = no_hub
+    with pytest.raises(CheckpointError, match="cannot get 'org/adapter': the Hugging Face Hub cannot be reached"):
+        merge(recipe_from_dict(passthrough(f"{llama_family[0]}+org/adapter")), tmp_path / "out")
+    assert probes == [("huggingface.co", 443)] and not (tmp_path / "out").exists()
+
+
+def test_tokenizer_source_of_a_lora_ref_is_the_models(llama_family, tmp_path):
+    make_adapter(tmp_path / "lora")
+    spec = dict(passthrough(f"{llama_family[1]}+{tmp_path / 'lora'}"), tokenizer_source=f"{llama_family[1]}+{tmp_path / 'lora'}")
+    out = merge(recipe_from_dict(spec), tmp_path / "out")
+    assert (out / "tokenizer.json").read_bytes() == (llama_family[1] / "tokenizer.json").read_bytes()
 
 
 @pytest.mark.skipif(not Path(MERGEKIT).is_file(), reason="MERGEKIT_YAML not set")

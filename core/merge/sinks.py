@@ -20,6 +20,7 @@ import torch
 
 from core.io.card import model_card
 from core.io.checkpoint import Checkpoint, resolve_reference
+from core.io.lora import split_reference
 from core.io.staging import staged_output
 from core.io.writer import ShardWriter, copy_side_files
 from core.merge.plan import MergePlan
@@ -90,7 +91,7 @@ def _tokenizer_folder(recipe: MergeRecipe, token: str | bool | None) -> Path | N
     source = recipe.tokenizer_source
     if source in (None, "base"):
         return None
-    return resolve_reference(source, token=token)
+    return resolve_reference(split_reference(source)[0], token=token)  # model+lora: the model's tokenizer
 
 
 def _main_dtype(plan: MergePlan) -> torch.dtype:
