@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from core.errors import CheckpointError
+from core.errors import CheckpointError, OutputError
 from core.merge.engine import merge
 from core.merge.preview import plan_inputs
 from core.merge.recipe import recipe_from_dict
@@ -98,6 +98,12 @@ def test_options_not_implemented_are_refused_in_one_line(llama_family, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_the_output_may_not_overlap_the_adapter(llama_family, tmp_path):
+    make_adapter(tmp_path / "lora")
+    with pytest.raises(OutputError, match="overlaps input model folder"):
+        merge(recipe_from_dict(passthrough(f"{llama_family[0]}+{tmp_path / 'lora'}")), tmp_path / "lora" / "out")
+
+
 def test_a_pickled_adapter_is_refused(llama_family, tmp_path):
     folder = tmp_path / "lora"
     make_adapter(folder)
@@ -136,7 +142,8 @@ def test_an_adapter_on_the_hub_fails_at_once_offline(no_hub, llama_family, tmp_p
 
 def test_tokenizer_source_of_a_lora_ref_is_the_models(llama_family, tmp_path):
     make_adapter(tmp_path / "lora")
-    spec = dict(passthrough(f"{llama_family[1]}+{tmp_path / 'lora'}"), tokenizer_source=f"{llama_family[1]}+{tmp_path / 'lora'}")
+    ref = f"{llama_family[1]}+{tmp_path / 'lora'}"
+    spec = dict(passthrough(ref), tokenizer_source=ref)
     out = merge(recipe_from_dict(spec), tmp_path / "out")
     assert (out / "tokenizer.json").read_bytes() == (llama_family[1] / "tokenizer.json").read_bytes()
 

@@ -27,9 +27,11 @@ def documents(base, a, b) -> list[dict]:
         {"name": "first", "merge_method": "slerp", "base_model": str(base),
          "models": [{"model": str(base)}, {"model": str(a)}], "parameters": {"t": 0.3}, "dtype": "float32"},
         {"name": "second", "merge_method": "linear", "dtype": "float32",
-         "models": [{"model": str(a), "parameters": {"weight": 0.4}}, {"model": str(b), "parameters": {"weight": 0.6}}]},
+         "models": [{"model": str(a), "parameters": {"weight": 0.4}},
+                    {"model": str(b), "parameters": {"weight": 0.6}}]},
         {"merge_method": "task_arithmetic", "base_model": "first", "dtype": "float32",
-         "models": [{"model": "second", "parameters": {"weight": 0.8}}, {"model": str(b), "parameters": {"weight": 0.3}}]},
+         "models": [{"model": "second", "parameters": {"weight": 0.8}},
+                    {"model": str(b), "parameters": {"weight": 0.3}}]},
     ]
 
 
@@ -115,8 +117,7 @@ def test_a_bad_last_stage_stops_before_the_first_runs(llama_family, tmp_path):
     ([{"name": "x", "merge_method": "nearswap", "base_model": "y", "models": ["y", "a"], "parameters": {"t": 0.1}},
       {"name": "y", "merge_method": "nearswap", "base_model": "x", "models": ["x", "a"], "parameters": {"t": 0.1}},
       {"merge_method": "nearswap", "base_model": "x", "models": ["x", "a"], "parameters": {"t": 0.1}}], "cycle"),
-    ([{"name": "x", "merge_method": "linear", "models": ["a"]}, {"name": "x", "merge_method": "linear", "models": ["a"]}],
-     "two stages 'x'"),
+    ([{"name": "x", "merge_method": "linear", "models": ["a"]}] * 2, "two stages 'x'"),
     ([{"name": "../up", "merge_method": "linear", "models": ["a"]}], "not allowed"),
 ])
 def test_malformed_stage_sets_are_refused_in_one_line(tmp_path, docs, message):
@@ -141,8 +142,9 @@ def test_same_tensors_as_mergekit_multi(llama_family, tmp_path):
     multi = Path(MERGEKIT).with_name("mergekit-multi")
     docs = documents(*llama_family)
     write(tmp_path / "multi.yml", docs)
-    done = subprocess.run([str(multi), str(tmp_path / "multi.yml"), "--intermediate-dir", str(tmp_path / "theirs-stages"),
-                           "--out-path", str(tmp_path / "theirs")], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([str(multi), str(tmp_path / "multi.yml"), "--out-path", str(tmp_path / "theirs"),
+                           "--intermediate-dir", str(tmp_path / "theirs-stages")],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["merge", str(tmp_path / "multi.yml"), str(tmp_path / "ours"), "--quiet"]) == 0
     assert_same(tmp_path / "ours", tmp_path / "theirs", atol=2e-6, rtol=1e-5)

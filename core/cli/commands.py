@@ -40,8 +40,8 @@ def _merge(args) -> None:
     from core.merge.recipe import load_recipe
 
     cancel = threading.Event()
-    options = dict(device=args.device, overwrite=args.overwrite, seed=args.seed, shard_bytes=parse_size(args.shard_size),
-                   refuse_nonfinite=args.refuse_nonfinite, cancel=cancel)
+    options = dict(device=args.device, overwrite=args.overwrite, seed=args.seed,
+                   shard_bytes=parse_size(args.shard_size), refuse_nonfinite=args.refuse_nonfinite, cancel=cancel)
     stages = _stages(args, args.out_dir)
     if stages is not None:
         from core.merge.stages import merge_stages

@@ -93,8 +93,8 @@ def open_adapted(model_ref: str, adapter_ref: str, *, token: str | bool | None =
     if not config_file.exists():
         raise CheckpointError(f"adapter {adapter_ref!r} has no adapter_config.json: give a PEFT LoRA adapter folder")
     if not (folder / WEIGHTS).exists():
-        found = "it has adapter_model.bin, a pickle: save it with safetensors" if (folder / "adapter_model.bin").exists() \
-            else "it has none"
+        pickled = (folder / "adapter_model.bin").exists()
+        found = "it has adapter_model.bin, a pickle: save it with safetensors" if pickled else "it has none"
         raise CheckpointError(f"adapter {adapter_ref!r} needs {WEIGHTS}: {found}")
     config = read_json_object(config_file)
     scale, fan_in_fan_out = _scale(config, adapter_ref), bool(config.get("fan_in_fan_out"))
@@ -117,7 +117,8 @@ def _scale(config: dict, ref: str) -> float:
             raise CheckpointError(f"adapter {ref!r} uses {what} ({key}: {value!r}), which is not implemented here")
     r, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0 or not isinstance(alpha, (int, float)):
-        raise CheckpointError(f"adapter {ref!r}: adapter_config.json needs a positive integer r and a number lora_alpha")
+        raise CheckpointError(f"adapter {ref!r}: adapter_config.json needs a positive integer r "
+                              "and a number lora_alpha")
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
@@ -146,7 +147,8 @@ def _deltas(adapter: Checkpoint, fan_in_fan_out: bool) -> dict[str, Delta]:
 def _check_shapes(model: AdaptedCheckpoint, name: str, delta: Delta) -> None:
     info = model.tensors.get(name)
     if info is None:
-        raise CheckpointError(f"adapter {model.adapter.ref!r} changes {name!r}, which model {model.ref!r} does not have")
+        raise CheckpointError(f"adapter {model.adapter.ref!r} changes {name!r}, "
+                              f"which model {model.ref!r} does not have")
     a, b = model.adapter.tensors[delta.a].shape, model.adapter.tensors[delta.b].shape
     out = (a[1], b[0]) if delta.transposed else (b[0], a[1])
     if len(a) != 2 or len(b) != 2 or a[0] != b[1] or tuple(info.shape) != out:

@@ -90,7 +90,8 @@ def parse_stages(text: str, out_dir: str | Path, *, intermediate_dir: str | Path
     documents = load_yaml_documents(text, source=source)
     names = [_stage_name(doc, index) for index, doc in enumerate(documents, 1)]
     if names.count(None) > 1:
-        raise RecipeError(f"{source} has {names.count(None)} documents without a name: only the final one may go unnamed")
+        raise RecipeError(f"{source} has {names.count(None)} documents without a name: "
+                          "only the final one may go unnamed")
     for name in names:
         if name is not None and names.count(name) > 1:
             raise RecipeError(f"{source} names two stages {name!r}: each stage needs its own name")

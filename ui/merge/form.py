@@ -191,8 +191,8 @@ def on_yaml(text: str, form: FormState, layout: int) -> FormView:
     """The YAML box lost focus: make the form follow it, or say why it cannot."""
     try:
         if is_multi_stage(text or ""):  # the form holds one recipe: it stays as it was, Check and Merge run every stage
-            return FormView(recipe_status="✓ A multi-stage recipe: the form shows one recipe, so it is left as it was; "
-                                          "Check plans every stage, Merge runs them in order")
+            return FormView(recipe_status="✓ A multi-stage recipe: the form shows one recipe, so it is left as "
+                                          "it was; Check plans every stage, Merge runs them in order")
         new = yaml_to_form(text)
     except RecipeError as error:
         return FormView(recipe_status=f"✗ {error}")

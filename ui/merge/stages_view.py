@@ -18,7 +18,7 @@ from core.merge.stages import Stage, StageProgress, is_multi_stage, parse_stages
 
 
 def page_stages(recipe_yaml: str, output_name: str, ws: Workspace) -> list[Stage] | None:
-    """The stages of a multi-stage recipe typed in the YAML box, checked as the page checks refs; None for a plain one."""
+    """A multi-stage recipe's stages from the YAML box, refs checked as the page checks them; None for a plain one."""
     text = recipe_yaml or ""
     if not is_multi_stage(text):
         return None
