@@ -54,6 +54,9 @@ def family(tmp_path_factory) -> list[Path]:
 
 def recipe(method: str, models: list[Path]) -> dict:
     params = {"weight": 0.6, **({"density": 0.5} if method in ("ties", "dare_ties") else {})}
+    if method == "linear":  # no base: linear averages an unlisted base_model in now (as mergekit), before it did not
+        return {"merge_method": method, "dtype": "bfloat16",
+                "models": [{"model": str(m), "parameters": dict(params)} for m in models]}
     return {"merge_method": method, "base_model": str(models[0]), "dtype": "bfloat16",
             "models": [{"model": str(m), "parameters": dict(params)} for m in models[1:]]}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from core.app.workspace import PACKAGED_REF, Workspace, packaged_minilm
 from core.errors import CheckpointError
 from core.io.checkpoint import HUB_ID, lies_within
+from core.io.lora import split_reference
 from core.merge.recipe import MergeRecipe
 
 
@@ -37,6 +38,9 @@ def check_model_ref(text: str, ws: Workspace) -> str:
         raise CheckpointError("a model is empty: pick one or type a folder or Hub id like 'org/name'")
     if not ws.hosted:
         return ref
+    model, adapter = split_reference(ref)
+    if adapter:  # model+lora: the adapter passes the same checks as any model
+        return f"{check_model_ref(model, ws)}+{check_model_ref(adapter, ws)}"
     packaged = packaged_minilm()
     refuse = f"model path {ref!r} is not allowed here: {{}}; give a Hub id like 'org/name' or a folder under models/"
     if packaged is not None and ref == PACKAGED_REF:

@@ -14,6 +14,8 @@ from core.errors import MergeCancelled
 from core.merge.methods import METHODS
 from core.units import human, parse_size
 
+INTERMEDIATE_HELP = "multi-stage recipes: where named stages are written (default: OUT_DIR-stages beside OUT_DIR)"
+
 
 def merge_command(sub, common) -> None:
     parser = sub.add_parser("merge", parents=[common], help="merge models as a recipe says",
@@ -22,7 +24,9 @@ def merge_command(sub, common) -> None:
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("out_dir", help="model folder to create")
     parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT_DIR if it exists (multi-stage: merge every stage again)")
+    parser.add_argument("--intermediate-dir", help=INTERMEDIATE_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed for random methods (DARE, DELLA)")
     parser.add_argument("--shard-size", default="2GB", help="largest output file, e.g. 500MB, 2GB")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -32,35 +36,72 @@ def merge_command(sub, common) -> None:
 
 
 def _merge(args) -> None:
-    from tqdm import tqdm
-
     from core.merge.engine import merge_events
     from core.merge.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
-    _warn(recipe)
     cancel = threading.Event()
-    bar = None
-    events = merge_events(recipe, args.out_dir, device=args.device, overwrite=args.overwrite, seed=args.seed,
-                          shard_bytes=parse_size(args.shard_size), refuse_nonfinite=args.refuse_nonfinite,
-                          cancel=cancel, admit=lambda found: _warn_left_out(found.plan))
+    options = dict(device=args.device, overwrite=args.overwrite, seed=args.seed,
+                   shard_bytes=parse_size(args.shard_size), refuse_nonfinite=args.refuse_nonfinite, cancel=cancel,
+                   admit=lambda found: _warn_left_out(found.plan))
+    stages = _stages(args, args.out_dir)
+    if stages is not None:
+        from core.merge.stages import merge_stages
+
+        events = merge_stages(stages, **options)
+    else:
+        recipe = load_recipe(args.recipe)
+        _warn(recipe)
+        events = merge_events(recipe, args.out_dir, **options)
     try:
-        for event in events:
-            for finding in event.nonfinite:
-                (bar.write if bar is not None else print)(f"warning: {finding}", file=sys.stderr)
-            if bar is None and not args.quiet:
-                bar = tqdm(total=event.bytes_total, unit="B", unit_scale=True, file=sys.stderr, desc="merging")
-            if bar is not None:
-                bar.update(event.bytes_done - bar.n)
-                bar.set_postfix_str(f"{event.step}/{event.total} {event.device}", refresh=False)
+        _show(events, quiet=args.quiet)
     except KeyboardInterrupt:
         cancel.set()
         events.close()
         raise MergeCancelled("merge interrupted: no output was written") from None
+    print(Path(args.out_dir).resolve())
+
+
+def _show(events, *, quiet: bool) -> None:
+    """A progress bar per merge (per stage of a multi-stage recipe) and NaN/Inf warnings, on stderr."""
+    from tqdm import tqdm
+
+    bar, desc = None, None
+    try:
+        for event in events:
+            stage, event = (event, event.progress) if hasattr(event, "stage") else (None, event)
+            where = f"stage {stage.index}/{stage.count} {stage.stage.label}" if stage else "merging"
+            if event is None:
+                print(f"{where}: kept {stage.stage.out} as it is (--overwrite merges it again)", file=sys.stderr)
+                continue
+            for finding in event.nonfinite:
+                (bar.write if bar is not None else print)(f"warning: {finding}", file=sys.stderr)
+            if where != desc and bar is not None:
+                bar.close()
+                bar = None
+            if bar is None and not quiet:
+                bar, desc = tqdm(total=event.bytes_total, unit="B", unit_scale=True, file=sys.stderr, desc=where), where
+            if bar is not None:
+                bar.update(event.bytes_done - bar.n)
+                bar.set_postfix_str(f"{event.step}/{event.total} {event.device}", refresh=False)
     finally:
         if bar is not None:
             bar.close()
-    print(Path(args.out_dir).resolve())
+
+
+def _stages(args, out):
+    """The stages of a multi-stage recipe (core.merge.stages), or None for a plain recipe."""
+    from core.merge.stages import is_multi_stage, parse_stages
+
+    try:
+        text = Path(args.recipe).read_text(encoding="utf-8")
+    except OSError:
+        return None  # load_recipe says what is wrong with the file
+    if not is_multi_stage(text, source=args.recipe):
+        return None
+    stages = parse_stages(text, out, intermediate_dir=args.intermediate_dir, source=args.recipe)
+    for stage in stages:
+        _warn(stage.recipe)
+    return stages
 
 
 def _warn(recipe) -> None:
@@ -81,6 +122,7 @@ def plan_command(sub, common) -> None:
     parser = sub.add_parser("plan", parents=[common], help="show what a merge will need, without running it")
     parser.add_argument("recipe", help="recipe YAML file")
     parser.add_argument("--out", default=".", help="where the output would go (for the free-disk check)")
+    parser.add_argument("--intermediate-dir", help=INTERMEDIATE_HELP)
     parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     parser.add_argument("--shard-size", default="2GB", help="largest output file")
     parser.set_defaults(run=_plan)
@@ -91,10 +133,29 @@ def _plan(args) -> None:
     from core.merge.preview import preview
     from core.merge.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe)
-    _warn(recipe)
     devices = devices_for(args.device)
-    found = preview(recipe, args.out, devices, shard_bytes=parse_size(args.shard_size))
+    stages = _stages(args, Path(args.out).resolve())
+    if stages is None:
+        recipe = load_recipe(args.recipe)
+        _warn(recipe)
+        found = preview(recipe, args.out, devices, shard_bytes=parse_size(args.shard_size))
+        _print_plan(recipe, found, devices)
+        found.check()  # the same verdict merge reaches: an error names what is short
+        return
+    from core.merge.stages import preview_stages
+
+    previews = dict((s.out, f) for s, f in preview_stages(stages, devices, shard_bytes=parse_size(args.shard_size)))
+    for index, stage in enumerate(stages, 1):
+        print(f"stage {index}/{len(stages)} {stage.label} → {stage.out}")
+        if stage.out not in previews:
+            print("    exists: kept as it is (merge --overwrite merges it again)")
+            continue
+        _print_plan(stage.recipe, previews[stage.out], devices)
+    for found in previews.values():
+        found.check()
+
+
+def _print_plan(recipe, found, devices) -> None:
     plan, resources = found.plan, found.resources
     _warn_left_out(plan)
     print(f"method      {recipe.merge_method} ({recipe.method.label})")
@@ -107,7 +168,6 @@ def _plan(args) -> None:
     print(f"memory      {human(resources.memory_free)} available ({resources.memory_of})")
     print(f"disk        {human(resources.disk_free)} free at {resources.disk_at}, "
           f"{human(resources.disk_needed)} needed")
-    found.check()  # the same verdict merge reaches: an error names what is short
 
 
 def inspect_command(sub, common) -> None:

@@ -43,7 +43,7 @@ class Checkpoint:
     def __init__(self, ref: str, folder: Path):
         self.ref = ref  # what the user wrote
         self.folder = folder  # local folder holding the files
-        self.config = _read_json(folder / "config.json") if (folder / "config.json").exists() else {}
+        self.config = read_json_object(folder / "config.json") if (folder / "config.json").exists() else {}
         self.tensors: dict[str, TensorInfo] = {}
         self._maps: dict[Path, mmap.mmap] = {}
         self._files: dict[Path, int] = {}  # descriptors for preadv of row blocks
@@ -185,14 +185,14 @@ def check_own_files(folder: Path, ref: str) -> None:
         if (folder / index).exists():
             index_files(folder, folder / index, ref)
     if (folder / "tokenizer_config.json").exists():
-        names = _read_json(folder / "tokenizer_config.json").get("fast_tokenizer_files") or []
+        names = read_json_object(folder / "tokenizer_config.json").get("fast_tokenizer_files") or []
         for name in names if isinstance(names, list) else [names]:
             own_file(folder, name, ref, named_by="tokenizer_config.json")
 
 
 def index_files(folder: Path, index: Path, ref: str) -> list[Path]:
     """The shard files a weight index (safetensors or .bin) names, each checked with own_file."""
-    weight_map = _read_json(index).get("weight_map", {})
+    weight_map = read_json_object(index).get("weight_map", {})
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{ref}: {index.name} has no weight_map object")
     return sorted({own_file(folder, name, ref, named_by=index.name) for name in weight_map.values()})
@@ -310,7 +310,7 @@ def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:

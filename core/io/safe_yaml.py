@@ -1,6 +1,7 @@
 """YAML from people, read with a bound on what its aliases may expand to.
 
     data = load_yaml(text, source="the recipe")     # plain data, or a one-line RecipeError
+    docs = load_yaml_documents(text, source="the recipe")   # each `---` document, bounded alike
 
 yaml.safe_load keeps `&a [x, x]` … `[*a, *a]` as one shared object, so a document of a few
 hundred bytes can stand for a billion values ("billion laughs"): nothing goes wrong until
@@ -29,8 +30,18 @@ def load_yaml(text: str, *, source: str) -> object:
         >>> load_yaml("[&a [x, x, x], &b [*a, *a, *a], &c [*b, *b, *b], …]", source="the recipe")  # 9 levels
         RecipeError: the recipe stands for more than 10,000 values (a YAML alias *name counts as all it repeats): …
     """
+    return _read(lambda: _bounded_load(text, source), source)
+
+
+def load_yaml_documents(text: str, *, source: str) -> list:
+    """Every `---`-separated document of `text` (a multi-stage recipe), each bounded as load_yaml bounds one."""
+    return _read(lambda: _bounded_load_all(text, source), source)
+
+
+def _read(load, source: str):
+    """load(), its YAML and value errors turned into one RecipeError line naming `source`."""
     try:
-        return _bounded_load(text, source)
+        return load()
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -51,6 +62,19 @@ def _bounded_load(text: str, source: str) -> object:
             return None
         _check_size(node, source)
         return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _bounded_load_all(text: str, source: str) -> list:
+    loader = yaml.SafeLoader(text)
+    try:
+        documents = []
+        while loader.check_node():
+            node = loader.get_node()
+            _check_size(node, source)
+            documents.append(loader.construct_document(node))
+        return documents
     finally:
         loader.dispose()
 

@@ -12,13 +12,14 @@ manager, so every memory map is closed when the block ends, on error too.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from core.errors import CheckpointError, ResourceError
 from core.io.checkpoint import Checkpoint
+from core.io.lora import AdaptedCheckpoint, open_adapted, split_reference
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, plan_merge
 from core.merge.preflight import Resources, measure_resources, shortage
 from core.merge.recipe import MergeRecipe
@@ -106,8 +107,9 @@ def open_checkpoint(ref: str, *, token: str | bool | None = None) -> Checkpoint:
     """Checkpoint.open, with the file system's own refusals (name too long, a symlink loop) as one line."""
     if os.path.islink(ref) and not os.path.exists(ref):  # else a looping link reads as a Hub id to download
         raise CheckpointError(f"model {ref!r} is a symbolic link that loops or leads nowhere: point it at a model folder")
+    model, adapter = split_reference(ref)
     try:
-        return Checkpoint.open(ref, token=token)
+        return open_adapted(model, adapter, token=token) if adapter else Checkpoint.open(ref, token=token)
     except OSError as error:
         raise CheckpointError(f"model {ref!r} cannot be opened: {error.strerror or error}; "
                               "check the path (each folder name at most 255 bytes)") from None
@@ -118,4 +120,6 @@ def plan_for(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
     """The MergePlan for opened inputs (layer count from the base's config when it has one)."""
     first = checkpoints[recipe.inputs()[0]]
     listings = {ref: ckpt.tensors for ref, ckpt in checkpoints.items()}
-    return plan_merge(recipe, listings, num_layers=first.num_layers(), shard_bytes=shard_bytes)
+    plan = plan_merge(recipe, listings, num_layers=first.num_layers(), shard_bytes=shard_bytes)
+    adapters = sum(c.adapter_bytes for c in checkpoints.values() if isinstance(c, AdaptedCheckpoint))
+    return replace(plan, bytes_read=plan.bytes_read + adapters)

@@ -20,6 +20,7 @@ import torch
 
 from core.io.card import model_card
 from core.io.checkpoint import Checkpoint, resolve_reference
+from core.io.lora import AdaptedCheckpoint, split_reference
 from core.io.staging import staged_output
 from core.io.writer import ShardWriter, copy_side_files
 from core.merge.plan import TIED, MergePlan
@@ -38,7 +39,9 @@ class ShardSink:
         self.inputs = inputs
         self.first = inputs[recipe.inputs()[0]]
         self.tokenizer_from = _tokenizer_folder(recipe, token)
-        self.read = tuple(c.folder for c in inputs.values()) + ((self.tokenizer_from,) if self.tokenizer_from else ())
+        adapters = tuple(c.adapter.folder for c in inputs.values() if isinstance(c, AdaptedCheckpoint))
+        tokenizer = (self.tokenizer_from,) if self.tokenizer_from else ()
+        self.read = tuple(c.folder for c in inputs.values()) + adapters + tokenizer
         self._exit = ExitStack()
 
     def __enter__(self) -> ShardSink:
@@ -91,7 +94,7 @@ def _tokenizer_folder(recipe: MergeRecipe, token: str | bool | None) -> Path | N
     source = recipe.tokenizer_source
     if source in (None, "base"):
         return None
-    return resolve_reference(source, token=token)
+    return resolve_reference(split_reference(source)[0], token=token)  # model+lora: the model's tokenizer
 
 
 def _main_dtype(plan: MergePlan) -> torch.dtype:

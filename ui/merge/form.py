@@ -29,6 +29,7 @@ from core.app.workspace import RECIPE_EXPORT_BYTES, Workspace
 from core.demo.build import demo_pair
 from core.errors import RecipeError
 from core.merge.methods import METHODS
+from core.merge.stages import is_multi_stage
 from core.units import DTYPES
 from ui.common import SKIP, keyed, model_choices, request_workspace
 from ui.merge.recipe_form import (FormState, add_row, base_help, change_method, check_form, form_to_yaml, global_params,
@@ -189,6 +190,9 @@ def on_method(form: FormState, layout: int, method: str) -> FormView:
 def on_yaml(text: str, form: FormState, layout: int) -> FormView:
     """The YAML box lost focus: make the form follow it, or say why it cannot."""
     try:
+        if is_multi_stage(text or ""):  # the form holds one recipe: it stays as it was, Check and Merge run every stage
+            return FormView(recipe_status="✓ A multi-stage recipe: the form shows one recipe, so it is left as "
+                                          "it was; Check plans every stage, Merge runs them in order")
         new = yaml_to_form(text)
     except RecipeError as error:
         return FormView(recipe_status=f"✗ {error}")

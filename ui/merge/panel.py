@@ -33,6 +33,7 @@ from core.errors import MergeCancelled, MergeDeskError, OutputExists
 from core.merge.engine import Progress, merge_events
 from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
+from core.merge.stages import merge_stages, preview_stages
 from core.merge.warnings import recipe_warnings
 from core.model_cache import MODELS
 from core.monitor import MONITOR
@@ -42,6 +43,7 @@ from ui import jobs
 from ui.common import (PRIVATE, QUEUE, device_choices, device_update, hub_token, job_label, on_space, request_workspace,
                        session_id)
 from ui.merge.form import build_merge_form, refresh_models
+from ui.merge.stages_view import kept_line, page_stages, unwrap
 from ui.merge.weights_panel import build_weights_from_data
 
 REPLACE_HINT = "tick Replace under More options"  # how this page replaces an existing output (core: OutputExists)
@@ -126,8 +128,14 @@ def plan(recipe_yaml: str, output_name: str, device: str, workspace: Workspace,
     """
     ws = request_workspace(workspace, request)
     try:
-        recipe, out = _prepare(recipe_yaml, output_name, ws)
         devices = devices_for(device)
+        stages = page_stages(recipe_yaml, output_name, ws)
+        if stages is not None:  # every stage's plan, one section each
+            found = preview_stages(stages, devices, token=hub_token(workspace, oauth_token))
+            return "\n\n".join(f"**Stage {i}/{len(stages)} {s.label}** → `{s.out.name}`\n\n"
+                                 + plan_markdown(s.recipe, f, s.out, [str(d) for d in devices], ws)
+                                 for i, (s, f) in enumerate(found, 1))
+        recipe, out = _prepare(recipe_yaml, output_name, ws)
         found = preview(recipe, out, devices, token=hub_token(workspace, oauth_token))
     except MergeDeskError as error:
         return f"**✗ Not ready:** {error}"
@@ -149,25 +157,31 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
     cautions: list[str] = []  # core.merge.warnings on the recipe (all-zero weights…)
     events = None
     try:
-        recipe, out = _prepare(recipe_yaml, output_name, ws)
-        cautions = [f"⚠ {line}" for line in recipe_warnings(recipe)]  # the recipe's own: it merges anyway
+        stages = page_stages(recipe_yaml, output_name, ws)  # a multi-stage recipe (ui.merge.stages_view), or None
+        recipe, out = _prepare(recipe_yaml, output_name, ws) if stages is None else (None, stages[-1].out)
+        recipes = [recipe] if stages is None else [stage.recipe for stage in stages]
+        cautions = [f"⚠ {line}" for r in recipes for line in recipe_warnings(r)]  # the recipe's own: it merges anyway
         lines += cautions
         if ws.hosted:
             cleanup_stale_sessions(workspace, STALE_SESSION_S)
         yield "Opening the models…", _tail(lines), "", "", None
         with jobs.running(session_id(request), "merge") as cancel, MONITOR.job(job_label(ws, "merge", out.name)):
-            events = merge_events(recipe, out, device=device, overwrite=bool(overwrite), seed=seed or 0,
-                                  cancel=cancel, token=token,
-                                  admit=_within_cap(ws, replacing=out if overwrite else None))
+            options = dict(device=device, overwrite=bool(overwrite), seed=seed or 0, cancel=cancel, token=token,
+                           admit=_within_cap(ws, replacing=out if overwrite else None))
+            events = merge_events(recipe, out, **options) if stages is None else merge_stages(stages, **options)
             shown = 0.0
             for event in events:
-                lines.append(f"{event.step}/{event.total}  {event.tensor}  ({event.device})")
-                found = [f"⚠ {message}" for message in event.nonfinite]
+                label, step = unwrap(event)
+                if step is None:
+                    lines.append(kept_line(event))
+                    continue
+                lines.append(f"{label}{step.step}/{step.total}  {step.tensor}  ({step.device})")
+                found = [f"⚠ {message}" for message in step.nonfinite]
                 lines += found
                 warnings += found
-                if time.monotonic() - shown > 0.25 or event.step == event.total:
+                if time.monotonic() - shown > 0.25 or step.step == step.total:
                     shown = time.monotonic()
-                    yield progress_markdown(event), _tail(lines), "", "", None
+                    yield label + progress_markdown(step), _tail(lines), "", "", None
     except MergeCancelled:
         yield "**■ Stopped.** The partial output was removed.", _tail(lines + ["stopped"]), "", "", None
         return
