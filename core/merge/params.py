@@ -7,7 +7,6 @@ else describes a parameter.
 A recipe *setting* for a parameter is, as in mergekit:
   - a scalar:                       weight: 0.5
   - a per-layer gradient (numbers): t: [0, 0.5, 1]   piecewise-linear over the layer index
-  - a per-layer list of booleans:   normalize: [true, false]   stepwise (layer share picks one)
   - a filter list, first match wins: t: [{filter: self_attn, value: 0.2}, {value: 0.7}]
     (`filter` is a substring of the tensor name; no filter or "*" matches everything;
     `value` may itself be a gradient).
@@ -24,7 +23,7 @@ from typing import Any
 
 from core.errors import RecipeError
 
-Setting = Any  # float | bool | list[float] | list[bool] | list[dict]  (the YAML value as written)
+Setting = Any  # float | bool | list[float] | list[dict]  (the YAML value as written)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,16 +74,11 @@ class Param:
         return f"{low}, {high}"
 
     def check_value(self, value: Any, where: str) -> float | bool:
-        """Check one scalar against this declaration; `where` names its place in the recipe.
-
-        Values are read as mergekit's pydantic fields read them: a float parameter takes a
-        number-like string (YAML 1.1 loads `5e-1` as the string "5e-1"), a bool parameter takes
-        true/false, 0/1 and the words pydantic knows (yes/no, on/off, ...).
-        """
+        """Check one scalar against this declaration; `where` names its place in the recipe."""
         if self.kind is bool:
-            return self._as_bool(value, where)
-        if isinstance(value, str):
-            value = self._as_number(value, where)
+            if not isinstance(value, bool):
+                raise RecipeError(f"{where}: '{self.name}' must be true or false, got {value!r}")
+            return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where}: '{self.name}' must be a number, got {value!r}")
         if isinstance(value, int) and abs(value) > 2**1023:  # beyond any float: math.isfinite would overflow
@@ -97,55 +91,36 @@ class Param:
             )
         return float(value)
 
-    def _as_number(self, text: str, where: str) -> float:
-        try:
-            return float(text.strip())
-        except ValueError:
-            raise RecipeError(f"{where}: '{self.name}' must be a number, got {text!r}") from None
-
-    def _as_bool(self, value: Any, where: str) -> bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[value.strip().lower()]
-        raise RecipeError(f"{where}: '{self.name}' must be true or false, got {value!r}")
-
-    def check_setting(self, setting: Setting, where: str) -> Setting:
-        """Check a whole setting (scalar, gradient or filter list) before any tensor is read.
-
-        Returns the setting with every value read as this parameter's kind (strings to numbers,
-        0/1 to booleans), so that later resolution sees only floats and bools.
-        """
+    def check_setting(self, setting: Setting, where: str) -> None:
+        """Check a whole setting (scalar, gradient or filter list) before any tensor is read."""
         if isinstance(setting, list):
             if not setting:
                 raise RecipeError(f"{where}: '{self.name}' is an empty list")
             if all(isinstance(item, dict) for item in setting):
-                return [self._check_filter_entry(item, where) for item in setting]
-            if any(isinstance(item, (list, dict)) for item in setting):
+                for item in setting:
+                    unknown = set(item) - {"filter", "value"}
+                    if unknown or "value" not in item:
+                        raise RecipeError(
+                            f"{where}: each filter entry of '{self.name}' needs 'value' (and optional "
+                            f"'filter'), got keys {sorted(item)}"
+                        )
+                    if item.get("filter") is not None and not isinstance(item["filter"], str):
+                        raise RecipeError(f"{where}: filter of '{self.name}' must be a string")
+                    if isinstance(item["value"], (list, dict)) and not _is_gradient(item["value"]):
+                        raise RecipeError(f"{where}: a filter value of '{self.name}' must be a number or a list of numbers")
+                    self.check_setting(item["value"], where)
+                return
+            if self.kind is bool or not _is_gradient(setting):
                 raise RecipeError(
-                    f"{where}: '{self.name}' list must be all values (a gradient) or all "
+                    f"{where}: '{self.name}' list must be all numbers (a gradient) or all "
                     "{filter, value} entries"
                 )
-            return [self.check_value(value, where) for value in setting]
+            for value in setting:
+                self.check_value(value, where)
+            return
         if isinstance(setting, dict):
             raise RecipeError(f"{where}: '{self.name}' must be a value or a list, got a mapping")
-        return self.check_value(setting, where)
-
-    def _check_filter_entry(self, item: dict, where: str) -> dict:
-        unknown = set(item) - {"filter", "value"}
-        if unknown or "value" not in item:
-            raise RecipeError(
-                f"{where}: each filter entry of '{self.name}' needs 'value' (and optional "
-                f"'filter'), got keys {sorted(item)}"
-            )
-        if item.get("filter") is not None and not isinstance(item["filter"], str):
-            raise RecipeError(f"{where}: filter of '{self.name}' must be a string")
-        value = item["value"]
-        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (list, dict)) for v in value)):
-            raise RecipeError(f"{where}: a filter value of '{self.name}' must be a value or a list of values")
-        return {**item, "value": self.check_setting(value, where)}
+        self.check_value(setting, where)
 
 
 def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
@@ -161,8 +136,6 @@ def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
                 if pattern in (None, "*") or pattern in tensor_name:
                     return resolve_setting(item["value"], tensor_name, t)
             return None
-        if any(isinstance(value, bool) for value in setting):  # booleans select, as in mergekit
-            return setting[int(t * (len(setting) - 1))]
         # Piecewise-linear over evenly spaced anchors: t=0 → first value, t=1 → last.
         scaled = t * (len(setting) - 1)
         lower = int(scaled)
@@ -172,5 +145,8 @@ def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
     return setting
 
 
-_BOOL_WORDS = {word: True for word in ("1", "on", "t", "true", "y", "yes")} | {
-    word: False for word in ("0", "off", "f", "false", "n", "no")}  # pydantic's lax bool words
+def _is_gradient(values: Any) -> bool:
+    return isinstance(values, list) and bool(values) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    )
+

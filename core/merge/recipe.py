@@ -83,8 +83,6 @@ class MergeRecipe:
         """The models the method combines, in order: all of them, or all but the base."""
         if self.uses_base:
             return [e for e in self.models if e.model != self.base_model]
-        if self.base_model and self.base_model not in (e.model for e in self.models):
-            return [ModelEntry(self.base_model), *self.models]  # as mergekit: an unlisted base is averaged in
         return list(self.models)
 
 
@@ -187,7 +185,7 @@ def _check_against_method(recipe: MergeRecipe) -> None:
         param = method.param(param_name)
         if param is None:
             raise RecipeError(_unknown_param(method, param_name, "parameters"))
-        recipe.parameters[param_name] = param.check_setting(setting, "parameters")
+        param.check_setting(setting, "parameters")
     for entry in recipe.models:
         where = f"parameters of model {entry.model!r}"
         for param_name, setting in entry.parameters.items():
@@ -197,7 +195,7 @@ def _check_against_method(recipe: MergeRecipe) -> None:
             if not param.per_model:
                 raise RecipeError(f"'{param_name}' is a global parameter of {name}: put it under the "
                                   f"top-level parameters, not under model {entry.model!r}")
-            entry.parameters[param_name] = param.check_setting(setting, where)
+            param.check_setting(setting, where)
     for param in method.params:
         if param.default is not None:
             continue

@@ -8,7 +8,7 @@ from core.merge.methods.task_vectors import column
 from core.merge.params import Param
 
 WEIGHT = Param(name="weight", kind=float, default=None, per_model=True,
-               help="how much of this model goes into the merge", ui_low=-1, ui_high=2)  # unbounded, as in mergekit
+               help="how much of this model goes into the merge", low=-10, high=10, ui_low=-1, ui_high=2)
 
 
 def normalize_param(default: bool) -> Param:
