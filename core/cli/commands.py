@@ -46,7 +46,7 @@ def _merge(args) -> None:
                           cancel=cancel)
     try:
         for event in events:
-            for finding in event.nonfinite:
+            for finding in (*event.nonfinite, *event.notes):
                 (bar.write if bar is not None else print)(f"warning: {finding}", file=sys.stderr)
             if bar is None and not args.quiet:
                 bar = tqdm(total=event.bytes_total, unit="B", unit_scale=True, file=sys.stderr, desc="merging")

@@ -162,7 +162,7 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
             shown = 0.0
             for event in events:
                 lines.append(f"{event.step}/{event.total}  {event.tensor}  ({event.device})")
-                found = [f"⚠ {message}" for message in event.nonfinite]
+                found = [f"⚠ {message}" for message in (*event.nonfinite, *event.notes)]
                 lines += found
                 warnings += found
                 if time.monotonic() - shown > 0.25 or event.step == event.total:
