@@ -84,7 +84,7 @@ def test_kept_refusals_say_one_line(text, tensor, message):
 
 def test_unlisted_base_needs_a_weight_under_linear():
     """mergekit fails at the first tensor ("Missing required parameter weight"); here before any is read."""
-    with pytest.raises(RecipeError, match="linear needs 'weight' for model 'z'"):
+    with pytest.raises(RecipeError, match=r"linear needs 'weight' for model 'z' \(the base_model, mixed in"):
         parse_recipe("merge_method: linear\nbase_model: z\nmodels: [{model: a, parameters: {weight: 1}}]")
 
 

@@ -209,6 +209,8 @@ def _check_against_method(recipe: MergeRecipe) -> None:
         missing = [e.model for e in recipe.rows() if param.name not in e.parameters] if param.per_model else [""]
         if missing:
             owner = f" for model {missing[0]!r}" if param.per_model else ""
+            if param.per_model and missing[0] not in [e.model for e in recipe.models]:  # the unlisted base (rows())
+                owner += " (the base_model, mixed in as mergekit does: set a top-level weight or drop base_model)"
             raise RecipeError(f"{name} needs '{param.name}'{owner}: {param.help}")
 
 
