@@ -23,7 +23,8 @@ EDGES = {  # {base}, {a}, {b}: the llama family's folders
                                 "  - {{model: {b}, parameters: {{weight: -0.5}}}}\nparameters: {{normalize: true}}\n",
     "dare_linear_zero_sum": "merge_method: dare_linear\nbase_model: {base}\nmodels:\n"
                             "  - {{model: {a}, parameters: {{weight: 0.4, density: 1}}}}\n"
-                            "  - {{model: {b}, parameters: {{weight: -0.4, density: 1}}}}\nparameters: {{normalize: true}}\n",
+                            "  - {{model: {b}, parameters: {{weight: -0.4, density: 1}}}}\n"
+                            "parameters: {{normalize: true}}\n",
     "breadcrumbs_zero_sum": "merge_method: breadcrumbs\nbase_model: {base}\nmodels:\n"
                             "  - {{model: {a}, parameters: {{weight: 1, density: 0.8, gamma: 0.05}}}}\n"
                             "  - {{model: {b}, parameters: {{weight: -1, density: 0.8, gamma: 0.05}}}}\n"
@@ -33,10 +34,12 @@ EDGES = {  # {base}, {a}, {b}: the llama family's folders
                                             "  - {{model: {b}, parameters: {{weight: -0.3}}}}\n"
                                             "parameters: {{normalize: true, density: 1, epsilon: 0.9}}\n",
     "della_density_0": "merge_method: della\nbase_model: {base}\nmodels:\n"
-                       "  - {{model: {a}, parameters: {{weight: 1}}}}\n  - {{model: {b}, parameters: {{weight: 0.5}}}}\n"
+                       "  - {{model: {a}, parameters: {{weight: 1}}}}\n"
+                       "  - {{model: {b}, parameters: {{weight: 0.5}}}}\n"
                        "parameters: {{density: 0, epsilon: 0.3}}\n",
     "linear_base_unlisted": "merge_method: linear\nbase_model: {base}\nmodels:\n"
-                            "  - {{model: {a}, parameters: {{weight: 0.5}}}}\n  - {{model: {b}, parameters: {{weight: 0.3}}}}\n"
+                            "  - {{model: {a}, parameters: {{weight: 0.5}}}}\n"
+                            "  - {{model: {b}, parameters: {{weight: 0.3}}}}\n"
                             "parameters: {{weight: 0.2}}\n",
     "karcher_base_unlisted": "merge_method: karcher\nbase_model: {base}\nmodels: [{{model: {a}}}, {{model: {b}}}]\n",
 }

@@ -23,12 +23,14 @@ SYNTAX = {  # {base}, {a}, {b}: the llama family's folders
                               "  - {{model: {b}, parameters: {{weight: [1e-1, 9e-1]}}}}\n"
                               "parameters: {{lambda: 8e-1}}\ndtype: float32\n",
     "bool_gradient": "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
-                     "  - {{model: {a}, parameters: {{weight: 0.3}}}}\n  - {{model: {b}, parameters: {{weight: 0.4}}}}\n"
+                     "  - {{model: {a}, parameters: {{weight: 0.3}}}}\n"
+                     "  - {{model: {b}, parameters: {{weight: 0.4}}}}\n"
                      "parameters: {{normalize: [true, false]}}\ndtype: float32\n",
     "bool_number": "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.3}}}}\n"
                    "  - {{model: {b}, parameters: {{weight: 0.5}}}}\nparameters: {{normalize: 0}}\ndtype: float32\n",
     "weight_and_lambda_12": "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
-                            "  - {{model: {a}, parameters: {{weight: 12}}}}\n  - {{model: {b}, parameters: {{weight: -11}}}}\n"
+                            "  - {{model: {a}, parameters: {{weight: 12}}}}\n"
+                            "  - {{model: {b}, parameters: {{weight: -11}}}}\n"
                             "parameters: {{lambda: 12}}\ndtype: float32\n",
     "float64": "merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 0.6}}}}\n"
                "  - {{model: {b}, parameters: {{weight: 0.4}}}}\ndtype: float64\n",
@@ -87,7 +89,8 @@ def test_text_numbers_are_stored_as_floats_and_round_trip():
 
 def test_bool_gradient_steps_over_the_layers():
     """mergekit: the value at index int(t·(n−1)), no interpolation."""
-    recipe = parse_recipe("merge_method: task_arithmetic\nbase_model: z\nmodels: [{model: a, parameters: {weight: 1}}]\n"
+    recipe = parse_recipe("merge_method: task_arithmetic\nbase_model: z\n"
+                          "models: [{model: a, parameters: {weight: 1}}]\n"
                           "parameters: {normalize: [true, false, true]}")
     got = [resolve_params(recipe, "w", t)["normalize"] for t in (0.0, 0.49, 0.5, 0.99, 1.0)]
     assert got == [True, True, False, False, True]

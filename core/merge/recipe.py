@@ -87,8 +87,8 @@ class MergeRecipe:
         """
         if self.uses_base:
             return [e for e in self.models if e.model != self.base_model]
-        listed = [e.model for e in self.models]
-        return self.models + ([ModelEntry(self.base_model)] if self.base_model and self.base_model not in listed else [])
+        unlisted = self.base_model and self.base_model not in [e.model for e in self.models]
+        return self.models + ([ModelEntry(self.base_model)] if unlisted else [])
 
 
 def load_recipe(path: str | Path) -> MergeRecipe:

@@ -5,7 +5,8 @@
 
 Unlike a RecipeError these never stop a merge. `recipe_warnings` reads the recipe and the method's
 declared parameters alone, before any model is opened; `copy_differs` reads the inputs of a tensor
-the engine copies unmerged, during the merge (its line goes on that tensor's Progress). Known limit: a weight given per layer or by filter counts as zero only when every
+the engine copies unmerged, during the merge (its line goes on that tensor's Progress).
+Known limit: a weight given per layer or by filter counts as zero only when every
 number written for it is 0.
 """
 from __future__ import annotations
