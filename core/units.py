@@ -13,7 +13,8 @@ import torch
 from core.errors import RecipeError
 
 KB, MB, GB = 10**3, 10**6, 10**9
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}  # name → torch dtype
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "float64": torch.float64}  # name → torch dtype
 
 
 def parse_size(text: str) -> int:

@@ -101,8 +101,9 @@ def test_different_architectures_are_refused_before_anything_runs():
 
 
 def test_parameter_problems_surface_at_planning():
-    recipe = recipe_from_dict({"merge_method": "task_arithmetic", "base_model": "base", "parameters": {"normalize": True},
-                               "models": [{"model": "a", "parameters": {"weight": [0.0, 1.0]}},
+    recipe = recipe_from_dict({"merge_method": "linear", "base_model": "base", "parameters": {"normalize": True},
+                               "models": [{"model": "base", "parameters": {"weight": 0.0}},  # linear: 0 sums refused
+                                          {"model": "a", "parameters": {"weight": [0.0, 1.0]}},
                                           {"model": "b", "parameters": {"weight": -1.0}}]})
     with pytest.raises(RecipeError, match="at tensor model.layers.1.mlp.up_proj.weight: weights"):
         plan(recipe)

@@ -73,7 +73,7 @@ def _show(events, *, quiet: bool) -> None:
             if event is None:
                 print(f"{where}: kept {stage.stage.out} as it is (--overwrite merges it again)", file=sys.stderr)
                 continue
-            for finding in event.nonfinite:
+            for finding in (*event.nonfinite, *event.notes):
                 (bar.write if bar is not None else print)(f"warning: {finding}", file=sys.stderr)
             if where != desc and bar is not None:
                 bar.close()

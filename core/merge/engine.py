@@ -40,6 +40,7 @@ from core.progress import eta
 from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
 from core.merge.recipe import DTYPES, MergeRecipe
 from core.merge.sinks import ShardSink, WeightsSink
+from core.merge.warnings import copy_differs
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Progress:
     elapsed: float  # seconds since the merge started
     device: str  # where that tensor was computed
     nonfinite: tuple[str, ...] = ()  # NaN/Inf in this tensor's inputs (one message per input) or in its output
+    notes: tuple[str, ...] = ()  # other lines for the log: a copied non-float tensor that differs between inputs
 
     @property
     def eta(self) -> float:
@@ -157,8 +159,9 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
                 findings.check_output(job.name, chunk)
             sink.write(job.name, chunk)
         done += job.nbytes
+        notes = () if job.merged else copy_differs(job.name, [inputs[ref] for ref in recipe.inputs()])
         yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
-                       time.perf_counter() - started, str(target), findings.messages())
+                       time.perf_counter() - started, str(target), findings.messages(), notes)
     MergeCancelled.check(cancel, STOPPED)
 
 

@@ -7,9 +7,13 @@ else describes a parameter.
 A recipe *setting* for a parameter is, as in mergekit:
   - a scalar:                       weight: 0.5
   - a per-layer gradient (numbers): t: [0, 0.5, 1]   piecewise-linear over the layer index
+    (of booleans: normalize: [true, false]   stepwise: point int(t·(n−1)) holds)
   - a filter list, first match wins: t: [{filter: self_attn, value: 0.2}, {value: 0.7}]
     (`filter` is a substring of the tensor name; no filter or "*" matches everything;
     `value` may itself be a gradient).
+Scalars are read as mergekit's pydantic fields read them: a number may be written as text
+(`weight: 5e-1`, which YAML 1.1 loads as a string), a bool as 0/1 or yes/no/true/false text.
+`check_setting` returns the setting with every scalar in its declared kind.
 
 Example:
     >>> resolve_setting([0, 1], "model.layers.1.mlp.up_proj.weight", t=0.5)
@@ -74,11 +78,14 @@ class Param:
         return f"{low}, {high}"
 
     def check_value(self, value: Any, where: str) -> float | bool:
-        """Check one scalar against this declaration; `where` names its place in the recipe."""
+        """Check one scalar against this declaration and return it as its kind; `where` names its place."""
         if self.kind is bool:
-            if not isinstance(value, bool):
+            flag = _as_bool(value)
+            if flag is None:
                 raise RecipeError(f"{where}: '{self.name}' must be true or false, got {value!r}")
-            return value
+            return flag
+        if isinstance(value, str):
+            value = _as_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where}: '{self.name}' must be a number, got {value!r}")
         if isinstance(value, int) and abs(value) > 2**1023:  # beyond any float: math.isfinite would overflow
@@ -91,36 +98,39 @@ class Param:
             )
         return float(value)
 
-    def check_setting(self, setting: Setting, where: str) -> None:
-        """Check a whole setting (scalar, gradient or filter list) before any tensor is read."""
+    def check_setting(self, setting: Setting, where: str) -> Setting:
+        """Check a whole setting (scalar, gradient or filter list) before any tensor is read.
+
+        Returns the same setting with each scalar as check_value gives it ("5e-1" → 0.5).
+        """
         if isinstance(setting, list):
             if not setting:
                 raise RecipeError(f"{where}: '{self.name}' is an empty list")
             if all(isinstance(item, dict) for item in setting):
-                for item in setting:
-                    unknown = set(item) - {"filter", "value"}
-                    if unknown or "value" not in item:
-                        raise RecipeError(
-                            f"{where}: each filter entry of '{self.name}' needs 'value' (and optional "
-                            f"'filter'), got keys {sorted(item)}"
-                        )
-                    if item.get("filter") is not None and not isinstance(item["filter"], str):
-                        raise RecipeError(f"{where}: filter of '{self.name}' must be a string")
-                    if isinstance(item["value"], (list, dict)) and not _is_gradient(item["value"]):
-                        raise RecipeError(f"{where}: a filter value of '{self.name}' must be a number or a list of numbers")
-                    self.check_setting(item["value"], where)
-                return
-            if self.kind is bool or not _is_gradient(setting):
+                return [self._filter_entry(item, where) for item in setting]
+            if any(isinstance(item, (list, dict)) for item in setting):
                 raise RecipeError(
-                    f"{where}: '{self.name}' list must be all numbers (a gradient) or all "
+                    f"{where}: '{self.name}' list must be all values (a gradient) or all "
                     "{filter, value} entries"
                 )
-            for value in setting:
-                self.check_value(value, where)
-            return
+            return [self.check_value(value, where) for value in setting]
         if isinstance(setting, dict):
             raise RecipeError(f"{where}: '{self.name}' must be a value or a list, got a mapping")
-        self.check_value(setting, where)
+        return self.check_value(setting, where)
+
+    def _filter_entry(self, item: dict, where: str) -> dict:
+        unknown = set(item) - {"filter", "value"}
+        if unknown or "value" not in item:
+            raise RecipeError(
+                f"{where}: each filter entry of '{self.name}' needs 'value' (and optional "
+                f"'filter'), got keys {sorted(item)}"
+            )
+        if item.get("filter") is not None and not isinstance(item["filter"], str):
+            raise RecipeError(f"{where}: filter of '{self.name}' must be a string")
+        value = item["value"]
+        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (list, dict)) for v in value)):
+            raise RecipeError(f"{where}: a filter value of '{self.name}' must be a value or a list of values")
+        return {**item, "value": self.check_setting(value, where)}
 
 
 def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
@@ -136,6 +146,8 @@ def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
                 if pattern in (None, "*") or pattern in tensor_name:
                     return resolve_setting(item["value"], tensor_name, t)
             return None
+        if all(isinstance(value, bool) for value in setting):  # booleans step, as in mergekit
+            return setting[int(t * (len(setting) - 1))]
         # Piecewise-linear over evenly spaced anchors: t=0 → first value, t=1 → last.
         scaled = t * (len(setting) - 1)
         lower = int(scaled)
@@ -145,8 +157,23 @@ def resolve_setting(setting: Setting, tensor_name: str, t: float) -> Any:
     return setting
 
 
-def _is_gradient(values: Any) -> bool:
-    return isinstance(values, list) and bool(values) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-    )
+_TRUE, _FALSE = {"1", "on", "t", "true", "y", "yes"}, {"0", "off", "f", "false", "n", "no"}  # pydantic's bool words
 
+
+def _as_bool(value: Any) -> bool | None:
+    """A bool as pydantic reads one: true/false, 0/1 (int or float), or one of its words; else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    return None
+
+
+def _as_number(text: str) -> float | str:
+    """Number-like text as a float ("5e-1", " 0.5", "1_000"), as pydantic reads it; other text unchanged."""
+    try:
+        return float(text)
+    except ValueError:
+        return text

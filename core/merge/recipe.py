@@ -80,10 +80,15 @@ class MergeRecipe:
         return f"{count} {'model' if count == 1 else 'models'}" + (" besides the base_model" if self.uses_base else "")
 
     def rows(self) -> list[ModelEntry]:
-        """The models the method combines, in order: all of them, or all but the base."""
+        """The models the method combines, in order: all but the base, or all of them.
+
+        A method that has no base role (linear, karcher) still combines a base_model missing from
+        `models`, last and with the top-level parameters only, as mergekit adds it as an input.
+        """
         if self.uses_base:
             return [e for e in self.models if e.model != self.base_model]
-        return list(self.models)
+        unlisted = self.base_model and self.base_model not in [e.model for e in self.models]
+        return self.models + ([ModelEntry(self.base_model)] if unlisted else [])
 
 
 def load_recipe(path: str | Path) -> MergeRecipe:
@@ -185,7 +190,7 @@ def _check_against_method(recipe: MergeRecipe) -> None:
         param = method.param(param_name)
         if param is None:
             raise RecipeError(_unknown_param(method, param_name, "parameters"))
-        param.check_setting(setting, "parameters")
+        recipe.parameters[param_name] = param.check_setting(setting, "parameters")  # "5e-1" → 0.5
     for entry in recipe.models:
         where = f"parameters of model {entry.model!r}"
         for param_name, setting in entry.parameters.items():
@@ -195,7 +200,7 @@ def _check_against_method(recipe: MergeRecipe) -> None:
             if not param.per_model:
                 raise RecipeError(f"'{param_name}' is a global parameter of {name}: put it under the "
                                   f"top-level parameters, not under model {entry.model!r}")
-            param.check_setting(setting, where)
+            entry.parameters[param_name] = param.check_setting(setting, where)
     for param in method.params:
         if param.default is not None:
             continue
@@ -204,6 +209,8 @@ def _check_against_method(recipe: MergeRecipe) -> None:
         missing = [e.model for e in recipe.rows() if param.name not in e.parameters] if param.per_model else [""]
         if missing:
             owner = f" for model {missing[0]!r}" if param.per_model else ""
+            if param.per_model and missing[0] not in [e.model for e in recipe.models]:  # the unlisted base (rows())
+                owner += " (the base_model, mixed in as mergekit does: set a top-level weight or drop base_model)"
             raise RecipeError(f"{name} needs '{param.name}'{owner}: {param.help}")
 
 

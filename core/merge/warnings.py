@@ -3,15 +3,19 @@
     for line in recipe_warnings(recipe):   # Check, the merge log, `python -m core plan/merge` (stderr)
         print(f"warning: {line}")
 
-Unlike a RecipeError these never stop a merge: mergekit runs such recipes, and so does the
-engine. Read from the recipe and the method's declared parameters alone, before any model is
-opened. Known limit: a weight given per layer or by filter counts as zero only when every
+Unlike a RecipeError these never stop a merge. `recipe_warnings` reads the recipe and the method's
+declared parameters alone, before any model is opened; `copy_differs` reads the inputs of a tensor
+the engine copies unmerged, during the merge (its line goes on that tensor's Progress).
+Known limit: a weight given per layer or by filter counts as zero only when every
 number written for it is 0.
 """
 from __future__ import annotations
 
 from typing import Iterator
 
+import torch
+
+from core.io.checkpoint import Checkpoint
 from core.merge.params import Setting
 from core.merge.recipe import MergeRecipe
 
@@ -30,6 +34,19 @@ def recipe_warnings(recipe: MergeRecipe) -> list[str]:
     if not _setting_on(recipe.parameters.get("normalize", method.param("normalize").default)):
         return ["every weight is 0 and normalize is off: the merged model will be all zeros; give a model a weight"]
     return []  # normalize on: the recipe's own check refuses a zero sum per tensor
+
+
+def copy_differs(name: str, checkpoints: list[Checkpoint]) -> tuple[str, ...]:
+    """A non-float tensor (position_ids, an int buffer) is copied from the first input, not merged: one
+    line where another input holds a different value for it (mergekit refuses such inputs), else ()."""
+    first = checkpoints[0].read(name)
+    for other in checkpoints[1:]:
+        if name in other.tensors:
+            value = other.read(name)
+            if value.shape != first.shape or value.dtype != first.dtype or not torch.equal(value, first):
+                return (f"tensor {name!r} is not floating point and differs in {other.ref}: copied from "
+                        f"{checkpoints[0].ref} unmerged (mergekit refuses such inputs)",)
+    return ()
 
 
 def _all_zero(recipe: MergeRecipe) -> bool:

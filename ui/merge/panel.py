@@ -176,7 +176,7 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
                     lines.append(kept_line(event))
                     continue
                 lines.append(f"{label}{step.step}/{step.total}  {step.tensor}  ({step.device})")
-                found = [f"⚠ {message}" for message in step.nonfinite]
+                found = [f"⚠ {message}" for message in (*step.nonfinite, *step.notes)]
                 lines += found
                 warnings += found
                 if time.monotonic() - shown > 0.25 or step.step == step.total:

@@ -285,7 +285,8 @@ def base_help(method: str) -> str:
     """What the base model means for this method, in a few words."""
     return {"required": "needed: the model the others' changes are measured from",
             "optional": "optional: with one, the two models' changes from it are interpolated",
-            "unused": "not used by this method; leave empty"}[METHODS[method].base]
+            "unused": "no role here: one not listed under models is merged in as one more (as mergekit)",
+            }[METHODS[method].base]
 
 
 def needs_text(method: str) -> str:

@@ -8,7 +8,7 @@ from core.merge.methods.task_vectors import column
 from core.merge.params import Param
 
 WEIGHT = Param(name="weight", kind=float, default=None, per_model=True,
-               help="how much of this model goes into the merge", low=-10, high=10, ui_low=-1, ui_high=2)
+               help="how much of this model goes into the merge", ui_low=-1, ui_high=2)
 
 
 def normalize_param(default: bool) -> Param:
@@ -17,7 +17,8 @@ def normalize_param(default: bool) -> Param:
 
 
 def weights_not_zero(params: dict) -> str | None:
-    """Under normalize the weights are a divisor: their sum must not vanish."""
+    """Under normalize the weights are a divisor: their sum must not vanish (mergekit would write Inf;
+    the task-arithmetic family divides by 1 there instead, as mergekit does)."""
     if params.get("normalize") and abs(sum(params["weight"])) < 1e-8:
         return f"weights {params['weight']} sum to 0 but normalize is on: change a weight or set normalize: false"
     return None

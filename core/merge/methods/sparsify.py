@@ -178,9 +178,10 @@ class Sparsifier:
 
 
 def _della_band(params: dict) -> str | None:
-    """DELLA draws keep-probabilities in density ± epsilon; that band must lie inside (0, 1)."""
+    """DELLA draws keep-probabilities in density ± epsilon where 0 < density < 1; that band must lie
+    inside (0, 1) (mergekit's rule). At density 0 or 1 nothing is drawn and epsilon is unused."""
     for density, epsilon in zip(params["density"], params["epsilon"]):
-        if density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+        if 0 < density < 1 and not (0 < density - epsilon and density + epsilon < 1):
             return f"density {density} ± epsilon {epsilon} must stay inside (0, 1): lower epsilon"
     return None
 
@@ -188,7 +189,7 @@ def _della_band(params: dict) -> str | None:
 GAMMA = Param(name="gamma", kind=float, default=0.01, per_model=True,
               help="fraction of the largest changes dropped as outliers", low=0, high=1)
 EPSILON = Param(name="epsilon", kind=float, default=0.15, per_model=True,
-                help="spread of keep-probabilities around density, by magnitude rank", low=0, high=0.5)
+                help="spread of keep-probabilities around density, by magnitude rank", ui_low=0, ui_high=0.5)
 
 MAGNITUDE = Sparsifier("magnitude", magnitude, random=False)  # TIES
 OUTLIERS = Sparsifier("magnitude_outliers", magnitude_outliers, random=False, params=(GAMMA,))  # Breadcrumbs

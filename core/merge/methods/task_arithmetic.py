@@ -7,9 +7,7 @@ function (`TaskVectors`) accepts exactly those, so `register` checks every decla
 """
 from __future__ import annotations
 
-from typing import Callable
-
-from core.merge.methods.linear import WEIGHT, normalize_param, weights_not_zero
+from core.merge.methods.linear import WEIGHT, normalize_param
 from core.merge.methods.registry import register
 from core.merge.methods.sparsify import BERNOULLI, MAGNITUDE, MAGPRUNE, OUTLIERS, Sparsifier
 from core.merge.methods.task_vectors import TaskVectors
@@ -18,7 +16,7 @@ from core.merge.params import Param
 DENSITY = Param(name="density", kind=float, default=1.0, per_model=True,
                 help="fraction of this model's changes kept (1 = all)", low=0, high=1)
 LAMBDA = Param(name="lambda", kind=float, default=1.0, per_model=False,
-               help="scale of the merged change added to the base", low=-10, high=10, ui_low=0, ui_high=2)
+               help="scale of the merged change added to the base", ui_low=0, ui_high=2)
 INT8_MASK = Param(name="int8_mask", kind=bool, default=False, per_model=False,
                   help="accepted for mergekit recipes; MergeDesk's masks are always compact")
 
@@ -33,13 +31,6 @@ def family_params(sparsifier: Sparsifier | None, *, normalize: bool, rescale: bo
     """A member's declarations: the formula's, then density and rescale and its sparsifier's own."""
     formula = (WEIGHT, LAMBDA, normalize_param(normalize), INT8_MASK)
     return formula if sparsifier is None else (*formula, DENSITY, rescale_param(rescale), *sparsifier.params)
-
-
-def _first_problem(*checks: Callable[[dict], str | None]) -> Callable[[dict], str | None] | None:
-    """Combine rule checks into one that reports the first problem found."""
-    if not checks:
-        return None
-    return lambda params: next((problem for check in checks if (problem := check(params))), None)
 
 
 def _task_arithmetic_coefficients(params: dict) -> tuple[list[float], float]:
@@ -58,12 +49,9 @@ def member(name: str, *, label: str, paper: str, sparsifier: Sparsifier | None =
     """Register one member of the family; `normalize` and `rescale` are its parameters' defaults."""
     merge = TaskVectors(sparsifier, consensus)
     weighted_sum = sparsifier is None and not consensus  # plain task arithmetic: Σ c_i·x_i, elementwise
-    checks = [] if consensus else [weights_not_zero]  # consensus divides by the kept weights, never by 0
-    if sparsifier is not None and sparsifier.check is not None:
-        checks.append(sparsifier.check)
     register(name, label=label, paper=paper, params=family_params(sparsifier, normalize=normalize, rescale=rescale),
              base="required", random=sparsifier is not None and sparsifier.random, elementwise=weighted_sum,
-             check=_first_problem(*checks), stream=merge.stream, blockwise=merge.blockwise,
+             check=sparsifier.check if sparsifier is not None else None, stream=merge.stream, blockwise=merge.blockwise,
              coefficients=_task_arithmetic_coefficients if weighted_sum else None)(merge)
 
 
