@@ -40,6 +40,7 @@ from core.progress import eta
 from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
 from core.merge.recipe import DTYPES, MergeRecipe
 from core.merge.sinks import ShardSink, WeightsSink
+from core.merge.slices import job_inputs
 
 
 @dataclass(frozen=True)
@@ -167,13 +168,11 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
                   findings: NonFinite) -> Iterator[torch.Tensor]:
     """The output tensor of one job, as one tensor or as consecutive blocks of rows; NaN/Inf in the inputs
     go to `findings`."""
-    refs = recipe.inputs()
+    rows, base = job_inputs(recipe, job, checkpoints)
     if not job.merged:
-        yield checkpoints[refs[0]].read(job.name)
+        yield rows[0].read(job.name)
         return
     working = DTYPES.get(recipe.dtype or "")
-    rows = [checkpoints[e.model] for e in recipe.rows()]
-    base = checkpoints[recipe.base_model] if recipe.uses_base else None
     generator = None
     if recipe.method.random:
         generator = torch.Generator(device=device)

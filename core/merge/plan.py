@@ -5,7 +5,8 @@ with which parameters, and what it will cost — before a byte is read or writte
 safetensors headers) and returns a MergePlan; tests feed it plain TensorInfo values. All
 checks that depend on tensor names (same tensor set and shapes across inputs, every
 parameter resolvable for every tensor, method rules such as weights summing to zero) run
-here, so a merge that starts will not fail on bad input halfway.
+here, so a merge that starts will not fail on bad input halfway. A recipe with `slices:` is
+planned by core.merge.slices on the same jobs and estimates.
 """
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class TensorJob:
     t: float  # position of the tensor's layer in [0, 1] (0 for tensors outside the layer stack)
     params: dict  # resolved method parameters for this tensor (empty when copied)
     rows_per_chunk: int | None  # elementwise methods: merge this many rows at a time; None = whole tensor
+    # sliced recipes (core.merge.slices): (model reference, its tensor name) per model row, and the base's;
+    # empty: the recipe's rows() and base, read under the job's own name
+    rows_from: tuple[tuple[str, str], ...] = ()
+    base_from: tuple[str, str] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -70,6 +75,9 @@ def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], 
     first model) and decides tensor order and the dtype written when the recipe sets none.
     `num_layers` (the config's count) places gradients; see _stack_depths for a deeper stack.
     """
+    if recipe.slices:
+        from core.merge.slices import plan_slices  # it builds on this module's helpers
+        return plan_slices(recipe, listings, shard_bytes=shard_bytes)
     refs = recipe.inputs()
     first = listings[refs[0]]
     _check_same_tensors(refs, listings)
@@ -86,7 +94,7 @@ def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], 
         inputs=len(refs),
         bytes_read=sum(listings[r][job.name].nbytes for job in jobs for r in refs if job.merged or r == refs[0]),
         bytes_written=sum(job.nbytes for job in jobs),
-        peak_bytes=max((_working_bytes(job, inputs_per_job) for job in jobs), default=0),
+        peak_bytes=max((working_bytes(job, inputs_per_job) for job in jobs), default=0),
     )
 
 
@@ -122,14 +130,22 @@ def _job(recipe: MergeRecipe, info: TensorInfo, layers: dict[str, int], row_info
     merged = info.dtype.is_floating_point and bool(row_infos)
     if not merged:
         return TensorJob(info.name, info.shape, info.dtype, False, 0.0, {}, None)
-    out_dtype = DTYPES[recipe.out_dtype or recipe.dtype] if (recipe.out_dtype or recipe.dtype) else info.dtype
     match = LAYER.search(info.name)
     t = layer_position(info.name, layers[info.name[:match.start()]]) if match else 0.0
     params = resolve_params(recipe, info.name, t)
-    chunk = None
+    return TensorJob(info.name, info.shape, output_dtype(recipe, info), True, t, params, rows_per_chunk(recipe, params, info))
+
+
+def output_dtype(recipe: MergeRecipe, info: TensorInfo) -> torch.dtype:
+    """The dtype a merged tensor is written in: the recipe's out_dtype, else its dtype, else the input's."""
+    return DTYPES[recipe.out_dtype or recipe.dtype] if (recipe.out_dtype or recipe.dtype) else info.dtype
+
+
+def rows_per_chunk(recipe: MergeRecipe, params: dict, info: TensorInfo) -> int | None:
+    """Rows merged at a time for a method that may split this tensor; None: the whole tensor at once."""
     if recipe.method.in_blocks(params) and len(info.shape) >= 1 and info.numel > CHUNK_ELEMENTS:
-        chunk = max(1, CHUNK_ELEMENTS // max(1, info.numel // info.shape[0]))
-    return TensorJob(info.name, info.shape, out_dtype, True, t, params, chunk)
+        return max(1, CHUNK_ELEMENTS // max(1, info.numel // info.shape[0]))
+    return None
 
 
 def _check_same_tensors(refs: list[str], listings: dict[str, dict[str, TensorInfo]]) -> None:
@@ -184,7 +200,7 @@ def _stack_depths(listing: dict[str, TensorInfo], num_layers: int | None) -> dic
     return {stack: depth if count <= depth else count for stack, count in counted.items()}
 
 
-def _working_bytes(job: TensorJob, inputs: int) -> int:
+def working_bytes(job: TensorJob, inputs: int) -> int:
     """Float32 working set of one job: the input stack, the base, the result and ~2 temporaries."""
     if not job.merged:
         return job.nbytes
