@@ -6,7 +6,7 @@ safetensors headers) and returns a MergePlan; tests feed it plain TensorInfo val
 checks that depend on tensor names (same tensor set and shapes across inputs, every
 parameter resolvable for every tensor, method rules such as weights summing to zero) run
 here, so a merge that starts will not fail on bad input halfway. A recipe with `slices:` is
-planned by core.merge.slices on the same jobs and estimates.
+planned by core.merge.slices.plan_slices on the same jobs and estimates (core.merge.preview picks).
 """
 from __future__ import annotations
 
@@ -76,8 +76,7 @@ def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], 
     `num_layers` (the config's count) places gradients; see _stack_depths for a deeper stack.
     """
     if recipe.slices:
-        from core.merge.slices import plan_slices  # it builds on this module's helpers
-        return plan_slices(recipe, listings, shard_bytes=shard_bytes)
+        raise ValueError("a sliced recipe is planned by core.merge.slices.plan_slices")
     refs = recipe.inputs()
     first = listings[refs[0]]
     _check_same_tensors(refs, listings)
