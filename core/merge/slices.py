@@ -156,3 +156,14 @@ def _check_ranges(recipe: MergeRecipe, stack: str, listings: dict[str, dict[str,
 def _layer_count(listing: dict[str, TensorInfo], stack: str) -> int:
     indices = [int(m.group(1)) for name in listing if name.startswith(stack + ".") and (m := LAYER.search(name))]
     return max(indices, default=-1) + 1
+
+
+def slice_lines(recipe: MergeRecipe) -> list[str]:
+    """One line per output slice for the CLI's plan and the app's Check, e.g.
+    'layers 0-1 ← layers 0-1 of ./a' (a merged slice lists each source, joined by ' + ')."""
+    lines, start = [], 0
+    for out in recipe.slices or ():
+        sources = " + ".join(f"layers {s.layer_range[0]}-{s.layer_range[1] - 1} of {s.model}" for s in out.sources)
+        lines.append(f"layers {start}-{start + out.length - 1} ← {sources}")
+        start += out.length
+    return lines
