@@ -150,3 +150,18 @@ def test_a_layer_range_past_the_model_is_refused_before_merging(llama3):
     spec["slices"][1]["sources"][0]["layer_range"] = [2, 4]
     with pytest.raises(CheckpointError, match=r"slices\[1\]: .* has 3 layers; layer_range \[2, 4\] runs past them"):
         plan_inputs(recipe_from_dict(spec))
+
+
+def test_the_app_keeps_slices_through_the_form_and_check_shows_them(llama3, tmp_path):
+    from core.app.workspace import Workspace
+    from ui.merge.form import form_status
+    from ui.merge.panel import plan
+    from ui.merge.recipe_form import form_to_yaml, yaml_to_form
+    text = to_yaml(recipe_from_dict(frankenmerge(llama3[1], llama3[2], scale=0.5)))
+    form = yaml_to_form(text)
+    assert parse_recipe(form_to_yaml(form)) == parse_recipe(text)
+    assert [row.model for row in form.rows] == [str(llama3[1]), str(llama3[2])]
+    assert "2 slices, 4 output layers (slices are edited in the YAML box" in form_status(form)
+    shown = plan(form_to_yaml(form), "franken", "cpu", Workspace(tmp_path, tmp_path / "models", tmp_path / "outputs"))
+    assert "Ready to merge" in shown and "4 output layers" in shown
+    assert f"layers 2-3 ← layers 1-2 of {llama3[2]}" in shown

@@ -31,7 +31,7 @@ from core.errors import RecipeError
 from core.io.safe_yaml import load_yaml
 from core.merge.methods import METHODS, Method
 from core.merge.params import Setting, resolve_setting
-from core.merge.slice_spec import OutputSlice, parameter_mapping as _mapping, parse_slices, slice_models, slices_data
+from core.merge.slice_spec import OutputSlice, parameter_mapping, parse_slices, slice_models, slices_data
 from core.units import DTYPES
 
 KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source")
@@ -125,7 +125,7 @@ def recipe_from_dict(data: object) -> MergeRecipe:
         merge_method=method_name,
         models=[ModelEntry(m) for m in slice_models(slices)] if slices else _model_entries(data.get("models")),
         base_model=_optional_text(data, "base_model"),
-        parameters=_mapping(data.get("parameters"), "parameters"),
+        parameters=parameter_mapping(data.get("parameters"), "parameters"),
         dtype=_dtype_name(data, "dtype"),
         out_dtype=_dtype_name(data, "out_dtype"),
         tokenizer_source=_optional_text(data, "tokenizer_source"),
@@ -270,7 +270,7 @@ def _model_entries(value: object) -> list[ModelEntry]:
         unknown = set(item) - {"model", "parameters"}
         if unknown:
             raise RecipeError(f"unknown key(s) {sorted(unknown, key=str)} in models[{index}]: valid are model, parameters")
-        entries.append(ModelEntry(item["model"].strip(), _mapping(item.get("parameters"), f"models[{index}].parameters")))
+        entries.append(ModelEntry(item["model"].strip(), parameter_mapping(item.get("parameters"), f"models[{index}].parameters")))
     return entries
 
 

@@ -14,7 +14,7 @@ This module only parses and writes that data back; what it means for tensors is 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core.errors import RecipeError
 
@@ -66,6 +66,14 @@ def slices_data(slices: tuple[OutputSlice, ...]) -> list[dict]:
 def slice_models(slices: tuple[OutputSlice, ...]) -> list[str]:
     """Every model a slice reads, in first-use order, each once."""
     return list(dict.fromkeys(s.model for out in slices for s in out.sources))
+
+
+def renamed_models(slices: tuple[OutputSlice, ...] | None, rename) -> tuple[OutputSlice, ...] | None:
+    """The slices with every model reference (and slice base) passed through `rename` (the app's path checks)."""
+    if slices is None:
+        return None
+    return tuple(replace(out, base_model=rename(out.base_model) if out.base_model else None,
+                         sources=tuple(replace(s, model=rename(s.model)) for s in out.sources)) for out in slices)
 
 
 def _output_slice(item: object, where: str) -> OutputSlice:
