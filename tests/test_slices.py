@@ -165,3 +165,12 @@ def test_the_app_keeps_slices_through_the_form_and_check_shows_them(llama3, tmp_
     shown = plan(form_to_yaml(form), "franken", "cpu", Workspace(tmp_path, tmp_path / "models", tmp_path / "outputs"))
     assert "Ready to merge" in shown and "4 output layers" in shown
     assert f"layers 2-3 ← layers 1-2 of {llama3[2]}" in shown
+
+
+def test_a_slice_whose_weights_are_all_zero_is_warned_about(llama3):
+    from core.merge.warnings import recipe_warnings
+    spec = {"merge_method": "linear", "parameters": {"normalize": False},
+            "slices": [{"sources": [{"model": str(m), "layer_range": [0, 3], "parameters": {"weight": 0.0}}
+                                    for m in llama3[1:]]}]}
+    assert recipe_warnings(recipe_from_dict(spec)) == [
+        "every weight is 0 and normalize is off: the merged model will be all zeros; give a model a weight"]
