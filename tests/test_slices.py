@@ -174,3 +174,10 @@ def test_a_slice_whose_weights_are_all_zero_is_warned_about(llama3):
                                     for m in llama3[1:]]}]}
     assert recipe_warnings(recipe_from_dict(spec)) == [
         "every weight is 0 and normalize is off: the merged model will be all zeros; give a model a weight"]
+
+
+def test_a_last_slice_model_without_the_first_ones_lm_head_is_refused_in_one_line(llama3, qwen2_family):
+    spec = frankenmerge(llama3[1], qwen2_family[1])  # Qwen2 ties lm_head to its embeddings: no lm_head tensor
+    spec["slices"][1]["sources"][0]["layer_range"] = [0, 2]  # its 2 layers
+    with pytest.raises(CheckpointError, match=r"slice source .* cannot give 'lm_head.weight' for lm_head.weight: it lacks it"):
+        plan_inputs(recipe_from_dict(spec))

@@ -102,13 +102,14 @@ def _job(part: tuple[OutputSlice, MergeRecipe], out_name: str, names: dict[str, 
          listings: dict[str, dict[str, TensorInfo]]) -> TensorJob:
     """One output tensor of a slice: read from names[model] of each source (checked to exist alike)."""
     out, recipe = part
-    first = listings[out.sources[0].model][names[out.sources[0].model]]
-    for source in out.sources[1:]:
+    first = None
+    for source in out.sources:
         info = listings[source.model].get(names[source.model])
-        if info is None or info.shape != first.shape:
+        if info is None or (first is not None and info.shape != first.shape):
             found = "lacks it" if info is None else f"has {list(info.shape)}, {out.sources[0].model} {list(first.shape)}"
             raise CheckpointError(f"slice source {source.model!r} cannot give {names[source.model]!r} for {out_name}: "
                                   f"it {found}")
+        first = first or info
     if not first.dtype.is_floating_point:
         return TensorJob(out_name, first.shape, first.dtype, False, 0.0, {}, None,
                          rows_from=((out.sources[0].model, first.name),))
