@@ -181,3 +181,14 @@ def test_a_last_slice_model_without_the_first_ones_lm_head_is_refused_in_one_lin
     spec["slices"][1]["sources"][0]["layer_range"] = [0, 2]  # its 2 layers
     with pytest.raises(CheckpointError, match=r"slice source .* cannot give 'lm_head.weight' for lm_head.weight: it lacks it"):
         plan_inputs(recipe_from_dict(spec))
+
+
+def test_per_layer_config_lists_follow_their_layers(llama3, tmp_path):
+    a, b = (shutil.copytree(folder, tmp_path / name) for folder, name in ((llama3[1], "a"), (llama3[2], "b")))
+    for folder, tag in ((a, "a"), (b, "b")):
+        config = json.loads((folder / "config.json").read_text())
+        config["layer_types"] = [f"{tag}{i}" for i in range(3)]
+        (folder / "config.json").write_text(json.dumps(config))
+    out = merge(recipe_from_dict(frankenmerge(a, b)), tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 4 and config["layer_types"] == ["a0", "a1", "b1", "b2"]
