@@ -168,9 +168,9 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
                   findings: NonFinite) -> Iterator[torch.Tensor]:
     """The output tensor of one job, as one tensor or as consecutive blocks of rows; NaN/Inf in the inputs
     go to `findings`."""
-    rows, base = job_inputs(recipe, job, checkpoints)
+    rows, names, base, base_name = job_inputs(recipe, job, checkpoints)
     if not job.merged:
-        yield rows[0].read(job.name)
+        yield rows[0].read(names[0])
         return
     working = DTYPES.get(recipe.dtype or "")
     generator = None
@@ -180,7 +180,7 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
 
     if recipe.method.coefficients is not None:
         models, base_coefficient = recipe.method.coefficients(job.params)
-        inputs = rows + ([base] if base is not None else [])
+        inputs = list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])
         coefficients = models + ([base_coefficient] if base is not None else [])
         if _sum_is_precise_enough(coefficients, job.out_dtype):
             yield from _weighted_sum(job, inputs, coefficients, working, device, cancel, findings)
@@ -196,16 +196,16 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
         passes += 1
         for piece in job.row_slices():
             MergeCancelled.check(cancel, STOPPED)
-            first = rows[0].read(job.name, device=device, dtype=working, rows=piece)
+            first = rows[0].read(names[0], device=device, dtype=working, rows=piece)
             stack = torch.empty((len(rows), *first.shape), dtype=torch.float32, device=device)  # (n, *block)
             stack[0].copy_(first)
-            for i, checkpoint in enumerate(rows[1:], 1):
-                stack[i].copy_(checkpoint.read(job.name, device=device, dtype=working, rows=piece))
+            for i, (checkpoint, name) in enumerate(zip(rows[1:], names[1:]), 1):
+                stack[i].copy_(checkpoint.read(name, device=device, dtype=working, rows=piece))
             if passes == 1:
                 findings.check(job.name, stack, rows)
             base_block = None
             if base is not None:
-                base_block = base.read(job.name, device=device, dtype=working, rows=piece).to(torch.float32)
+                base_block = base.read(base_name, device=device, dtype=working, rows=piece).to(torch.float32)
                 if passes == 1:
                     findings.check(job.name, base_block.unsqueeze(0), [base])
             yield stack, base_block
@@ -224,9 +224,10 @@ def _sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) ->
     return out_dtype.itemsize < 4 or sum(abs(c) for c in coefficients) <= 2
 
 
-def _weighted_sum(job: TensorJob, inputs: list[Checkpoint], coefficients: list[float], working: torch.dtype | None,
+def _weighted_sum(job: TensorJob, inputs: list[tuple[Checkpoint, str]], coefficients: list[float], working: torch.dtype | None,
                   device: torch.device, cancel: threading.Event | None, findings: NonFinite) -> Iterator[torch.Tensor]:
-    """Σ c_i·x_i block by block, each input added in its stored dtype into one float32 sum.
+    """Σ c_i·x_i block by block, each input (a checkpoint and the tensor read there) added in its stored dtype
+    into one float32 sum.
 
     Why: it makes one pass per input where the general path copies every input into a
     float32 stack first; at 3 × 1.5 GB that halves the merge's compute. NaN/Inf in any input
@@ -236,8 +237,8 @@ def _weighted_sum(job: TensorJob, inputs: list[Checkpoint], coefficients: list[f
     for piece in job.row_slices():
         MergeCancelled.check(cancel, STOPPED)
         merged = None
-        for checkpoint, coefficient in zip(inputs, coefficients):
-            block = _read_summable(checkpoint, job.name, device, working, piece)
+        for (checkpoint, name), coefficient in zip(inputs, coefficients):
+            block = _read_summable(checkpoint, name, device, working, piece)
             if merged is None:
                 merged = torch.empty(block.shape, dtype=torch.float32, device=device).copy_(block)
                 if coefficient != 1:
@@ -245,8 +246,8 @@ def _weighted_sum(job: TensorJob, inputs: list[Checkpoint], coefficients: list[f
             else:
                 merged.add_(block, alpha=coefficient)
         if not torch.isfinite(merged.sum()):
-            for checkpoint in inputs:
-                block = _read_summable(checkpoint, job.name, device, working, piece)
+            for checkpoint, name in inputs:
+                block = _read_summable(checkpoint, name, device, working, piece)
                 findings.check(job.name, block.unsqueeze(0), [checkpoint])
         yield merged.to(job.out_dtype)
 

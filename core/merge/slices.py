@@ -11,7 +11,7 @@ mergekit 0.1.5's semantics (plan.py), which ported recipes rely on:
   (such as layer_types) follow their layers.
 
 The plan is a MergePlan like any other; each job says which tensor of which input it reads
-(TensorJob.rows_from / base_from), and the engine reads them through `job_inputs`.
+(TensorJob.rows_from / base_from), which the engine reads through `job_inputs`.
 """
 from __future__ import annotations
 
@@ -77,25 +77,20 @@ def write_layer_count(config_path: Path, recipe: MergeRecipe, inputs: dict[str, 
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-class SourceTensor:
-    """An input checkpoint read under the tensor name a sliced job gives it (its layer, not the output's)."""
+def job_inputs(recipe: MergeRecipe, job: TensorJob,
+               checkpoints: dict[str, Checkpoint]) -> tuple[list[Checkpoint], list[str], Checkpoint | None, str]:
+    """What the engine reads for one job: (model rows, the tensor read from each, base or None, the base's tensor).
 
-    def __init__(self, checkpoint: Checkpoint, name: str):
-        self.checkpoint, self.name, self.ref = checkpoint, name, checkpoint.ref
-
-    def read(self, _output_name: str, **options):
-        return self.checkpoint.read(self.name, **options)
-
-
-def job_inputs(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint]) -> tuple[list, object]:
-    """What the engine reads for one job: (model rows, base or None), each with a `read(name, ...)`."""
-    if not job.rows_from:
-        base = checkpoints[recipe.base_model] if recipe.uses_base else None
-        rows = [checkpoints[e.model] for e in recipe.rows()] if job.merged else [checkpoints[recipe.inputs()[0]]]
-        return rows, base
-    rows = [SourceTensor(checkpoints[ref], name) for ref, name in job.rows_from]
-    base = SourceTensor(checkpoints[job.base_from[0]], job.base_from[1]) if job.base_from else None
-    return rows, base
+    A plain job reads its own name from the recipe's rows() and base (a job left unmerged: from the first
+    input); a sliced one the (model, tensor) pairs its plan gives (its layer, not the output's).
+    """
+    if job.rows_from:
+        rows = [checkpoints[ref] for ref, _ in job.rows_from]
+        base_ref, base_name = job.base_from or (None, job.name)
+        return rows, [name for _, name in job.rows_from], checkpoints[base_ref] if base_ref else None, base_name
+    refs = [e.model for e in recipe.rows()] if job.merged else recipe.inputs()[:1]
+    base = checkpoints[recipe.base_model] if recipe.uses_base else None
+    return [checkpoints[ref] for ref in refs], [job.name] * len(refs), base, job.name
 
 
 def _job(part: tuple[OutputSlice, MergeRecipe], out_name: str, names: dict[str, str], t: float,
