@@ -181,15 +181,14 @@ def test_every_method_streams_the_same_tensors_as_a_whole_model_merge(method, ll
         spec["models"] = [{"model": str(a), "parameters": {"weight": 0.6}}, {"model": str(b), "parameters": {"weight": 0.4}}]
     if m.param("density"):
         spec["parameters"]["density"] = 1.0 if m.random else 0.6
-    if m.max_inputs == 1:  # nearswap, arcee_fusion: the base and one other
-        spec["models"] = spec["models"][:1]
-    if method == "nearswap":
-        spec["parameters"]["t"] = 0.01  # the fixture's changes are ~0.02: some swapped, some stepped
+    spec["models"] = spec["models"][:m.max_inputs]  # passthrough, arcee_fusion: one model (besides the base)
     if method == "slerp":
         spec["models"] = [{"model": str(base)}, {"model": str(a)}]
         spec["parameters"]["t"] = [0.2, 0.8]
     if method == "model_stock":
         spec["models"].append({"model": str(base)})
+    if method == "nearswap":
+        spec["parameters"]["t"] = 0.01  # the fine-tunes' noise: some values swapped, some stepped
     recipe = recipe_from_dict(spec)
     out = merge(recipe, tmp_path / method, seed=5)
     got, inputs = weights(out), {str(p): weights(p) for p in llama_family}

@@ -258,7 +258,7 @@ def test_model_stock(filter_wise):
 
 
 def test_every_method_declares_what_the_ui_needs():
-    assert len(METHODS) == 19
+    assert len(METHODS) == 20
     for method in METHODS.values():
         assert method.label and method.paper.startswith("http")
         for param in method.params:

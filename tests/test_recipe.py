@@ -51,7 +51,7 @@ def test_settings_follow_mergekit_rules(setting, t, expected):
 
 BAD = [
     ("[1, 2]", "a recipe must be a mapping"),
-    ("merge_method: ties\nmodels: [a]\nslices: []", "recipe key 'slices' is not supported yet"),
+    ("merge_method: ties\nmodels: [a]\nmodules: {}", "recipe key 'modules' is not supported yet"),
     ("merge_method: ties\nmodels: [a]\nbase: x", "unknown recipe key 'base'"),
     ("merge_method: soup\nmodels: [a]", "unknown merge_method 'soup': choose one of linear"),
     ("merge_method: ties\nmodels: [{model: a, parameters: {weight: 1}}]", "ties needs a base_model"),

@@ -12,7 +12,7 @@ from core.merge.params import Param
 ALPHA = Param(name="alpha", kind=float, default=0.5, per_model=False, help="a", low=0, high=1)
 ORDER = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
          "della_linear", "sce", "ram", "ramplus_tl", "slerp", "nuslerp", "multislerp", "karcher", "model_stock",
-         "nearswap", "arcee_fusion"]
+         "nearswap", "arcee_fusion", "passthrough"]
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def test_the_package_registers_every_method_in_the_order_the_ui_lists():
     assert list(METHODS) == ORDER
     assert [family.__name__.rsplit(".", 1)[1] for family in FAMILIES] == ["linear", "task_arithmetic", "sce", "ram",
                                                                            "spherical", "sphere_means", "model_stock",
-                                                                           "selective"]
+                                                                           "selective", "passthrough"]
 
 
 def test_a_plain_function_cannot_be_declared_with_a_parameter_it_does_not_take(scratch_registry):

@@ -18,6 +18,7 @@ from core.errors import CheckpointError
 from core.io.checkpoint import HUB_ID, lies_within
 from core.io.lora import split_reference
 from core.merge.recipe import MergeRecipe
+from core.merge.slice_spec import renamed_models
 
 
 def check_model_ref(text: str, ws: Workspace) -> str:
@@ -83,7 +84,8 @@ def check_recipe_refs(recipe: MergeRecipe, ws: Workspace) -> MergeRecipe:
     tokenizer = recipe.tokenizer_source
     return replace(recipe, base_model=check(recipe.base_model),
                    tokenizer_source=tokenizer if tokenizer in (None, "base") else check(tokenizer),
-                   models=[replace(entry, model=check(entry.model)) for entry in recipe.models])
+                   models=[replace(entry, model=check(entry.model)) for entry in recipe.models],
+                   slices=renamed_models(recipe.slices, check))
 
 
 def _readable_dirs(ws: Workspace) -> list[Path]:

@@ -132,6 +132,7 @@ def _plan(args) -> None:
     from core.devices import devices_for
     from core.merge.preview import preview
     from core.merge.recipe import load_recipe
+    from core.merge.slices import output_layers, slice_lines
 
     devices = devices_for(args.device)
     stages = _stages(args, Path(args.out).resolve())
@@ -160,6 +161,9 @@ def _print_plan(recipe, found, devices) -> None:
     _warn_left_out(plan)
     print(f"method      {recipe.merge_method} ({recipe.method.label})")
     print(f"models      {len(recipe.inputs())}: " + ", ".join(recipe.inputs()))
+    if recipe.slices:
+        print(f"slices      {len(recipe.slices)}, {output_layers(recipe)} output layers")
+        print("".join(f"              {line}\n" for line in slice_lines(recipe)), end="")
     print(f"tensors     {len(plan.jobs)} ({sum(j.merged for j in plan.jobs)} merged)")
     print(f"read        {human(plan.bytes_read)}")
     print(f"write       {human(plan.bytes_written)} in {len(plan.shards)} shard(s)")

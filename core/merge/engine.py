@@ -41,6 +41,7 @@ from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
 from core.merge.recipe import DTYPES, MergeRecipe
 from core.merge.sinks import ShardSink, WeightsSink
 from core.merge.warnings import copy_differs
+from core.merge.slices import job_inputs
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
                 findings.check_output(job.name, chunk)
             sink.write(job.name, chunk)
         done += job.nbytes
-        notes = () if job.merged else copy_differs(job.name, [inputs[ref] for ref in recipe.inputs()])
+        # a sliced job's copied tensor is one source layer's, renamed: nothing to compare it with under its name
+        notes = () if job.merged or job.rows_from else copy_differs(job.name, [inputs[ref] for ref in recipe.inputs()])
         yield Progress(step, len(plan.jobs), job.name, done, plan.bytes_written,
                        time.perf_counter() - started, str(target), findings.messages(), notes)
     MergeCancelled.check(cancel, STOPPED)
@@ -170,14 +172,11 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
                   findings: NonFinite) -> Iterator[torch.Tensor]:
     """The output tensor of one job, as one tensor or as consecutive blocks of rows; NaN/Inf in the inputs
     go to `findings`."""
-    refs = recipe.inputs()
+    rows, names, base, base_name = job_inputs(recipe, job, checkpoints)
     if not job.merged:
-        yield checkpoints[refs[0]].read(job.source(refs[0]))
+        yield rows[0].read(names[0])
         return
     working = DTYPES.get(recipe.dtype or "")
-    rows = [checkpoints[e.model] for e in recipe.rows()]
-    names = [job.source(e.model) for e in recipe.rows()]  # the tensor read from each (a tied model: its embedding)
-    base = checkpoints[recipe.base_model] if recipe.uses_base else None
     generator = None
     if recipe.method.random:
         generator = torch.Generator(device=device)
@@ -185,7 +184,7 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
 
     if recipe.method.coefficients is not None:
         models, base_coefficient = recipe.method.coefficients(job.params)
-        inputs = list(zip(rows, names)) + ([(base, job.source(recipe.base_model))] if base is not None else [])
+        inputs = list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])
         coefficients = models + ([base_coefficient] if base is not None else [])
         if _sum_is_precise_enough(coefficients, job.out_dtype):
             yield from _weighted_sum(job, inputs, coefficients, working, device, cancel, findings)
@@ -212,7 +211,7 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
                 findings.check(job.name, stack, rows)
             base_block = None
             if base is not None:
-                base_block = base.read(job.source(recipe.base_model), device=device, dtype=working, rows=piece,
+                base_block = base.read(base_name, device=device, dtype=working, rows=piece,
                                        out=buffers.take(base, piece)).to(torch.float32, copy=True)
                 if passes == 1:
                     findings.check(job.name, base_block.unsqueeze(0), [base])
@@ -234,7 +233,8 @@ def _sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) ->
 
 def _weighted_sum(job: TensorJob, inputs: list[tuple[Checkpoint, str]], coefficients: list[float], working: torch.dtype | None,
                   device: torch.device, cancel: threading.Event | None, findings: NonFinite) -> Iterator[torch.Tensor]:
-    """Σ c_i·x_i block by block, each input added in its stored dtype into one float32 sum.
+    """Σ c_i·x_i block by block, each input (a checkpoint and the tensor read there) added in its stored dtype
+    into one float32 sum.
 
     Why: it makes one pass per input where the general path copies every input into a
     float32 stack first; at 3 × 1.5 GB that halves the merge's compute. NaN/Inf in any input

@@ -5,7 +5,8 @@ with which parameters, and what it will cost — before a byte is read or writte
 safetensors headers) and returns a MergePlan; tests feed it plain TensorInfo values. All
 checks that depend on tensor names (same tensor set and shapes across inputs, every
 parameter resolvable for every tensor, method rules such as weights summing to zero) run
-here, so a merge that starts will not fail on bad input halfway.
+here, so a merge that starts will not fail on bad input halfway. A recipe with `slices:` is
+planned by core.merge.slices.plan_slices on the same jobs and estimates (core.merge.preview picks).
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ class TensorJob:
     def source(self, ref: str) -> str:
         """The tensor read from input `ref` for this job (a tied model's embedding stands in for its lm_head)."""
         return dict(self.sources).get(ref, self.name)
+    # sliced recipes (core.merge.slices): (model reference, its tensor name) per model row, and the base's;
+    # empty: the recipe's rows() and base, read under the job's own name
+    rows_from: tuple[tuple[str, str], ...] = ()
+    base_from: tuple[str, str] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -82,6 +87,8 @@ def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], 
     first model) and decides tensor order and the dtype written when the recipe sets none.
     `num_layers` (the config's count) places gradients; see _stack_depths for a deeper stack.
     """
+    if recipe.slices:
+        raise ValueError("a sliced recipe is planned by core.merge.slices.plan_slices")
     refs = recipe.inputs()
     first = listings[refs[0]]
     sources, left_out = common_tensors(refs, listings)
@@ -100,7 +107,7 @@ def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], 
         inputs=len(refs),
         bytes_read=sum(listings[r][job.source(r)].nbytes for job in jobs for r in refs if job.merged or r == refs[0]),
         bytes_written=sum(job.nbytes for job in jobs),
-        peak_bytes=max((_working_bytes(job, inputs_per_job) for job in jobs), default=0),
+        peak_bytes=max((working_bytes(job, inputs_per_job) for job in jobs), default=0),
         left_out=tuple(left_out),
     )
 
@@ -139,14 +146,23 @@ def _job(recipe: MergeRecipe, info: TensorInfo, layers: dict[str, int], row_info
     merged = info.dtype.is_floating_point and bool(row_infos)
     if not merged:
         return TensorJob(info.name, info.shape, info.dtype, False, 0.0, {}, None, renamed)
-    out_dtype = DTYPES[recipe.out_dtype or recipe.dtype] if (recipe.out_dtype or recipe.dtype) else info.dtype
     match = LAYER.search(info.name)
     t = layer_position(info.name, layers[info.name[:match.start()]]) if match else 0.0
     params = resolve_params(recipe, info.name, t)
-    chunk = None
+    return TensorJob(info.name, info.shape, output_dtype(recipe, info), True, t, params,
+                     rows_per_chunk(recipe, params, info), renamed)
+
+
+def output_dtype(recipe: MergeRecipe, info: TensorInfo) -> torch.dtype:
+    """The dtype a merged tensor is written in: the recipe's out_dtype, else its dtype, else the input's."""
+    return DTYPES[recipe.out_dtype or recipe.dtype] if (recipe.out_dtype or recipe.dtype) else info.dtype
+
+
+def rows_per_chunk(recipe: MergeRecipe, params: dict, info: TensorInfo) -> int | None:
+    """Rows merged at a time for a method that may split this tensor; None: the whole tensor at once."""
     if recipe.method.in_blocks(params) and len(info.shape) >= 1 and info.numel > CHUNK_ELEMENTS:
-        chunk = max(1, CHUNK_ELEMENTS // max(1, info.numel // info.shape[0]))
-    return TensorJob(info.name, info.shape, out_dtype, True, t, params, chunk, renamed)
+        return max(1, CHUNK_ELEMENTS // max(1, info.numel // info.shape[0]))
+    return None
 
 
 def common_tensors(refs: list[str], listings: dict[str, dict[str, TensorInfo]]
@@ -252,7 +268,7 @@ def _stack_depths(listing: dict[str, TensorInfo], num_layers: int | None) -> dic
     return {stack: depth if count <= depth else count for stack, count in counted.items()}
 
 
-def _working_bytes(job: TensorJob, inputs: int) -> int:
+def working_bytes(job: TensorJob, inputs: int) -> int:
     """Float32 working set of one job: the input stack, the base, the result and ~2 temporaries."""
     if not job.merged:
         return job.nbytes

@@ -23,6 +23,7 @@ from core.io.lora import AdaptedCheckpoint, open_adapted, split_reference
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, plan_merge
 from core.merge.preflight import Resources, measure_resources, shortage
 from core.merge.recipe import MergeRecipe
+from core.merge.slices import plan_slices
 
 
 @dataclass(frozen=True)
@@ -117,9 +118,13 @@ def open_checkpoint(ref: str, *, token: str | bool | None = None) -> Checkpoint:
 
 def plan_for(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
              shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergePlan:
-    """The MergePlan for opened inputs (layer count from the base's config when it has one)."""
+    """The MergePlan for opened inputs (layer count from the base's config when it has one; sliced recipes:
+    core.merge.slices)."""
     first = checkpoints[recipe.inputs()[0]]
     listings = {ref: ckpt.tensors for ref, ckpt in checkpoints.items()}
-    plan = plan_merge(recipe, listings, num_layers=first.num_layers(), shard_bytes=shard_bytes)
+    if recipe.slices:
+        plan = plan_slices(recipe, listings, shard_bytes=shard_bytes)
+    else:
+        plan = plan_merge(recipe, listings, num_layers=first.num_layers(), shard_bytes=shard_bytes)
     adapters = sum(c.adapter_bytes for c in checkpoints.values() if isinstance(c, AdaptedCheckpoint))
     return replace(plan, bytes_read=plan.bytes_read + adapters)

@@ -17,7 +17,8 @@ A recipe says which models to merge, how, and with which parameters:
 `load_recipe` / `parse_recipe` check everything that can be checked without reading a tensor
 and raise RecipeError with one line naming the problem; `to_yaml` writes the recipe back so
 the UI form and the YAML editor can round-trip. `resolve_params` gives a method the values
-for one tensor. mergekit's `slices` and `modules` are not supported yet and are refused.
+for one tensor. mergekit's `slices` (frankenmerges, core.merge.slice_spec / core.merge.slices) are
+read; its `modules` are not supported yet and are refused.
 """
 from __future__ import annotations
 
@@ -30,11 +31,11 @@ from core.errors import RecipeError
 from core.io.safe_yaml import load_yaml
 from core.merge.methods import METHODS, Method
 from core.merge.params import Setting, resolve_setting
+from core.merge.slice_spec import OutputSlice, parameter_mapping, parse_slices, slice_models, slices_data
 from core.units import DTYPES
 
-KEYS = ("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source")
-NOT_YET = {"slices": "list the models under 'models:' instead",
-           "modules": "list the models under 'models:' instead",
+KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source")
+NOT_YET = {"modules": "list the models under 'models:' instead",
            "tokenizer": "use tokenizer_source: base or a model reference"}
 
 
@@ -57,6 +58,7 @@ class MergeRecipe:
     dtype: str | None = None  # working dtype, one of DTYPES; None: each tensor's own
     out_dtype: str | None = None  # output dtype; None: dtype, else the base's
     tokenizer_source: str | None = None  # None / "base": the base (or first) model; else a reference
+    slices: tuple[OutputSlice, ...] | None = None  # given instead of models (which then lists their models)
 
     @property
     def method(self) -> Method:
@@ -90,6 +92,10 @@ class MergeRecipe:
         unlisted = self.base_model and self.base_model not in [e.model for e in self.models]
         return self.models + ([ModelEntry(self.base_model)] if unlisted else [])
 
+    def slice_recipes(self) -> list[MergeRecipe]:
+        """One plain recipe per output slice: its sources as the models, its base and parameters over the recipe's."""
+        return [recipe_from_dict(_slice_data(self, out)) for out in self.slices or ()]
+
 
 def load_recipe(path: str | Path) -> MergeRecipe:
     """Read and validate a recipe file."""
@@ -117,16 +123,27 @@ def recipe_from_dict(data: object) -> MergeRecipe:
     method_name = data.get("merge_method")
     if not isinstance(method_name, str) or method_name not in METHODS:
         raise RecipeError(f"unknown merge_method {method_name!r}: choose one of {', '.join(METHODS)}")
+    slices = parse_slices(data["slices"]) if "slices" in data else None
+    if slices and "models" in data:
+        raise RecipeError("a recipe gives either 'models' or 'slices', not both")
     recipe = MergeRecipe(
         merge_method=method_name,
-        models=_model_entries(data.get("models")),
+        models=[ModelEntry(m) for m in slice_models(slices)] if slices else _model_entries(data.get("models")),
         base_model=_optional_text(data, "base_model"),
-        parameters=_mapping(data.get("parameters"), "parameters"),
+        parameters=parameter_mapping(data.get("parameters"), "parameters"),
         dtype=_dtype_name(data, "dtype"),
         out_dtype=_dtype_name(data, "out_dtype"),
         tokenizer_source=_tokenizer_source(data),
+        slices=slices,
     )
-    _check_against_method(recipe)
+    if slices:
+        for index, part in enumerate(slices):
+            try:
+                recipe_from_dict(_slice_data(recipe, part))
+            except RecipeError as error:
+                raise RecipeError(f"slices[{index}]: {error}") from None
+    else:
+        _check_against_method(recipe)
     return recipe
 
 
@@ -135,8 +152,11 @@ def to_yaml(recipe: MergeRecipe) -> str:
     data: dict = {"merge_method": recipe.merge_method}
     if recipe.base_model:
         data["base_model"] = recipe.base_model
-    data["models"] = [{"model": e.model, **({"parameters": e.parameters} if e.parameters else {})}
-                      for e in recipe.models]
+    if recipe.slices:
+        data["slices"] = slices_data(recipe.slices)
+    else:
+        data["models"] = [{"model": e.model, **({"parameters": e.parameters} if e.parameters else {})}
+                          for e in recipe.models]
     for key in ("parameters", "dtype", "out_dtype", "tokenizer_source"):
         if getattr(recipe, key):
             data[key] = getattr(recipe, key)
@@ -172,6 +192,21 @@ def resolve_params(recipe: MergeRecipe, tensor_name: str, t: float) -> dict:
     if problem:
         raise RecipeError(f"{recipe.merge_method} at tensor {tensor_name}: {problem}")
     return values
+
+
+def _slice_data(recipe: MergeRecipe, out: OutputSlice) -> dict:
+    """A slice as a plain recipe: a base the method uses must be one of its sources (mergekit reads no other)."""
+    base = out.base_model or recipe.base_model
+    models = [s.model for s in out.sources]
+    if base not in models:
+        if base is not None and METHODS[recipe.merge_method].base == "required":
+            raise RecipeError(f"base_model {base!r} is not among this slice's sources: list it there with the "
+                              "same layer_range")
+        base = None
+    return {"merge_method": recipe.merge_method, **({"base_model": base} if base else {}),
+            "models": [{"model": s.model, "parameters": s.parameters} for s in out.sources],
+            "parameters": {**recipe.parameters, **out.parameters},
+            **{key: getattr(recipe, key) for key in ("dtype", "out_dtype") if getattr(recipe, key)}}
 
 
 def _check_against_method(recipe: MergeRecipe) -> None:
@@ -242,16 +277,8 @@ def _model_entries(value: object) -> list[ModelEntry]:
         unknown = set(item) - {"model", "parameters"}
         if unknown:
             raise RecipeError(f"unknown key(s) {sorted(unknown, key=str)} in models[{index}]: valid are model, parameters")
-        entries.append(ModelEntry(item["model"].strip(), _mapping(item.get("parameters"), f"models[{index}].parameters")))
+        entries.append(ModelEntry(item["model"].strip(), parameter_mapping(item.get("parameters"), f"models[{index}].parameters")))
     return entries
-
-
-def _mapping(value: object, where: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise RecipeError(f"'{where}' must be a mapping of parameter names to values")
-    return dict(value)
 
 
 def _tokenizer_source(data: dict) -> str | None:

@@ -25,6 +25,7 @@ from core.io.staging import staged_output
 from core.io.writer import ShardWriter, copy_side_files
 from core.merge.plan import TIED, MergePlan
 from core.merge.recipe import MergeRecipe, to_yaml
+from core.merge.slices import write_layer_count
 
 
 class ShardSink:
@@ -64,6 +65,8 @@ class ShardSink:
         untie = any(job.sources for job in self.plan.jobs if job.name in TIED)  # tied and untied inputs mixed
         copy_side_files(self.first.folder, self.staging, tokenizer_source=self.tokenizer_from,
                         dtype=_main_dtype(self.plan), untie=untie)
+        if self.recipe.slices and (self.staging / "config.json").exists():
+            write_layer_count(self.staging / "config.json", self.recipe, self.inputs)
         (self.staging / "mergekit_config.yml").write_text(to_yaml(self.recipe), encoding="utf-8")
         is_st = (self.first.folder / "modules.json").exists()
         card = model_card(self.recipe, name=self.out_dir.name, sentence_transformers=is_st, inputs=self.inputs)

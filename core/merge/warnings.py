@@ -26,6 +26,8 @@ def recipe_warnings(recipe: MergeRecipe) -> list[str]:
     Example (linear, both weights 0, normalize: false):
         ['every weight is 0 and normalize is off: the merged model will be all zeros; give a model a weight']
     """
+    if recipe.slices:  # each slice is a recipe of its own
+        return list(dict.fromkeys(line for part in recipe.slice_recipes() for line in recipe_warnings(part)))
     method = recipe.method
     if method.param("weight") is None or method.param("normalize") is None or not _all_zero(recipe):
         return []

@@ -83,7 +83,8 @@ def held_lane(tmp_path, bert_cls_family, monkeypatch):
 def _burst(blocks, sessions: list[str], address: str) -> list[int]:
     """/queue/join for rerank_compare from every session at the same instant (a barrier); the status codes."""
     index = fn_index(blocks, "rerank_compare")
-    data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False, None]
+    data = ["models/ce", "models/ce", "the model", DOCS, None, "cpu", False]
+    data += [None] * (len(blocks.fns[index].inputs) - len(data))  # the states (workspace, kept result): server-side
     barrier, codes = threading.Barrier(len(sessions)), [None] * len(sessions)
 
     def join(n: int) -> None:
@@ -167,7 +168,7 @@ def test_one_job_cannot_be_as_big_as_the_visitor_likes(tmp_path, monkeypatch):
                                     "or α's, or run MergeDesk on your machine")
     alphas = ", ".join(f"{n / 20:g}" for n in range(21))
     demo = ui.sweep.panel.demo_set_names()
-    with pytest.raises(gr.Error, match=r"this sweep \(\d[\d,]* passages × 21 α's\) scores .* at most 12,000"):
+    with pytest.raises(gr.Error, match=r"this sweep \(\d[\d,]* passages × 21 merges\) scores .* at most 12,000"):
         next(run_sweep("a/b", "a/c", "linear", "cpu", demo, None, alphas, hosted, _visitor("v")))
     examples = tmp_path / "examples.jsonl"
     examples.write_text("".join(json.dumps({"input": f"q{n}", "output": "a"}) + "\n" for n in range(6001)))

@@ -236,6 +236,9 @@ def form_status(form: FormState) -> str:
         check_form(form)
     except RecipeError as error:
         return f"✗ {error}"
+    if form.slices:
+        return (f"✓ The recipe is complete: {len(form.slices)} slices, {sum(out.length for out in form.slices)} output "
+                "layers (slices are edited in the YAML box; the rows list their models). Check it against the models below.")
     return "✓ The recipe is complete: Check it against the models below."
 
 

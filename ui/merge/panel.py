@@ -34,6 +34,7 @@ from core.merge.engine import Progress, merge_events
 from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
 from core.merge.stages import merge_stages, preview_stages
+from core.merge.slices import output_layers, slice_lines
 from core.merge.warnings import recipe_warnings
 from core.model_cache import MODELS
 from core.monitor import MONITOR
@@ -266,7 +267,9 @@ def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[
     merged = sum(job.merged for job in merge_plan.jobs)
     memory = f"≈ {human(merge_plan.peak_bytes)} on {', '.join(devices)} · RAM {human(free['RAM'])} available"
     memory += "".join(f" · {spec} {human(free[spec])} free" for spec in devices if spec in free)
-    rows = [("Method", f"{recipe.method.label} over {recipe.counted()}"),
+    over = f"each of {len(recipe.slices)} slices" if recipe.slices else recipe.counted()
+    rows = [("Method", f"{recipe.method.label} over {over}"),
+            *([("Slices", f"{output_layers(recipe)} output layers: " + "; ".join(slice_lines(recipe)))] if recipe.slices else []),
             ("Tensors", f"{len(merge_plan.jobs)} ({merged} merged, {len(merge_plan.jobs) - merged} copied)"),
             ("Reads", human(merge_plan.bytes_read)),
             ("Writes", f"{human(merge_plan.bytes_written)} in {len(merge_plan.shards)} file(s) → `{out.name}`"),

@@ -8,7 +8,8 @@
 Which controls exist comes from the method declarations in core.merge.methods (per-model params
 on each model row, the others as global controls): nothing here is written per method.
 A setting a slider cannot show — a per-layer gradient, a filter list — is kept as it is,
-so pasting a recipe and exporting it again loses nothing.
+so pasting a recipe and exporting it again loses nothing. So is a `slices:` list (frankenmerges):
+it is edited in the YAML box, and the rows list the models its slices read.
 
 Pure functions on plain data: no gradio, no tensors. Every function returns a new FormState.
 """
@@ -25,6 +26,7 @@ from core.io.safe_yaml import load_yaml
 from core.merge.methods import METHODS, Method
 from core.merge.params import Param, Setting
 from core.merge.recipe import MergeRecipe, ModelEntry, parse_recipe, recipe_from_dict, to_yaml
+from core.merge.slice_spec import OutputSlice
 
 _keys = itertools.count(1)
 FIELDS = ("base_model", "dtype", "out_dtype", "tokenizer_source")  # text settings outside the rows
@@ -54,6 +56,7 @@ class FormState:
     dtype: str = ""  # working dtype; "" = each tensor's own
     out_dtype: str = ""  # dtype written; "" = dtype, else the base's
     tokenizer_source: str = ""  # "" / "base" = the base (or first) model; else a model reference
+    slices: tuple[OutputSlice, ...] | None = None  # a pasted `slices:` recipe's, kept as pasted (edited in YAML)
     key: int = field(default_factory=_new_key, compare=False)  # a pasted recipe is a new form
 
 
@@ -64,7 +67,7 @@ def form_to_yaml(state: FormState) -> str:
     recipe = MergeRecipe(state.method, [ModelEntry(r.model, dict(r.params)) for r in state.rows],
                          base_model=state.base_model or None, parameters=dict(state.globals),
                          dtype=state.dtype or None, out_dtype=state.out_dtype or None,
-                         tokenizer_source=state.tokenizer_source or None)
+                         tokenizer_source=state.tokenizer_source or None, slices=state.slices)
     return to_yaml(recipe)
 
 
@@ -92,7 +95,7 @@ def _from_recipe(recipe: MergeRecipe) -> FormState:
     return FormState(recipe.merge_method, recipe.base_model or "",
                      [ModelRow(e.model, copy.deepcopy(e.parameters)) for e in recipe.models],
                      copy.deepcopy(recipe.parameters), recipe.dtype or "", recipe.out_dtype or "",
-                     recipe.tokenizer_source or "")
+                     recipe.tokenizer_source or "", recipe.slices)
 
 
 # ---- edits ----------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from core.merge.methods import spherical
 from core.merge.methods import sphere_means
 from core.merge.methods import model_stock
 from core.merge.methods import selective
+from core.merge.methods import passthrough
 # isort: on
 from core.merge.methods.registry import METHODS, Method, register
 
 # the family modules, in registration order
-FAMILIES = (linear, task_arithmetic, sce, ram, spherical, sphere_means, model_stock, selective)
+FAMILIES = (linear, task_arithmetic, sce, ram, spherical, sphere_means, model_stock, selective, passthrough)
 
 __all__ = ["FAMILIES", "METHODS", "Method", "register"]

@@ -19,7 +19,7 @@ with those parameters may be split; otherwise it arrives as one block.
 policy and input count once; recipe validation, the CLI's method list and the UI form read
 `METHODS`. Registration refuses a declaration it could not honour (see `register`). The methods
 themselves live one family per file (linear, task_arithmetic, sce, ram, spherical, sphere_means,
-model_stock, selective), which core/merge/methods/__init__.py imports in the order the UI lists them.
+model_stock, selective, passthrough), which core/merge/methods/__init__.py imports in the order the UI lists them.
 
 Semantics and defaults follow mergekit 0.1.5 so ported recipes give the same tensors;
 `linear` with weights summing to 1 is LM-Cocktail's `mix_models`.
