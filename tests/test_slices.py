@@ -192,3 +192,13 @@ def test_per_layer_config_lists_follow_their_layers(llama3, tmp_path):
     out = merge(recipe_from_dict(frankenmerge(a, b)), tmp_path / "out")
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 4 and config["layer_types"] == ["a0", "a1", "b1", "b2"]
+
+
+def test_the_plan_command_lists_the_slices(llama3, tmp_path, capsys):
+    from core.__main__ import main
+
+    path = tmp_path / "franken.yml"
+    path.write_text(yaml.safe_dump(frankenmerge(llama3[1], llama3[2])))
+    assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "slices      2, 4 output layers" in out and f"layers 2-3 ← layers 1-2 of {llama3[2]}" in out

@@ -132,7 +132,6 @@ def _plan(args) -> None:
     from core.devices import devices_for
     from core.merge.preview import preview
     from core.merge.recipe import load_recipe
-    from core.merge.slices import output_layers, slice_lines
 
     devices = devices_for(args.device)
     stages = _stages(args, Path(args.out).resolve())
@@ -157,6 +156,8 @@ def _plan(args) -> None:
 
 
 def _print_plan(recipe, found, devices) -> None:
+    from core.merge.slices import output_layers, slice_lines
+
     plan, resources = found.plan, found.resources
     _warn_left_out(plan)
     print(f"method      {recipe.merge_method} ({recipe.method.label})")
