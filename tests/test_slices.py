@@ -202,3 +202,20 @@ def test_the_plan_command_lists_the_slices(llama3, tmp_path, capsys):
     assert main(["plan", str(path), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "slices      2, 4 output layers" in out and f"layers 2-3 ← layers 1-2 of {llama3[2]}" in out
+
+
+def test_a_sliced_merge_read_in_row_blocks_equals_the_whole_tensor_merge(llama3, tmp_path, monkeypatch):
+    """Output layers past a source's own count (layer 3 of a 3-layer model) are read from other layers there:
+    each block buffer follows the tensor read, not the output name."""
+    import core.merge.plan
+
+    a, b = llama3[1], llama3[2]
+    spec = {"merge_method": "linear", "dtype": "float32", "parameters": {"weight": 0.5},
+            "slices": [{"sources": [{"model": str(a), "layer_range": [0, 3]}, {"model": str(b), "layer_range": [0, 3]}]},
+                       {"sources": [{"model": str(a), "layer_range": [1, 3]}, {"model": str(b), "layer_range": [1, 3]}]}]}
+    whole = tensors(merge(recipe_from_dict(spec), tmp_path / "whole"))
+    monkeypatch.setattr(core.merge.plan, "CHUNK_ELEMENTS", 100)
+    blocks = tensors(merge(recipe_from_dict(spec), tmp_path / "blocks"))
+    assert "model.layers.4.mlp.down_proj.weight" in blocks
+    for name, tensor in whole.items():
+        torch.testing.assert_close(blocks[name], tensor, rtol=0, atol=0, msg=name)

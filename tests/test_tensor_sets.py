@@ -145,3 +145,21 @@ def test_tokenizer_source_union_is_refused_by_name_not_looked_up_as_a_folder(ext
     base, a, _ = extra_head
     with pytest.raises(RecipeError, match="tokenizer_source: union .* is not supported yet"):
         recipe_from_dict({**linear((base, 0.5), (a, 0.5)), "tokenizer_source": "union"})
+
+
+@pytest.mark.parametrize("method", ["linear", "ties"])  # the summed path and the general (stacked) path
+def test_a_tied_models_head_read_in_row_blocks_equals_the_whole_tensor_merge(mixed_tied, tmp_path, monkeypatch, method):
+    """A real model's lm_head is read in row blocks; each input's block buffer must have the dtype of the
+    tensor read there (the tied model's embedding), not look the job's own name up in that model."""
+    import core.merge.plan
+
+    base, tied, untied = mixed_tied
+    spec = linear((base, 0.5), (tied, 0.2), (untied, 0.3))
+    if method == "ties":
+        spec = {**spec, "merge_method": "ties", "base_model": str(base), "parameters": {"density": 0.5},
+                "models": [m for m in spec["models"] if m["model"] != str(base)]}
+    whole = tensors(merge(recipe_from_dict(spec), tmp_path / "whole"))
+    monkeypatch.setattr(core.merge.plan, "CHUNK_ELEMENTS", 100)  # every matrix in several row blocks
+    blocks = tensors(merge(recipe_from_dict(spec), tmp_path / "blocks"))
+    for name, tensor in whole.items():
+        torch.testing.assert_close(blocks[name], tensor, rtol=0, atol=0, msg=name)

@@ -201,18 +201,19 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
         passes += 1
         for piece in job.row_slices():
             MergeCancelled.check(cancel, STOPPED)
-            first = rows[0].read(names[0], device=device, dtype=working, rows=piece, out=buffers.take(rows[0], piece))
+            first = rows[0].read(names[0], device=device, dtype=working, rows=piece,
+                                 out=buffers.take(rows[0], piece, names[0]))
             stack = torch.empty((len(rows), *first.shape), dtype=torch.float32, device=device)  # (n, *block)
             stack[0].copy_(first)
             for i, (checkpoint, name) in enumerate(zip(rows[1:], names[1:]), 1):
                 stack[i].copy_(checkpoint.read(name, device=device, dtype=working, rows=piece,
-                                               out=buffers.take(checkpoint, piece)))
+                                               out=buffers.take(checkpoint, piece, name)))
             if passes == 1:
                 findings.check(job.name, stack, rows)
             base_block = None
             if base is not None:
                 base_block = base.read(base_name, device=device, dtype=working, rows=piece,
-                                       out=buffers.take(base, piece)).to(torch.float32, copy=True)
+                                       out=buffers.take(base, piece, base_name)).to(torch.float32, copy=True)
                 if passes == 1:
                     findings.check(job.name, base_block.unsqueeze(0), [base])
             yield stack, base_block
@@ -246,9 +247,9 @@ def _weighted_sum(job: TensorJob, inputs: list[tuple[Checkpoint, str]], coeffici
         MergeCancelled.check(cancel, STOPPED)
         merged = None
         for (checkpoint, name), coefficient in zip(inputs, coefficients):
-            block = _read_summable(checkpoint, name, device, working, piece, buffers.take(checkpoint, piece))
+            block = _read_summable(checkpoint, name, device, working, piece, buffers.take(checkpoint, piece, name))
             if merged is None:
-                merged = buffers.take(None, piece, torch.float32).copy_(block)
+                merged = buffers.take(None, piece, dtype=torch.float32).copy_(block)
                 if coefficient != 1:
                     merged.mul_(coefficient)
             else:
@@ -270,9 +271,11 @@ class BlockBuffers:
     def __init__(self, job: TensorJob, device: torch.device):
         self.job, self.device, self.held = job, device, {}
 
-    def take(self, owner: Checkpoint | None, piece: slice | None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
-        """The buffer for owner's block `piece` (owner None: the sum, in dtype, on the device); an input gets
-        None (a new tensor) for a whole tensor or off the CPU (it is read on the CPU)."""
+    def take(self, owner: Checkpoint | None, piece: slice | None, name: str | None = None,
+             dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        """The buffer for owner's block `piece` of its tensor `name` (owner None: the sum, in dtype, on the
+        device); an input gets None (a new tensor) for a whole tensor or off the CPU (it is read on the CPU).
+        `name` is what is read from owner, which is not the job's own name for a sliced layer or a tied head."""
         if piece is None:
             return None if owner is not None else torch.empty(self.job.shape, dtype=dtype, device=self.device)
         if owner is not None and self.device.type != "cpu":
@@ -280,7 +283,7 @@ class BlockBuffers:
         buffer = self.held.get(id(owner))
         if buffer is None:
             shape = (self.job.rows_per_chunk, *self.job.shape[1:])
-            dtype, device = (dtype, self.device) if owner is None else (owner.tensors[self.job.name].dtype, "cpu")
+            dtype, device = (dtype, self.device) if owner is None else (owner.tensors[name].dtype, "cpu")
             buffer = self.held[id(owner)] = torch.empty(shape, dtype=dtype, device=device)
         start, stop, _ = piece.indices(self.job.shape[0])
         return buffer[:stop - start]
