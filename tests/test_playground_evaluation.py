@@ -100,3 +100,33 @@ def test_the_threshold_box_reads_empty_as_the_default_and_refuses_words():
     for bad in ("high", "nan", "inf"):
         with pytest.raises(RerankError, match="score threshold .*write a number"):
             parse_threshold(bad)
+
+
+def test_a_hosted_evaluation_counts_the_timing_run_in_the_pairs_cap(bert_cls_family, tmp_path):
+    """7 passages × 2 models is 14 pairs, but each model's cost timing scores 7 + 1 more: 30 in all."""
+    root = (tmp_path / "site").resolve()
+    for n in (0, 1):
+        shutil.copytree(bert_cls_family[n], root / "models" / f"ce{n}")
+    args = ("models/ce0", "models/ce1", QUERY, PASSAGES, None, "cpu", False, None)
+    tight = Workspace(root, root / "models", root / "outputs", hosted=True, max_pairs=29)
+    with pytest.raises(gr.Error, match=r"this evaluation \(7 passages × 2 models, and the cost table's timing run\) "
+                                       r"scores 30 \(query, passage\) pairs"):
+        evaluate_pasted(*args, tight, gr.Request(session_hash="v"))
+    enough = Workspace(root, root / "models", root / "outputs", hosted=True, max_pairs=30)
+    assert evaluate_pasted(*args, enough, gr.Request(session_hash="v"))[-1]
+
+
+def test_a_hosted_cost_table_says_cached_only_for_the_visitors_own_models(bert_cls_family, tmp_path):
+    """Another session's loaded model must not show as "cached": that would say someone else is using it."""
+    root = (tmp_path / "site").resolve()
+    for n in (0, 1):
+        shutil.copytree(bert_cls_family[n], root / "models" / f"ce{n}")
+    ws = Workspace(root, root / "models", root / "outputs", hosted=True)
+    args = ("models/ce0", "models/ce1", QUERY, PASSAGES, None, "cpu", False, None, ws)
+    unload()
+    try:
+        assert list(evaluate_pasted(*args, gr.Request(session_hash="alice"))[5]["load s"]) != ["cached"] * 2
+        assert list(evaluate_pasted(*args, gr.Request(session_hash="alice"))[5]["load s"]) == ["cached"] * 2
+        assert "cached" not in list(evaluate_pasted(*args, gr.Request(session_hash="bob"))[5]["load s"])
+    finally:
+        unload()

@@ -88,7 +88,7 @@ def parse_threshold(text: str | float | None) -> float | None:
 def timed_load(ref: str, **options) -> tuple[object, LoadCost | None]:
     """The playground's cached model and its load time when this call loaded it (None: it was loaded before).
     Only the time: the load's memory peak is measured by `python -m core evaluate`, which loads afresh."""
-    cached = {id(model) for model in loaded_rerankers()}
+    cached = {id(model) for model in loaded_rerankers(options.get("owner"))}  # hosted: only this visitor's
     start = time.perf_counter()
     model = load_reranker(ref, **options)
     return model, None if id(model) in cached else LoadCost(time.perf_counter() - start, 0)

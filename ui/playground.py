@@ -33,6 +33,7 @@ from core.app.workspace import Workspace
 from core.errors import MergeDeskError, RerankError
 from core.monitor import MONITOR
 from core.rerank.compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
+from core.rerank.cost import TIMED_PAIRS
 from core.rerank.model import load_reranker, loaded_rerankers, unload
 from ui import evaluation_view
 from ui.common import (PRIVATE, QUEUE, cache_owner, device_choices, first_view, hub_token, job_label, refresh_pair,
@@ -176,16 +177,20 @@ def evaluate_pasted(model_a: str, model_b: str, query: str, passages: str, queri
     try:
         items = pasted_items(query, passages, queries_file, ws)
         cut = evaluation_view.parse_threshold(threshold)
-        refs = checked_refs(items, model_a, model_b, ws, "evaluation")
+        refs = checked_refs(items, model_a, model_b, ws, "evaluation", timed=True)
     except MergeDeskError as error:
         raise gr.Error(str(error), print_exception=False) from None
     return tuple(evaluation_view.evaluate_items(items, refs, device, normalize, cut, workspace, request, oauth_token))
 
 
-def checked_refs(items: list[QueryItem], model_a: str, model_b: str, ws: Workspace, job: str) -> list[str]:
-    """A and B as model references the workspace allows, once the pairs cap allows scoring `items` with both."""
+def checked_refs(items: list[QueryItem], model_a: str, model_b: str, ws: Workspace, job: str, *,
+                 timed: bool = False) -> list[str]:
+    """A and B as model references the workspace allows, once the pairs cap allows scoring `items` with both
+    (timed: and the cost table's timing run, core.rerank.cost, of up to TIMED_PAIRS + 1 more pairs per model)."""
     passages_in_all = sum(len(item.docs) for item in items)
-    check_pairs(2 * passages_in_all, ws, job=f"this {job} ({passages_in_all:,} passages × 2 models)")
+    per_model = passages_in_all + (min(passages_in_all, TIMED_PAIRS) + 1 if timed else 0)
+    check_pairs(2 * per_model, ws, job=f"this {job} ({passages_in_all:,} passages × 2 models"
+                                       + (", and the cost table's timing run)" if timed else ")"))
     return [check_model_ref(ref, ws) for ref in (model_a, model_b)]
 
 
