@@ -17,8 +17,8 @@ from core.errors import RerankError
 from core.rerank.model import Reranker
 from ui.common import request_workspace
 from ui.compare_view import CSV_NAME, TOP_K, Shown
-from ui.playground import (MAX_PASTED, MAX_PASTED_CHARS, compare_and_keep, next_page, offer_download, parse_passages,
-                           pasted_limit, previous_page, rerank_compare, show_top)
+from ui.passage_box import MAX_PASTED, MAX_PASTED_CHARS, parse_passages, pasted_limit
+from ui.playground import compare_and_keep, next_page, offer_download, previous_page, rerank_compare, show_top
 
 MANY = 1_500
 QUERY = "the model said hello"

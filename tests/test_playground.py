@@ -7,7 +7,8 @@ import pytest
 from core.app.workspace import Workspace
 from core.rerank.model import load_reranker, loaded_rerankers
 from ui.common import default_pair
-from ui.playground import parse_passages, rerank_compare, unload_all
+from ui.passage_box import parse_passages
+from ui.playground import rerank_compare, unload_all
 
 
 @pytest.fixture

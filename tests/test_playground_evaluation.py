@@ -17,7 +17,8 @@ from core.rerank.evaluation import evaluate
 from core.rerank.model import load_reranker, unload
 from tests.app_server import launched, local_workspace
 from ui.evaluation_view import parse_threshold
-from ui.playground import evaluate_pasted, parse_passages
+from ui.passage_box import parse_passages
+from ui.playground import evaluate_pasted
 
 QUERY = "the model"
 PASSAGES = "+2 the model said\nhello world\n+ time way\ngood day\n+0 her\n+3 it is a model\nno"
@@ -28,9 +29,15 @@ DOCS = ["the model said", "hello world", "time way", "good day", "her", "it is a
 def test_graded_and_plain_plus_lines_both_read():
     [item] = parse_passages(QUERY, PASSAGES)
     assert item.docs == DOCS and item.labels == GRADES
-    assert parse_passages("q", "+1 3 eggs, beaten\n+2\nplain")[0].labels == [1, 1, 0]  # "+2" alone: the text "2"
-    assert parse_passages("q", "+1 3 eggs, beaten\n+2\nplain")[0].docs == ["3 eggs, beaten", "2", "plain"]
+    [item] = parse_passages("q", "+1 3 eggs, beaten\n+ 2\nplain")  # "+ 2": a relevant passage whose text is "2"
+    assert item.docs == ["3 eggs, beaten", "2", "plain"] and item.labels == [1, 1, 0]
     assert parse_passages("q", "a\nb")[0].labels is None  # no "+": unlabelled, as before
+
+
+@pytest.mark.parametrize("line", ["+3", "+0", " +2 "])
+def test_a_grade_with_no_passage_is_refused_not_read_as_the_passage_3(line):
+    with pytest.raises(RerankError, match=rf"passage line 2 is only '\{line.strip()}': write the passage after it"):
+        parse_passages("q", f"first\n{line}\nthird")
 
 
 def expected_at(scores, labels, threshold):

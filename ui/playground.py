@@ -5,7 +5,7 @@
 Model A defaults to the base of the latest merge and model B to that merge (ui.common.default_pair,
 re-read on page load, after each merge and after the demo build), so the page answers "what did my
 merge do?" right after merging; comparing a model with itself says so. Passages are typed one per line (a
-leading "+" marks a relevant one, which turns on MRR / nDCG; "+2 " a grade 0–3, GRADE_RULE) or uploaded as
+leading "+" marks a relevant one, which turns on MRR / nDCG; "+2 " a grade 0–3: ui.passage_box) or uploaded as
 JSONL with several queries. "Significance, score shift, cost" (ui.evaluation_view) evaluates the same
 labelled input: the paired test in words, per-query wins / ties / losses, the first-stage order,
 score histograms, precision / recall at a threshold with B recalibrated, cost, and a JSON + HTML export. The scoring runs in core.rerank.model (models stay loaded between runs); this
@@ -19,7 +19,6 @@ visitor never sees or frees another's models, and Hub ids are fetched with their
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import gradio as gr
@@ -30,7 +29,7 @@ from core.app.models import same_model
 from core.app.paths import check_model_ref
 from core.app.quota import check_pairs
 from core.app.workspace import Workspace
-from core.errors import MergeDeskError, RerankError
+from core.errors import MergeDeskError
 from core.monitor import MONITOR
 from core.rerank.compare import Comparison, QueryItem, compare, mean_or_nan, read_queries
 from core.rerank.cost import TIMED_PAIRS
@@ -39,21 +38,13 @@ from ui import evaluation_view
 from ui.common import (PRIVATE, QUEUE, cache_owner, device_choices, first_view, hub_token, job_label, refresh_pair,
                        request_workspace)
 from ui.compare_view import MAX_TOP_K, TOP_K, Shown, page_view, pager_line, write_csv
+from ui.passage_box import COUNT_JS, MAX_PASTED_CHARS, count_line, parse_passages, pasted_limit
 
 EXAMPLES = ASSETS / "playground"
-MAX_PASTED = 5_000  # passages the text box takes (more: a JSONL file); hosted, also the pairs cap allows
-MAX_PASTED_CHARS = 1_000_000  # characters the text box takes
-# Counted in the browser as the text changes: no server round trip per keystroke.
-COUNT_JS = ("(text) => { const n = (text || '').split(/\\r?\\n/).filter(l => l.trim()).length;"
-            " return `${n.toLocaleString('en')} passages · ${(text || '').length.toLocaleString('en')} characters"
-            " (at most LIMIT passages and CHARS characters; more: upload a JSONL file)`; }")
 # Shown before the first run too (an empty gr.Dataframe would head its columns 1, 2, 3).
 TABLE_COLUMNS = ["passage", "A score", "A rank", "B score", "B rank", "Δ score", "rank change"]
 NOTHING_LOADED = "No models loaded."
 METRIC_COLUMNS = ["metric", "A", "B", "B − A"]
-# "+2 passage": grade 2 (0–3, nDCG's gain); "+ passage": grade 1. A relevant passage whose text itself starts
-# with a digit 0–3 and a space is written with its grade first ("+1 3 eggs, beaten").
-GRADE_RULE = re.compile(r"^\+([0-3])\s+(.*)$")
 SAME_MODEL = "**⚠ A and B are the same model: every Δ is 0.** Pick your merge as B (or another model as A).\n\n"
 HELP = """Compare how two models rank the same passages. **A** is the reference (by default the base of
 your latest merge), **B** the model under test (by default that merge). One passage per line; start a line
@@ -226,47 +217,6 @@ def turned(shown: Shown):
     if not shown.result:
         return shown, gr.skip(), gr.skip(), ""
     return shown, *page_view(shown), pager_line(shown)
-
-
-def pasted_limit(ws: Workspace) -> int:
-    """Passages the text box takes: MAX_PASTED, and hosted no more than the pairs cap allows for two models."""
-    return MAX_PASTED if ws.max_pairs is None else min(MAX_PASTED, ws.max_pairs // 2)
-
-
-def count_line(ws: Workspace) -> str:
-    return (f"0 passages · 0 characters (at most {pasted_limit(ws):,} passages and {MAX_PASTED_CHARS:,} characters; "
-            "more: upload a JSONL file)")
-
-
-def parse_passages(query: str, passages: str, *, limit: int = MAX_PASTED) -> list[QueryItem]:
-    """One query from the text boxes; lines starting with '+' are relevant (label 1), '+N ' with N in 0–3
-    gives the grade N (GRADE_RULE).
-
-    Refuses more than `limit` passages or MAX_PASTED_CHARS characters, and a line that is only "+".
-    """
-    text = passages or ""
-    if len(text) > MAX_PASTED_CHARS:
-        raise RerankError(f"the passages box holds {len(text):,} characters; it takes at most {MAX_PASTED_CHARS:,}: "
-                          "upload the passages as a JSONL file instead")
-    numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if len(numbered) > limit:
-        raise RerankError(f"{len(numbered):,} passages pasted; the box takes at most {limit:,}: "
-                          "upload them as a JSONL file instead")
-    for n, line in numbered:
-        if line[1:].strip() == "" and line.startswith("+"):
-            raise RerankError(f"passage line {n} is only '+': write the relevant passage after it "
-                              "('+ the relevant passage') or remove the line")
-    labelled = [passage_label(line) for _, line in numbered]
-    labels = [label for _, label in labelled]
-    return [QueryItem(query or "", [doc for doc, _ in labelled], labels if any(labels) else None)]
-
-
-def passage_label(line: str) -> tuple[str, int]:
-    """'+2 text' → ('text', 2); '+ text' or '+text' → ('text', 1); 'text' → ('text', 0)."""
-    graded = GRADE_RULE.match(line)
-    if graded:
-        return graded.group(2).strip(), int(graded.group(1))
-    return (line[1:].strip(), 1) if line.startswith("+") else (line, 0)
 
 
 def status_markdown(result: Comparison, models) -> str:
