@@ -12,8 +12,8 @@ it. Sharing one loaded copy between owners is safe because callers resolve the r
 check a Hub repo's access with the caller's token) before they look here.
 
 The lock is held only to look up and store, never while a model loads: a slow load must not
-block the rest of the app. A per-key lock makes a second request for the same model wait for
-the first load instead of loading it twice.
+block the rest of the app. A per-key lock (KeyLoad) makes a second request for the same model wait
+for the first load instead of loading it twice, also after a load that failed.
 """
 from __future__ import annotations
 
@@ -28,6 +28,19 @@ CACHE_BYTES = 8 * 1000**3  # weights kept loaded, all owners and kinds together
 Model = TypeVar("Model")  # anything with an `nbytes` attribute: its weights' size
 
 
+class KeyLoad:
+    """One key's load lock and how many callers are using it.
+
+    The lock lives as long as anyone waits on it: dropped after the first load, a caller still
+    waiting (its load failed, so it loads next) and a newcomer, who would make a new lock, could
+    load the same model at once.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.waiting = 0
+
+
 class LoadedModels:
     """An LRU cache of loaded models bounded by their bytes, each entry with the owners holding it."""
 
@@ -36,19 +49,20 @@ class LoadedModels:
         self._models: OrderedDict[tuple, object] = OrderedDict()
         self._holders: dict[tuple, set[str | None]] = {}  # key → owners that loaded it and have not let go
         self._lock = threading.Lock()  # guards the two dicts and _loading; never held while a model loads
-        self._loading: dict[tuple, threading.Lock] = {}  # key → lock held while that model loads
+        self._loading: dict[tuple, KeyLoad] = {}  # key → its load lock, while anyone asks for that key
 
     def get(self, key: tuple, owner: str | None, load: Callable[[], Model]) -> Model:
         """The model cached under `key` (now held by `owner` too), else `load()`'s, cached."""
         with self._lock:
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:
-            with self._lock:
-                if key in self._models:
-                    self._models.move_to_end(key)
-                    self._holders[key].add(owner)
-                    return self._models[key]
-            try:
+            loading = self._loading.setdefault(key, KeyLoad())
+            loading.waiting += 1
+        try:
+            with loading.lock:
+                with self._lock:
+                    if key in self._models:
+                        self._models.move_to_end(key)
+                        self._holders[key].add(owner)
+                        return self._models[key]
                 model = load()
                 with self._lock:
                     self._models[key], self._holders[key] = model, {owner}
@@ -56,9 +70,11 @@ class LoadedModels:
                 if evicted:
                     free_memory()
                 return model
-            finally:
-                with self._lock:
-                    self._loading.pop(key, None)
+        finally:
+            with self._lock:
+                loading.waiting -= 1
+                if not loading.waiting:
+                    del self._loading[key]
 
     def loaded(self, owner: str | None = None, *, kind: type | None = None) -> list:
         """Models `owner` holds (every model when None), of type `kind` when given, least recently used first."""

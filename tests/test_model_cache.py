@@ -5,6 +5,8 @@ events (generate_compare, then the Unload event) with their own session id. Befo
 in a process-wide two-model cache outside the 8 GB bound: a visitor's models pushed out another
 visitor's, nobody could unload their own, and a closed page kept its decoders loaded.
 """
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -70,6 +72,53 @@ def test_an_owner_lets_go_of_its_hold_only():
     assert cache.loaded("bob") == [] and cache.loaded() == [shared]
     cache.release(owner="alice")
     assert cache.loaded() == []
+
+
+def test_after_a_failed_load_the_same_model_is_still_loaded_by_one_caller_at_a_time():
+    """A waits-behind-a-failure race: the first load fails; the caller that waited behind it loads
+    next, and a newcomer must wait for that load, not start a second one beside it (the old cache
+    dropped the key's lock after the failure, so the newcomer made a fresh lock and loaded too)."""
+    cache, key = LoadedModels(10**9), ("reranker", "m")
+    first_started, release_first = threading.Event(), threading.Event()
+    running, most_at_once, results = [0], [0], []
+    gate = threading.Lock()
+
+    def load(fail=False):
+        with gate:
+            running[0] += 1
+            most_at_once[0] = max(most_at_once[0], running[0])
+        try:
+            if fail:
+                first_started.set()
+                release_first.wait(5)
+                raise OSError("disk hiccup")
+            time.sleep(0.3)  # a slow load, long enough for the newcomer to arrive while it runs
+            return Weights(10)
+        finally:
+            with gate:
+                running[0] -= 1
+
+    def ask(fail=False):
+        try:
+            results.append(cache.get(key, "someone", lambda: load(fail)))
+        except OSError:
+            results.append("failed")
+
+    failing = threading.Thread(target=ask, args=(True,))
+    failing.start()
+    first_started.wait(5)
+    waiting = threading.Thread(target=ask)  # queues behind the failing load
+    waiting.start()
+    time.sleep(0.1)
+    release_first.set()
+    failing.join(5)
+    time.sleep(0.05)  # the waiting caller is loading now
+    newcomer = threading.Thread(target=ask)
+    newcomer.start()
+    waiting.join(5)
+    newcomer.join(5)
+    assert most_at_once[0] == 1
+    assert results[0] == "failed" and results[1] is results[2]  # the newcomer got the waiting caller's model
 
 
 def test_rerankers_and_decoders_share_one_bound(hosted_site, empty_cache, monkeypatch):
