@@ -2,16 +2,19 @@
 and the SVG charts' marks read back against the numbers they draw."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 
-from core.errors import RerankError
+from core.app.workspace import Workspace
+from core.errors import OutputError, RerankError
 from core.io.card import add_evaluation
 from core.rerank.compare import QueryItem
 from core.rerank.evaluation import evaluate
 from core.rerank.report import markdown_table, write_report
 from core.rerank.svg import deltas_svg, histogram_svg, intervals_svg
 from tests.test_graded_metrics import FixedReranker
+from ui.evaluation_view import export
 
 ITEMS = [QueryItem("q1", ["a", "b", "c"], [0, 3, 1]), QueryItem("q2", ["d", "e"], [1, 0]),
          QueryItem("q3", ["f", "g"], [2, 0])]
@@ -70,3 +73,18 @@ def test_deltas_and_intervals_colour_by_sign():
     assert [c for c in re.findall(r'fill="(#[0-9a-f]+)"><title>', svg)] == ["#2b8a3e", "#868e96", "#c92a2a"]
     svg = intervals_svg([("up", 0.1, 0.05, 0.2), ("flat", 0.0, -0.1, 0.1)], title="i")
     assert re.findall(r'<circle [^>]*fill="(#[0-9a-f]+)"', svg) == ["#2b8a3e", "#868e96"]
+
+
+def test_a_hosted_visitor_can_export_the_report_again_in_the_room_it_already_takes(result, tmp_path):
+    """The previous report's two files are replaced by the new ones, so they are not counted against the
+    cap (before, the second export of the same report into a cap of 1.5 reports was refused)."""
+    def hosted(cap):
+        return Workspace(tmp_path, tmp_path / "models", tmp_path / "outputs", hosted=True, max_output_bytes=cap,
+                         downloads_dir=tmp_path / "downloads")
+    first = export(result, hosted(None))
+    size = sum(Path(path).stat().st_size for path in first)
+    again = export(result, hosted(size * 3 // 2))
+    assert sorted(again) == sorted(first) and sum(Path(path).stat().st_size for path in again) == size
+    (tmp_path / "downloads" / "other.zip").write_bytes(b"0" * size)  # other files still count
+    with pytest.raises(OutputError, match="not enough room in this workspace"):
+        export(result, hosted(size * 3 // 2))

@@ -147,7 +147,8 @@ def test_quota_names_used_cap_and_needed(tmp_path):
     check_quota(ws, 1_000_000)
     with pytest.raises(MergeDeskError, match=r"2.00 MB used of its 3.00 MB cap and the merge needs 1.50 MB"):
         check_quota(ws, 1_500_000)
-    check_quota(ws, 2_500_000, replacing=ws.outputs_dir / "old")
+    check_quota(ws, 2_500_000, replacing=(ws.outputs_dir / "old",))
+    check_quota(ws, 2_500_000, replacing=(ws.outputs_dir / "old" / "w",))  # a replaced file is freed too
     check_quota(_workspace(tmp_path, hosted=False), 10**15)
 
 

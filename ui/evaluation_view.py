@@ -101,12 +101,13 @@ def view(result: Evaluation, files: list[str]) -> EvaluationView:
 
 
 def export(result: Evaluation, ws: Workspace) -> list[str]:
-    """JSON + HTML report in the session's downloads folder, after the hosted cap allows both."""
-    data = result.to_dict()
+    """JSON + HTML report in the session's downloads folder, after the hosted cap allows both (the previous
+    report's two files, which these replace, are not counted)."""
+    data, stem = result.to_dict(), ws.downloads_dir / REPORT_STEM
     check_quota(ws, len(json.dumps(data, indent=1).encode()) + len(html_report(data).encode()),
-                job="the comparison report")
+                replacing=(stem.with_suffix(".json"), stem.with_suffix(".html")), job="the comparison report")
     ws.downloads_dir.mkdir(parents=True, exist_ok=True)
-    return [str(path) for path in write_report(result, ws.downloads_dir / REPORT_STEM)]
+    return [str(path) for path in write_report(result, stem)]
 
 
 def summary_markdown(data: dict) -> str:

@@ -13,11 +13,12 @@ def visitor_bytes(ws: Workspace) -> int:
     return folder_bytes(ws.outputs_dir) + (folder_bytes(ws.downloads_dir) if ws.downloads_dir else 0)
 
 
-def check_quota(ws: Workspace, incoming_bytes: int, *, replacing: Path | None = None, job: str = "the merge") -> None:
-    """Refuse a job that would push visitor_bytes over the cap (a replaced folder's bytes are freed)."""
+def check_quota(ws: Workspace, incoming_bytes: int, *, replacing: tuple[Path, ...] = (), job: str = "the merge") -> None:
+    """Refuse a job that would push visitor_bytes over the cap; the files and folders it replaces are freed by it,
+    so they do not count (re-exporting a report, or overwriting an output, needs room for the difference only)."""
     if ws.max_output_bytes is None:
         return
-    used = visitor_bytes(ws) - (folder_bytes(replacing) if replacing else 0)
+    used = visitor_bytes(ws) - sum(path_bytes(path) for path in replacing)
     if used + incoming_bytes > ws.max_output_bytes:
         raise OutputError(f"not enough room in this workspace: {human(used)} used of its {human(ws.max_output_bytes)} "
                           f"cap and {job} needs {human(incoming_bytes)}; replace or remove an earlier output "
@@ -34,6 +35,11 @@ def check_pairs(pairs: int, ws: Workspace, *, job: str) -> None:
     if ws.max_pairs is not None and pairs > ws.max_pairs:
         raise RerankError(f"{job} scores {pairs:,} (query, passage) pairs; a job on this app may score at most "
                           f"{ws.max_pairs:,}: use fewer passages, queries or α's, or run MergeDesk on your machine")
+
+
+def path_bytes(path: Path) -> int:
+    """A file's size, or a folder's total (0 when it does not exist)."""
+    return path.stat().st_size if path.is_file() and not path.is_symlink() else folder_bytes(path)
 
 
 def folder_bytes(folder: Path) -> int:

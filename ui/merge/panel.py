@@ -168,7 +168,7 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
         yield "Opening the models…", _tail(lines), "", "", None
         with jobs.running(session_id(request), "merge") as cancel, MONITOR.job(job_label(ws, "merge", out.name)):
             options = dict(device=device, overwrite=bool(overwrite), seed=seed or 0, cancel=cancel, token=token,
-                           admit=_within_cap(ws, replacing=out if overwrite else None))
+                           admit=_within_cap(ws, replacing=(out,) if overwrite else ()))
             events = merge_events(recipe, out, **options) if stages is None else merge_stages(stages, **options)
             shown = 0.0
             for event in events:
@@ -281,7 +281,7 @@ def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[
         warnings.append(found.problem)
     if ws.max_output_bytes is not None:
         try:
-            check_quota(ws, merge_plan.bytes_written, replacing=out if out.exists() else None)
+            check_quota(ws, merge_plan.bytes_written, replacing=(out,))
         except MergeDeskError as error:
             warnings.append(str(error))
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
@@ -313,7 +313,7 @@ def _prepare(recipe_yaml: str, output_name: str, ws: Workspace) -> tuple[MergeRe
     return recipe, output_folder(output_name, ws)
 
 
-def _within_cap(ws: Workspace, *, replacing: Path | None) -> Callable[[Preview], None] | None:
+def _within_cap(ws: Workspace, *, replacing: tuple[Path, ...]) -> Callable[[Preview], None] | None:
     """Hosted: the merge is admitted only if its output fits the visitor's size cap, judged on the engine's own
     preview (so the inputs are opened and planned once); None locally."""
     if not ws.hosted:
