@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from core.__main__ import main
-from core.cocktail.sweep import (Scoring, merged_in_memory, merged_on_disk, read_sets, sweep, sweep_recipe,
-                                 weights_line_up)
+from core.cocktail.sweep import read_sets, sweep, sweep_recipe
+from core.cocktail.sweep_merges import Scoring, merged_in_memory, merged_on_disk, weights_line_up
 from core.errors import MergeCancelled, RerankError
 from core.merge.engine import merge, open_inputs, plan_for
 from core.rerank.compare import QueryItem, compare
@@ -96,9 +96,9 @@ def test_weights_line_up_only_when_every_tensor_has_its_place(bert_cls_family):
 
 
 def test_a_model_whose_names_do_not_line_up_is_merged_on_disk(bert_cls_family, monkeypatch):
-    import core.cocktail.sweep
+    import core.cocktail.sweep_merges
 
-    monkeypatch.setattr(core.cocktail.sweep, "weights_line_up", lambda plan, weights: False)
+    monkeypatch.setattr(core.cocktail.sweep_merges, "weights_line_up", lambda plan, weights: False)
     a, b = str(bert_cls_family[0]), str(bert_cls_family[1])
     result = sweep(a, b, SETS, alphas=[0, 1], mode="memory")
     assert result.mode == "disk"

@@ -76,7 +76,7 @@ class ShardSink:
 class WeightsSink:
     """A loaded model's tensors (name → parameter or buffer, tied weights under each name): each chunk is copied
     into its place, block after block of rows. Every planned tensor needs a same-shaped place (see
-    core.cocktail.sweep.weights_line_up); the model is changed in place, nothing is written to disk."""
+    core.cocktail.sweep_merges.weights_line_up); the model is changed in place, nothing is written to disk."""
 
     def __init__(self, weights: dict[str, torch.Tensor]):
         self.weights = weights

@@ -170,7 +170,7 @@ def test_cancelled_jobs_keep_running_and_stack_past_the_cap(tmp_path, gated, mon
 # F4: a sweep's scratch merges are never checked against the visitor's size cap.
 # ---------------------------------------------------------------------------------------------
 def test_a_sweeps_scratch_merge_is_held_to_the_size_cap(tmp_path, bert_cls_family, monkeypatch):
-    """README: the 5 GB cap covers 'a sweep's scratch merges'. merged_on_disk (core/cocktail/sweep.py) writes a full
+    """README: the 5 GB cap covers 'a sweep's scratch merges'. merged_on_disk (core/cocktail/sweep_merges.py) writes a full
     merge per α into the session folder with no check_quota, so a model too big for memory (the case that
     picks the disk mode) writes its whole size, however big, past the cap."""
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
