@@ -255,14 +255,14 @@ def test_a_sweep_merges_inside_the_visitors_folder(tmp_path, bert_cls_family, mo
     labelled.parent.mkdir()
     labelled.write_text(json.dumps({"query": "q", "docs": ["a", "b"], "labels": [1, 0]}) + "\n")
     monkeypatch.setattr("core.cocktail.sweep.fits_in_memory", lambda *args, **kwargs: False)  # the streamed ("disk") way
-    import core.cocktail.sweep
-    real_merge, written = core.cocktail.sweep.merge, []
+    import core.cocktail.sweep_merges
+    real_merge, written = core.cocktail.sweep_merges.merge, []
 
     def spy(recipe, out, **kwargs):
         written.append(Path(out))
         return real_merge(recipe, out, **kwargs)
 
-    monkeypatch.setattr(core.cocktail.sweep, "merge", spy)
+    monkeypatch.setattr(core.cocktail.sweep_merges, "merge", spy)
     steps = list(run_sweep("models/ce0", "models/ce1", "linear", "cpu", [], [str(labelled)], "0, 1", ws,
                            _visitor("v")))
     mine = session_workspace(ws, "v").outputs_dir

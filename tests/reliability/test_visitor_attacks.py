@@ -180,15 +180,15 @@ def test_a_sweeps_scratch_merge_is_held_to_the_size_cap(tmp_path, bert_cls_famil
     for n in (0, 1):
         shutil.copytree(bert_cls_family[n], ws.models_dir / f"ce{n}")
     monkeypatch.setattr("core.cocktail.sweep.fits_in_memory", lambda *args, **kwargs: False)  # too big: the disk way
-    import core.cocktail.sweep
-    real_merge, peak = core.cocktail.sweep.merge, []
+    import core.cocktail.sweep_merges
+    real_merge, peak = core.cocktail.sweep_merges.merge, []
 
     def spy(recipe, out, **kwargs):
         folder = real_merge(recipe, out, **kwargs)
         peak.append(visitor_bytes(session_workspace(ws, "v")))
         return folder
 
-    monkeypatch.setattr(core.cocktail.sweep, "merge", spy)
+    monkeypatch.setattr(core.cocktail.sweep_merges, "merge", spy)
     labelled = tmp_path / "tmp" / "gradio" / "mine.jsonl"  # where gradio keeps uploads
     labelled.parent.mkdir()
     labelled.write_text(json.dumps({"query": "q", "docs": ["a", "b"], "labels": [1, 0]}) + "\n")
