@@ -9,6 +9,7 @@ import json
 import math
 import statistics
 
+import gradio as gr
 import httpx
 import pytest
 from scipy import stats
@@ -103,11 +104,13 @@ def test_the_sweep_tab_shows_the_seeds_mean_and_band(bert_cls_family, tmp_path):
     a, b = str(bert_cls_family[0]), str(bert_cls_family[1])
     workspace = Workspace(tmp_path, tmp_path / "models", tmp_path / "outputs")
     path = write_set(tmp_path)
-    steps = list(run_sweep(a, b, "dare_linear", "cpu", [], [str(path)], f"0, {ALPHA}", workspace, seeds=SEEDS))
+    steps = list(run_sweep(a, b, "dare_linear", "cpu", [], [str(path)], f"0, {ALPHA}", workspace, seeds=SEEDS,
+                           density=0.3))
     status, figure, table, _, result = steps[-2]
     assert "2/2" in status and "seeds 0 … 3" in steps[-1][0]
     expected = sweep(a, b, {"one": SETS["one"]}, alphas=[0, ALPHA], method="dare_linear", seeds=SEEDS,
-                     density=0.5)  # the tab's density
+                     density=0.3)  # the tab's Density slider
+    assert result["density"] == 0.3
     spread = expected.spread("one", "nDCG@10")
     assert list(table["one nDCG@10 min"]) == [round(s.min, 4) for s in spread]
     assert list(table["one nDCG@10 max"]) == [round(s.max, 4) for s in spread]
@@ -127,11 +130,18 @@ def test_the_seeds_box_reaches_the_sweep_through_the_served_page(bert_cls_family
     with launched(local_workspace(tmp_path)) as (blocks, _):
         index = fn_index(blocks, "run_sweep")
         names = [getattr(block, "label", None) for block in blocks.fns[index].inputs]
-        assert names[-1] == "Seeds"
+        assert names[-2:] == ["Seeds", "Density"]
         with open(write_set(tmp_path), "rb") as file:  # uploaded as the page does: into gradio's upload folder
             [uploaded] = httpx.post(f"{blocks.local_url}gradio_api/upload", files={"files": file}).json()
         upload = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
-        data = [a, b, "dare_linear", "cpu", [], [upload], "0.5", None, 2]
+        data = [a, b, "dare_linear", "cpu", [], [upload], "0.5", None, 2, 0.5]
         reply = browser_event(blocks, index, data, "seeds", timeout=300)
     assert reply["success"], reply
     assert "Each α merged with seeds 0 … 1" in json.dumps(reply["output"], ensure_ascii=False)
+
+
+def test_a_density_outside_zero_to_one_is_refused_in_one_line_before_merging(bert_cls_family, tmp_path):
+    workspace = Workspace(tmp_path, tmp_path / "models", tmp_path / "outputs")
+    with pytest.raises(gr.Error, match=r"'density' = 5 is outside its range \[0, 1\]"):
+        next(run_sweep(str(bert_cls_family[0]), str(bert_cls_family[1]), "dare_linear", "cpu", [],
+                       [str(write_set(tmp_path))], "0.5", workspace, density=5))

@@ -103,7 +103,9 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> tuple:
         alphas = gr.Textbox(", ".join(f"{a:g}" for a in DEFAULT_ALPHAS), label="α values",
                             info="comma-separated; task arithmetic may go beyond 1")
         seeds = gr.Number(1, label="Seeds", precision=0, minimum=1, maximum=MAX_SEEDS, elem_id="sweep-seeds",
-                          info=f"DARE / DELLA (density {SWEEP_DENSITY:g}): merge each α with K seeds, draw the spread")
+                          info="DARE / DELLA: merge each α with K seeds, draw the spread")
+        density = gr.Slider(0.05, 1, value=SWEEP_DENSITY, step=0.05, label="Density", elem_id="sweep-density",
+                            info="DARE / DELLA: the share of B − A kept (the rest dropped at random, rescaled)")
     with gr.Row():
         run = gr.Button("Run the sweep", variant="primary", scale=0)
         stop = gr.Button("Stop", variant="stop", scale=0)
@@ -118,7 +120,7 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> tuple:
     used = gr.Markdown()
 
     handler, outputs = keyed(run_sweep, SweepView, status=status, plot=plot, table=table, pick=pick, last=last)
-    run.click(handler, [model_a, model_b, method, device, demo, uploads, alphas, ws, seeds], outputs,
+    run.click(handler, [model_a, model_b, method, device, demo, uploads, alphas, ws, seeds, density], outputs,
               concurrency_id=QUEUE, concurrency_limit=1, **PRIVATE)
     stop.click(stop_sweep, None, stop_note, concurrency_limit=None, **PRIVATE)
 
@@ -135,10 +137,11 @@ def build_sweep_panel(workspace: Workspace, form: FormControls) -> tuple:
 
 def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[str], uploads: list[str] | None,
               alphas_text: str, workspace: Workspace, request: gr.Request | None = None,
-              seeds: float = 1, oauth_token: gr.OAuthToken | None = None):
+              seeds: float = 1, density: float = SWEEP_DENSITY, oauth_token: gr.OAuthToken | None = None):
     """Yield a SweepView after each α (all its seeds measured); one gr.Error line on bad input.
 
-    `seeds` follows `request`: gradio puts the request in its place and the Seeds box's value after it."""
+    `seeds` and `density` follow `request`: gradio puts the request in its place and the Seeds box's and the
+    Density slider's values after it. Density applies to DARE / DELLA only (sweep_recipe)."""
     ws = request_workspace(workspace, request)
     try:
         refs = [check_model_ref(ref, ws) for ref in (model_a, model_b)]
@@ -148,8 +151,9 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
         passages = sum(len(item.docs) for items in sets.values() for item in items)
         merges = len(alphas) * len(seed_list)
         check_pairs(passages * merges, ws, job=f"this sweep ({passages:,} passages × {merges} merges)")
+        first = sweep_recipe(method, *refs, alphas[0], density)  # a bad density: one line, before anything runs
         if ws.hosted:  # a streamed sweep writes one merge at a time into the visitor's folder
-            scratch = preview(sweep_recipe(method, *refs, alphas[0]), ws.outputs_dir, devices_for(device),
+            scratch = preview(first, ws.outputs_dir, devices_for(device),
                               token=hub_token(workspace, oauth_token))
             check_quota(ws, scratch.plan.bytes_written, job="the sweep's scratch merge")
     except MergeDeskError as error:
@@ -160,12 +164,13 @@ def run_sweep(model_a: str, model_b: str, method: str, device: str, demo: list[s
         with (jobs.running(session_id(request), "sweep") as cancel,
               MONITOR.job(job_label(ws, "sweep", f"{Path(refs[0]).name} → {Path(refs[1]).name}"))):
             for point, mode in sweep_points(*refs, sets, alphas=alphas, method=method, device=device, cancel=cancel,
-                                            seeds=len(seed_list), scratch=ws.outputs_dir if ws.hosted else None,
+                                            seeds=len(seed_list), density=density,
+                                            scratch=ws.outputs_dir if ws.hosted else None,
                                             token=hub_token(workspace, oauth_token)):
                 points.append(point)
                 if len(points) % (len(sets) * len(seed_list)) == 0:
                     done = alphas[:len(points) // (len(sets) * len(seed_list))]
-                    result = SweepResult(*refs, method, mode, done, list(sets), points, seed_list)
+                    result = SweepResult(*refs, method, mode, done, list(sets), points, seed_list, density)
                     following = f" · merging at α = {alphas[len(done)]:g}…" if len(done) < len(alphas) else ""
                     left = eta_text(eta(len(done), len(alphas), time.monotonic() - started))
                     yield SweepView(f"{len(done)}/{len(alphas)} α's measured (merges made in {mode}) · {left}"
