@@ -128,6 +128,7 @@ def test_render_sweep_writes_a_png(tmp_path):
 def test_clicking_a_point_in_the_browser_puts_its_alpha_into_the_merge_form(bert_cls_family, tmp_path):
     """The plotly click → hidden box → change event path (CLICK_JS), in headless Chromium."""
     pytest.importorskip("playwright")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from docs.render_sweep import CHROMIUM
@@ -158,7 +159,12 @@ def test_clicking_a_point_in_the_browser_puts_its_alpha_into_the_merge_form(bert
         listed.wait_for()
         assert listed.count() == 1
         page.get_by_role("button", name="Run the sweep").click()
-        page.get_by_text("✓ Swept").wait_for()
+        try:
+            page.get_by_text("✓ Swept").wait_for()
+        except PlaywrightTimeout:  # say what the page showed instead (a toast? a status stuck mid-sweep?)
+            texts = page.locator(".toast-body, .prose").all_inner_texts()
+            shown = [text for text in texts if "α" in text or "rror" in text]
+            raise AssertionError(f"no '✓ Swept' within the timeout; the page shows: {shown}") from None
         point = page.locator("#sweep-plot .scatterlayer .points path.point").nth(2).bounding_box()  # α = 1
         page.mouse.click(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
         page.get_by_text("holds the linear merge at α = 1").wait_for()
