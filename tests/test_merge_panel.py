@@ -12,8 +12,9 @@ from core.app.workspace import Workspace
 from core.io.checkpoint import Checkpoint
 from ui import jobs
 from ui.merge.form import on_example, on_yaml, refresh_models
-from ui.merge.panel import card_markdown, make_zip, merge, plan, push, stop
+from ui.merge.panel import card_markdown, merge, plan, stop
 from ui.merge.recipe_form import new_form
+from ui.merge.result_export import make_zip, push
 
 WEIGHTS = (0.2, 0.3, 0.5)
 

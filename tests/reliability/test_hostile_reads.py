@@ -32,7 +32,8 @@ from core.io.checkpoint import Checkpoint
 from core.rerank.model import load_reranker
 from tests.app_server import browser_event, fn_index, launched
 from tests.reliability.test_sandbox import DOCS, PAIR, _hosted, _linear, _run_merge, _visitor
-from ui.merge.panel import make_zip, plan
+from ui.merge.panel import plan
+from ui.merge.result_export import make_zip
 from ui.playground import loaded_markdown, rerank_compare
 
 SERVER_TOKEN = "hf_server_secret"  # the Space's own HF_TOKEN: must never be sent for a visitor

@@ -23,9 +23,8 @@ from typing import Callable
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from core.app.export import push_folder, zip_folder
 from core.app.paths import check_recipe_refs
-from core.app.quota import check_quota, folder_bytes
+from core.app.quota import check_quota
 from core.app.sessions import cleanup_stale_sessions, remove_session, session_workspace
 from core.app.workspace import Workspace, output_folder
 from core.devices import devices_for
@@ -33,8 +32,8 @@ from core.errors import MergeCancelled, MergeDeskError, OutputExists
 from core.merge.engine import Progress, merge_events
 from core.merge.preview import Preview, preview
 from core.merge.recipe import MergeRecipe, parse_recipe
-from core.merge.stages import merge_stages, preview_stages
 from core.merge.slices import output_layers, slice_lines
+from core.merge.stages import merge_stages, preview_stages
 from core.merge.warnings import recipe_warnings
 from core.model_cache import MODELS
 from core.monitor import MONITOR
@@ -44,11 +43,11 @@ from ui import jobs
 from ui.common import (PRIVATE, QUEUE, device_choices, device_update, hub_token, job_label, on_space, request_workspace,
                        session_id)
 from ui.merge.form import build_merge_form, refresh_models
+from ui.merge.result_export import make_zip, push
 from ui.merge.stages_view import kept_line, page_stages, unwrap
 from ui.merge.weights_panel import build_weights_from_data
 
 REPLACE_HINT = "tick Replace under More options"  # how this page replaces an existing output (core: OutputExists)
-ZIP_LIMIT = 2 * 1000**3  # bytes: larger outputs are pushed to the Hub or copied, not downloaded
 STALE_SESSION_S = 6 * 3600
 LOG_LINES = 400
 SCROLL_LOG_TO_END = "() => { const box = document.querySelector('.log textarea'); " \
@@ -205,37 +204,6 @@ def merge(recipe_yaml: str, output_name: str, device: str, overwrite: bool, seed
 
 
 stop = jobs.stopper("merge", "Stopping after the current tensor…", "stop")
-
-
-def make_zip(folder: str | None, workspace: Workspace, request: gr.Request | None = None):
-    """A .zip of the latest output in the visitor's downloads folder (below ZIP_LIMIT, and counted in the
-    hosted size cap: the archive is as big as the folder)."""
-    if not folder:
-        gr.Warning("Merge a model first.")
-        return gr.File(visible=False)
-    ws = request_workspace(workspace, request)
-    for old in ws.downloads_dir.glob("*.zip") if ws.downloads_dir.is_dir() else []:
-        old.unlink()  # one archive per session at a time
-    try:
-        check_quota(ws, folder_bytes(Path(folder)), job="the .zip")
-        archive = zip_folder(Path(folder), ws.downloads_dir / f"{Path(folder).name}.zip", max_bytes=ZIP_LIMIT)
-    except MergeDeskError as error:
-        gr.Warning(str(error))
-        return gr.File(visible=False)
-    return gr.File(str(archive), visible=True)
-
-
-def push(repo: str, private: bool, token: str, folder: str | None, workspace: Workspace,
-         oauth_token: gr.OAuthToken | None = None) -> str:
-    """Upload the latest output to a Hub model repo (private by default); Markdown result."""
-    if not folder:
-        return "**✗** Merge a model first."
-    secret = oauth_token.token if oauth_token else (token or "").strip() or (False if workspace.hosted else None)
-    try:  # no token (hosted: not signed in; local: no saved login) is refused at once, in core.app.export
-        url = push_folder(Path(folder), repo or Path(folder).name, private=bool(private), token=secret)
-    except MergeDeskError as error:
-        return f"**✗** {error}"
-    return f"**✓ Pushed** to [{url}]({url})" + (" (private)" if private else "")
 
 
 def serve_downloads_in_place(workspace: Workspace) -> Workspace:
