@@ -11,19 +11,16 @@ with a base_model: without one mergekit starts the output tokenizer from an arbi
 from the first model's).
 """
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
-import yaml
 
 from core.merge.engine import merge
 from core.merge.recipe import recipe_from_dict
-from tests.model_factory import build_family
-from tests.test_mergekit_parity import MERGEKIT, MERGEKIT_ALL, tensors
-from tests.vocab_models import padded, with_added_tokens, with_fewer_tokens
+from tests.test_mergekit_parity import MERGEKIT, run_mergekit, tensors
+from tests.vocab_models import build_vocab_family
 
 pytestmark = pytest.mark.skipif(not Path(MERGEKIT).is_file(),
                                 reason=f"mergekit not found at MERGEKIT_YAML={MERGEKIT!r} nor on PATH")
@@ -33,11 +30,7 @@ TEMPLATE = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] 
 
 @pytest.fixture(scope="module")
 def vocab_family(tmp_path_factory):
-    """(base, chat, small, padded): the base and three fine-tunes whose vocabularies differ from it."""
-    root = tmp_path_factory.mktemp("vocab")
-    base, a, b = build_family(root / "family", "llama")
-    return (base, with_added_tokens(a, root / "chat", CHAT, template=TEMPLATE), with_fewer_tokens(b, root / "small", 5),
-            padded(b, root / "padded"))
+    return build_vocab_family(tmp_path_factory.mktemp("vocab"), CHAT, TEMPLATE)
 
 
 def cases(base, chat, small, pad) -> dict[str, dict]:
@@ -78,16 +71,7 @@ CASES = list(cases("b", "c", "s", "p"))
 @pytest.fixture(scope="module")
 def mergekit_vocab(tmp_path_factory, vocab_family):
     """{case: (recipe, mergekit's output folder)}, merged by one mergekit process."""
-    root = tmp_path_factory.mktemp("mergekit-vocab")
-    specs = cases(*vocab_family)
-    args = []
-    for case, spec in specs.items():
-        (root / f"{case}.yml").write_text(yaml.safe_dump(spec))
-        args += [str(root / f"{case}.yml"), str(root / case)]
-    python = Path(MERGEKIT).read_text().splitlines()[0].removeprefix("#!").strip()
-    run = subprocess.run([python, "-c", MERGEKIT_ALL, *args], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return {case: (spec, root / case) for case, spec in specs.items()}
+    return run_mergekit(tmp_path_factory.mktemp("mergekit-vocab"), cases(*vocab_family.values()))
 
 
 def by_token(tensor: torch.Tensor, vocab: dict[str, int], order: list[str]) -> torch.Tensor:

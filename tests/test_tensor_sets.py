@@ -15,7 +15,7 @@ import transformers
 import yaml
 from safetensors.torch import load_file, save_file
 
-from core.errors import CheckpointError, RecipeError
+from core.errors import CheckpointError
 from core.merge.engine import merge
 from core.merge.preview import plan_inputs
 from core.merge.recipe import recipe_from_dict

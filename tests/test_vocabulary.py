@@ -15,8 +15,8 @@ from core.merge.aligned import gather_rows
 from core.merge.engine import merge
 from core.merge.preview import plan_inputs
 from core.merge.recipe import parse_recipe, recipe_from_dict, to_yaml
-from tests.model_factory import build_family, read_tensors
-from tests.vocab_models import padded, with_added_tokens, with_fewer_tokens
+from tests.model_factory import read_tensors
+from tests.vocab_models import build_vocab_family
 
 EMBED, HEAD, LAYER = "model.embed_tokens.weight", "lm_head.weight", "model.layers.0.mlp.up_proj.weight"
 CHAT = ["<|im_start|>", "<|im_end|>"]
@@ -25,10 +25,7 @@ TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vocab")
-    base, a, b = build_family(root / "family", "llama")
-    return {"base": base, "chat": with_added_tokens(a, root / "chat", CHAT, template=TEMPLATE),
-            "small": with_fewer_tokens(b, root / "small", 5), "pad": padded(b, root / "pad")}
+    return build_vocab_family(tmp_path_factory.mktemp("vocab"), CHAT, TEMPLATE)
 
 
 def vocab(folder) -> dict[str, int]:

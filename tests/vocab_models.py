@@ -7,6 +7,7 @@ tokenizer and its token-indexed tensors (model.embed_tokens.weight, lm_head.weig
 - `with_fewer_tokens`: a consistent smaller tokenizer (its last words dropped, rows cut to match);
 - `padded`: the same tokenizer, the embedding padded with random rows to a multiple of `multiple`.
 config.json's vocab_size always says the row count, as resize_token_embeddings leaves it.
+`build_vocab_family` makes the family the vocabulary tests share.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
+
+from tests.model_factory import build_family
 
 TOKEN_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 
@@ -78,3 +81,11 @@ def padded(folder: Path, out: Path, multiple: int = 64) -> Path:
     rows = -(-real // multiple) * multiple
     _set_rows(out, lambda w, g: torch.cat([w[:real], torch.randn((rows - real, w.shape[1]), generator=g)]))
     return out
+
+
+def build_vocab_family(root: Path, chat_tokens: list[str], template: str) -> dict[str, Path]:
+    """{base, chat, small, pad}: a Llama base (108 tokens, 120 rows), a fine-tune adding `chat_tokens` (special, with
+    `template` as its chat template), one lacking the base's last 5 words, one padded to 128 rows."""
+    base, a, b = build_family(root / "family", "llama")
+    return {"base": base, "chat": with_added_tokens(a, root / "chat", chat_tokens, template=template),
+            "small": with_fewer_tokens(b, root / "small", 5), "pad": padded(b, root / "pad")}

@@ -20,10 +20,10 @@ import torch
 from core.errors import CheckpointError, ResourceError
 from core.io.checkpoint import Checkpoint
 from core.io.lora import AdaptedCheckpoint, open_adapted, split_reference
+from core.merge.aligned import align_plan
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, plan_merge
 from core.merge.preflight import Resources, measure_resources, shortage
 from core.merge.recipe import MergeRecipe
-from core.merge.aligned import align_plan
 from core.merge.slices import plan_slices
 from core.merge.vocabulary import build_vocabulary
 

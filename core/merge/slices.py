@@ -21,7 +21,8 @@ from pathlib import Path
 from core.errors import CheckpointError
 from core.io.checkpoint import Checkpoint
 from core.io.header import TensorInfo
-from core.merge.plan import LAYER, TOKEN_INDEXED, MergePlan, TensorJob, output_dtype, plan_shards, rows_per_chunk, working_bytes
+from core.merge.plan import (LAYER, TOKEN_INDEXED, MergePlan, TensorJob, output_dtype, plan_shards, rows_per_chunk,
+                             working_bytes)
 from core.merge.recipe import MergeRecipe, resolve_params
 from core.merge.slice_spec import OutputSlice
 
