@@ -150,3 +150,26 @@ def test_a_token_entry_without_a_source_that_is_needed_is_refused_before_writing
     with pytest.raises(RecipeError, match=r"tokenizer.tokens\['<new>'\] has no source, and .* lacks that token"):
         merge(recipe_from_dict(spec), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stage_named_as_the_tokenizer_source_realigns_to_its_output(family, tmp_path):
+    """Multi-stage: `tokenizer: {source: mid}` reads the stage's output, planned before that output exists."""
+    from core.merge.stages import merge_stages, parse_stages
+
+    text = f"""name: mid
+merge_method: linear
+dtype: float32
+models: [{{model: {family['base']}, parameters: {{weight: 0.5}}}}, {{model: {family['chat']}, parameters: {{weight: 0.5}}}}]
+tokenizer_source: union
+---
+merge_method: task_arithmetic
+dtype: float32
+base_model: {family['base']}
+models: [{{model: mid, parameters: {{weight: 1.0}}}}]
+tokenizer: {{source: mid}}
+"""
+    list(merge_stages(parse_stages(text, tmp_path / "final")))
+    mid = tmp_path / "final-stages" / "mid"
+    final = read_tensors(tmp_path / "final")[EMBED]
+    assert vocab(tmp_path / "final") == vocab(mid) and final.shape[0] == 110
+    torch.testing.assert_close(final, read_tensors(mid)[EMBED], atol=1e-6, rtol=1e-5)  # base + 1·(mid − base)

@@ -79,15 +79,22 @@ class AlignedInput:
         return self._pad_mean
 
 
+MAX_RUNS = 16  # more runs of rows than this in one block (a shuffled vocabulary): index the memory map instead
+
+
 def gather_rows(checkpoint: Checkpoint, name: str, rows: torch.Tensor) -> torch.Tensor:
     """checkpoint's tensor `name` at `rows` (any order, repeats allowed), read as runs of consecutive rows.
 
-    Example: rows [5, 6, 7, 2] are two reads, rows 2:3 and 5:8."""
+    Example: rows [5, 6, 7, 2] are two reads, rows 2:3 and 5:8. Past MAX_RUNS runs, a plain checkpoint's
+    memory-mapped tensor is indexed instead (one copy of the rows, the file's pages stay page cache);
+    one that computes its rows (a LoRA-adapted model) is still read run by run."""
     have = checkpoint.tensors[name].shape[0]
     if rows.numel() and (int(rows.max()) >= have or int(rows.min()) < 0):
         raise CheckpointError(f"{checkpoint.ref}: {name} has {have} rows; the vocabulary needs row {int(rows.max())}")
     unique, inverse = torch.unique(rows, sorted=True, return_inverse=True)
     breaks = (torch.nonzero(unique[1:] - unique[:-1] != 1).flatten() + 1).tolist()
+    if len(breaks) >= MAX_RUNS and type(checkpoint).read is Checkpoint.read:
+        return checkpoint.read(name)[rows]
     bounds = [0, *breaks, unique.numel()]
     runs = [checkpoint.read(name, rows=slice(int(unique[a]), int(unique[b - 1]) + 1))
             for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
