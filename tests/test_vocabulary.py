@@ -119,6 +119,9 @@ def test_the_plan_shapes_token_rows_by_the_output_vocabulary(family):
     jobs = {job.name: job for job in plan.jobs}
     assert jobs[EMBED].shape == jobs[HEAD].shape == (110, 32)
     assert plan.bytes_written == sum(job.nbytes for job in plan.jobs)
+    assert plan.vocabulary.summary() == "union: 110 tokens"
+    padded_plan = plan_inputs(recipe_from_dict(ta(family, None, tokenizer={"pad_to_multiple_of": 64})))
+    assert padded_plan.vocabulary.summary() == "union: 110 tokens, padded to 128 rows"
 
 
 def test_the_vocabulary_settings_round_trip_through_yaml(family):

@@ -33,7 +33,8 @@ from core.io.safe_yaml import load_yaml
 from core.merge.methods import METHODS, Method
 from core.merge.params import Setting, resolve_setting
 from core.merge.slice_spec import OutputSlice, parameter_mapping, parse_slices, slice_models, slices_data
-from core.merge.tokenizer_spec import TokenizerSpec, parse_chat_template, parse_tokenizer, spec_models, tokenizer_data
+from core.merge.tokenizer_spec import (TokenizerSpec, check_vocabulary, parse_chat_template, parse_tokenizer,
+                                       tokenizer_data)
 from core.units import DTYPES
 
 KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source",
@@ -147,7 +148,7 @@ def recipe_from_dict(data: object) -> MergeRecipe:
         chat_template=parse_chat_template(data.get("chat_template")),
         slices=slices,
     )
-    _check_vocabulary(recipe)
+    check_vocabulary(recipe.tokenizer_source, recipe.tokenizer, recipe.inputs())
     if slices:
         for index, part in enumerate(slices):
             try:
@@ -293,16 +294,6 @@ def _model_entries(value: object) -> list[ModelEntry]:
             raise RecipeError(f"unknown key(s) {sorted(unknown, key=str)} in models[{index}]: valid are model, parameters")
         entries.append(ModelEntry(item["model"].strip(), parameter_mapping(item.get("parameters"), f"models[{index}].parameters")))
     return entries
-
-
-def _check_vocabulary(recipe: MergeRecipe) -> None:
-    """tokenizer_source and tokenizer: not both (as mergekit); a token's rows come from a model the recipe reads."""
-    if recipe.tokenizer_source and recipe.tokenizer:
-        raise RecipeError("give either tokenizer_source or a tokenizer: block (its source), not both")
-    for model in spec_models(recipe.tokenizer):
-        if model not in recipe.inputs():
-            raise RecipeError(f"tokenizer.tokens takes a row from {model!r}, which the recipe does not merge: "
-                              "name one of its models")
 
 
 def _optional_text(data: dict, key: str) -> str | None:

@@ -90,9 +90,14 @@ def tokenizer_data(spec: TokenizerSpec) -> dict:
             **({"pad_to_multiple_of": spec.pad_to_multiple_of} if spec.pad_to_multiple_of else {})}
 
 
-def spec_models(spec: TokenizerSpec | None) -> list[str]:
-    """The model references the block's tokens take rows from."""
-    return [c.source.model for _, c in (spec.tokens if spec else ()) if c.source and c.source.model]
+def check_vocabulary(tokenizer_source: str | None, spec: TokenizerSpec | None, inputs: list[str]) -> None:
+    """tokenizer_source and tokenizer: not both (as mergekit); a token's rows come from a model the recipe reads."""
+    if tokenizer_source and spec:
+        raise RecipeError("give either tokenizer_source or a tokenizer: block (its source), not both")
+    for _, choice in spec.tokens if spec else ():
+        if choice.source and choice.source.model and choice.source.model not in inputs:
+            raise RecipeError(f"tokenizer.tokens takes a row from {choice.source.model!r}, which the recipe does not "
+                              "merge: name one of its models")
 
 
 def renamed_spec(spec: TokenizerSpec | None, rename: Callable[[str], str]) -> TokenizerSpec | None:

@@ -53,7 +53,13 @@ class Vocabulary:
     choices: dict[str, TokenChoice]  # tokenizer.tokens
     tokenizer: object | None  # the output tokenizer to save; None: the source's files are copied as they are
     copy_from: Path | None  # where those files come from (None: the first input, as without alignment)
+    source: str = "base"  # base | union | the model reference it was built from
     _rules: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for `plan`, e.g. 'union: 110 tokens, padded to 128 rows'."""
+        return f"{self.source}: {len(self.tokens)} tokens" + (
+            f", padded to {self.rows} rows" if self.rows > len(self.tokens) else "")
 
     def rules(self, refs: tuple[str, ...], base: str | None) -> list[Rule]:
         """One Rule per input of a job reading `refs` (base: the recipe's base_model when among them)."""
@@ -111,7 +117,7 @@ def build_vocabulary(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
         found = [own.get(tok, -1) for tok in order]
         positions[ref] = torch.tensor([i if i < limits[ref] else -1 for i in found], dtype=torch.long)
     return Vocabulary(tokens, rows, positions, {ref: tok.get_vocab() for ref, tok in loaded.items()}, choices,
-                      out if changed or recipe.chat_template else None, copy_from)
+                      out if changed or recipe.chat_template else None, copy_from, source)
 
 
 def load_tokenizer(folder: Path, ref: str, *, must: bool):
