@@ -39,6 +39,9 @@ def test_plan_reports_tensors_bytes_and_memory(tmp_path, llama_family):
     assert text.startswith("**✓ Ready to merge.**")
     assert f"| Tensors | {count} ({count} merged, 0 copied) |" in text
     assert "RAM" in text and "Free disk" in text and "→ `m`" in text
+    assert "Vocabulary" not in text
+    realigned = plan(linear_yaml(llama_family) + "tokenizer_source: union\n", "m", "cpu", _workspace(tmp_path))
+    assert "| Vocabulary | union: 108 tokens (embedding rows realigned) |" in realigned
 
 
 @pytest.mark.parametrize("yaml_text, name, problem", [

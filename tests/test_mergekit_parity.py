@@ -129,8 +129,12 @@ def llama5_family(tmp_path_factory):
 def mergekit_results(tmp_path_factory, llama_family, llama5_family, bert_cls_family, qwen2_family,
                      llama_bf16_family):
     """{case id: (recipe, mergekit's output folder)}, all merged by one mergekit process."""
-    root = tmp_path_factory.mktemp("mergekit")
     cases = all_cases(llama_family, llama5_family, bert_cls_family, qwen2_family, llama_bf16_family)
+    return run_mergekit(tmp_path_factory.mktemp("mergekit"), cases)
+
+
+def run_mergekit(root: Path, cases: dict[str, dict]) -> dict[str, tuple[dict, Path]]:
+    """{case id: (recipe, mergekit's output folder under root)}, every recipe run by one mergekit process."""
     args = []
     for case, spec in cases.items():
         (root / f"{case}.yml").write_text(yaml.safe_dump(spec))

@@ -15,7 +15,7 @@ import transformers
 import yaml
 from safetensors.torch import load_file, save_file
 
-from core.errors import CheckpointError, RecipeError
+from core.errors import CheckpointError
 from core.merge.engine import merge
 from core.merge.preview import plan_inputs
 from core.merge.recipe import recipe_from_dict
@@ -131,20 +131,28 @@ def test_the_plan_command_warns_of_what_is_left_out(extra_head, tmp_path):
     assert f"warning: 'score.weight': only in {b}, not in {base}: left out" in run.stderr
 
 
-def test_a_vocabulary_that_differs_is_refused_with_the_reason(tmp_path):
+def test_a_vocabulary_that_differs_is_refused_without_a_tokenizer_source_and_realigned_with_one(tmp_path):
+    """As mergekit: row counts that differ need tokenizer_source; with `base`, rows follow the base's 108 tokens."""
     base, a = build_family(tmp_path / "family", "llama", n_models=2)
     rewrite(a, lambda weights: weights.update({name: torch.cat([weights[name], weights[name][:2]])
                                                for name in ("model.embed_tokens.weight", "lm_head.weight")}))
     with pytest.raises(CheckpointError, match=r"shape mismatch at .*: .* has \[\d+, 32\], .* has \[\d+, 32\] "
-                                              r"\(their vocabularies differ: .* not supported yet\)"):
+                                              r"\(their vocabularies differ: set tokenizer_source: base or union"):
         merge(recipe_from_dict(linear((base, 0.5), (a, 0.5))), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    out = merge(recipe_from_dict({**linear((base, 0.5), (a, 0.5)), "tokenizer_source": "base"}), tmp_path / "out")
+    merged, ours, theirs = tensors(out), load_file(base / "model.safetensors"), load_file(a / "model.safetensors")
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        torch.testing.assert_close(merged[name], 0.5 * ours[name][:108] + 0.5 * theirs[name][:108])
 
 
-def test_tokenizer_source_union_is_refused_by_name_not_looked_up_as_a_folder(extra_head):
+def test_tokenizer_source_union_is_a_vocabulary_not_a_folder_named_union(extra_head, tmp_path):
     base, a, _ = extra_head
-    with pytest.raises(RecipeError, match="tokenizer_source: union .* is not supported yet"):
-        recipe_from_dict({**linear((base, 0.5), (a, 0.5)), "tokenizer_source": "union"})
+    recipe = recipe_from_dict({**linear((base, 0.5), (a, 0.5)), "tokenizer_source": "union"})
+    out = merge(recipe, tmp_path / "out")
+    assert transformers.AutoTokenizer.from_pretrained(out).get_vocab() == \
+        transformers.AutoTokenizer.from_pretrained(base).get_vocab()
+    assert tensors(out)["model.embed_tokens.weight"].shape == (108, 32)
 
 
 @pytest.mark.parametrize("method", ["linear", "ties"])  # the summed path and the general (stacked) path

@@ -80,6 +80,20 @@ def test_recipe_refs_are_checked_everywhere(hosted):
                                        "    parameters: {weight: 1}\ntokenizer_source: /etc\n"), hosted)
 
 
+def test_vocabulary_words_are_kept_and_the_tokenizer_blocks_models_checked(hosted):
+    union = parse_recipe("merge_method: linear\nmodels:\n  - model: org/a\n    parameters: {weight: 1}\n"
+                         "tokenizer_source: union\n")
+    assert check_recipe_refs(union, hosted).tokenizer_source == "union"
+    block = parse_recipe("merge_method: linear\nmodels:\n  - model: models/base\n    parameters: {weight: 1}\n"
+                         "tokenizer: {source: union, tokens: {'<a>': {source: models/base}}}\n")
+    checked = check_recipe_refs(block, hosted)
+    assert checked.tokenizer.source == "union"
+    assert checked.tokenizer.tokens[0][1].source.model == checked.models[0].model != "models/base"
+    with pytest.raises(MergeDeskError, match="absolute"):
+        check_recipe_refs(parse_recipe("merge_method: linear\nmodels:\n  - model: x/y\n"
+                                       "    parameters: {weight: 1}\ntokenizer: {source: /etc}\n"), hosted)
+
+
 @pytest.mark.parametrize("name", ["../../app.py", "/tmp/x", ".hidden", "a/b", "", "x" * 101, "out.partial",
                                   "sessions", "tab\there"])
 def test_output_names_that_could_escape_are_refused(tmp_path, name):

@@ -19,6 +19,7 @@ from core.io.checkpoint import HUB_ID, lies_within
 from core.io.lora import split_reference
 from core.merge.recipe import MergeRecipe
 from core.merge.slice_spec import renamed_models
+from core.merge.tokenizer_spec import WORDS, renamed_spec
 
 
 def check_model_ref(text: str, ws: Workspace) -> str:
@@ -74,16 +75,18 @@ def check_model_ref(text: str, ws: Workspace) -> str:
 def check_recipe_refs(recipe: MergeRecipe, ws: Workspace) -> MergeRecipe:
     """The recipe with every model reference passed through check_model_ref.
 
-    Only `tokenizer_source: base` is left as it is: there it means mergekit's "the base
-    model". As a model or base_model, `base` is a folder name like any other (and hosted,
-    a folder `base` beside the app is the operator's, so it is refused).
+    Only `tokenizer_source: base | union` (and the tokenizer: block's source) are left as they
+    are: there they mean mergekit's "the base model's vocabulary" and "every input's". As a model
+    or base_model, `base` is a folder name like any other (and hosted, a folder `base` beside the
+    app is the operator's, so it is refused).
     """
     def check(ref: str | None) -> str | None:
         return None if ref is None else check_model_ref(ref, ws)
 
     tokenizer = recipe.tokenizer_source
     return replace(recipe, base_model=check(recipe.base_model),
-                   tokenizer_source=tokenizer if tokenizer in (None, "base") else check(tokenizer),
+                   tokenizer_source=tokenizer if tokenizer in (None, *WORDS) else check(tokenizer),
+                   tokenizer=renamed_spec(recipe.tokenizer, check),
                    models=[replace(entry, model=check(entry.model)) for entry in recipe.models],
                    slices=renamed_models(recipe.slices, check))
 

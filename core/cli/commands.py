@@ -165,6 +165,8 @@ def _print_plan(recipe, found, devices) -> None:
     if recipe.slices:
         print(f"slices      {len(recipe.slices)}, {output_layers(recipe)} output layers")
         print("".join(f"              {line}\n" for line in slice_lines(recipe)), end="")
+    if plan.vocabulary is not None:
+        print(f"vocabulary  {plan.vocabulary.summary()} (embedding rows realigned)")
     print(f"tensors     {len(plan.jobs)} ({sum(j.merged for j in plan.jobs)} merged)")
     print(f"read        {human(plan.bytes_read)}")
     print(f"write       {human(plan.bytes_written)} in {len(plan.shards)} shard(s)")

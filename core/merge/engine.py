@@ -34,14 +34,16 @@ import torch
 from core.devices import devices_for
 from core.errors import MergeCancelled, RecipeError
 from core.io.checkpoint import Checkpoint
+from core.merge.aligned import align_inputs
 from core.merge.nonfinite import NonFinite
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob
-from core.progress import eta
 from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
 from core.merge.recipe import DTYPES, MergeRecipe
 from core.merge.sinks import ShardSink, WeightsSink
-from core.merge.warnings import copy_differs
 from core.merge.slices import job_inputs
+from core.merge.vocabulary import Vocabulary
+from core.merge.warnings import copy_differs
+from core.progress import eta
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,11 @@ def merge_events(recipe: MergeRecipe, out_dir: str | Path, *, device: str = "cpu
     seed = check_seed(seed)
     devices = devices_for(device)
     with open_inputs(recipe, token=token) as inputs:
-        found = preview_inputs(recipe, inputs, out_dir, devices, shard_bytes=shard_bytes)
+        found = preview_inputs(recipe, inputs, out_dir, devices, shard_bytes=shard_bytes, token=token)
         if admit is not None:
             admit(found)
         found.check()
-        with ShardSink(recipe, out_dir, inputs, found.plan, overwrite=overwrite, token=token) as sink:
+        with ShardSink(recipe, out_dir, inputs, found.plan, overwrite=overwrite) as sink:
             yield from stream(recipe, inputs, found.plan, sink, devices=devices, seed=seed,
                               refuse_nonfinite=refuse_nonfinite, cancel=cancel)
             sink.finish()
@@ -136,7 +138,7 @@ def merge_into(recipe: MergeRecipe, weights: dict[str, torch.Tensor], *, seed: i
     in-memory mode). The other arguments are merge_events'.
     """
     with open_inputs(recipe, token=token) as inputs:
-        plan = plan_for(recipe, inputs)
+        plan = plan_for(recipe, inputs, token=token)
         sink = WeightsSink(weights)
         devices = [weights[plan.jobs[0].name].device] if plan.jobs else [torch.device("cpu")]
         yield from stream(recipe, inputs, plan, sink, devices=devices, seed=check_seed(seed), cancel=cancel)
@@ -155,7 +157,7 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
         MergeCancelled.check(cancel, STOPPED)
         target = devices[(step - 1) % len(devices)]
         findings = NonFinite(refuse_nonfinite)
-        for chunk in tensor_chunks(recipe, job, inputs, target, seed, cancel, findings):
+        for chunk in tensor_chunks(recipe, job, inputs, target, seed, cancel, findings, vocabulary=plan.vocabulary):
             if job.merged:
                 findings.check_output(job.name, chunk)
             sink.write(job.name, chunk)
@@ -169,10 +171,11 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
 
 def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
                   device: torch.device, seed: int, cancel: threading.Event | None,
-                  findings: NonFinite) -> Iterator[torch.Tensor]:
+                  findings: NonFinite, *, vocabulary: Vocabulary | None = None) -> Iterator[torch.Tensor]:
     """The output tensor of one job, as one tensor or as consecutive blocks of rows; NaN/Inf in the inputs
-    go to `findings`."""
+    go to `findings`. With a vocabulary, token-indexed inputs are read realigned (core.merge.aligned)."""
     rows, names, base, base_name = job_inputs(recipe, job, checkpoints)
+    rows, base = align_inputs(vocabulary, recipe, job, rows, names, base, base_name)
     if not job.merged:
         yield rows[0].read(names[0])
         return

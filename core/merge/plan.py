@@ -29,8 +29,8 @@ CHUNK_ELEMENTS = 512 * 1024
 # Output heads a tied model (tie_word_embeddings) does not store: its embedding is read instead (mergekit's tied_names)
 TIED = {"lm_head.weight": "model.embed_tokens.weight"}
 TOKEN_INDEXED = ("embed_tokens.weight", "lm_head.weight", "word_embeddings.weight", "wte.weight")
-VOCABULARY_HINT = (" (their vocabularies differ: realigning embedding rows through each model's tokenizer, "
-                   "as mergekit's tokenizer_source does, is not supported yet)")
+VOCABULARY_HINT = (" (their vocabularies differ: set tokenizer_source: base or union, as in mergekit, to realign "
+                   "embedding rows through each model's tokenizer)")
 LAYER = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
 
@@ -77,21 +77,23 @@ class MergePlan:
     bytes_written: int
     peak_bytes: int  # estimated working memory on the compute device, largest job
     left_out: tuple[str, ...] = ()  # one line per input tensor not merged, and why (the log says it)
+    vocabulary: object | None = None  # core.merge.vocabulary.Vocabulary when embedding rows are realigned
 
 
 def plan_merge(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], *,
-               num_layers: int | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergePlan:
+               num_layers: int | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES, realign: bool = False) -> MergePlan:
     """Plan `recipe` over inputs listed as {model reference: {tensor name: TensorInfo}}.
 
     `listings` must hold every reference in recipe.inputs(); the first is the base (or the
     first model) and decides tensor order and the dtype written when the recipe sets none.
     `num_layers` (the config's count) places gradients; see _stack_depths for a deeper stack.
+    `realign`: token-indexed tensors may differ in their row count (core.merge.aligned reshapes their jobs).
     """
     if recipe.slices:
         raise ValueError("a sliced recipe is planned by core.merge.slices.plan_slices")
     refs = recipe.inputs()
     first = listings[refs[0]]
-    sources, left_out = common_tensors(refs, listings)
+    sources, left_out = common_tensors(refs, listings, realign=realign)
     _check_float8_scales(refs[0], first)
     layers = _stack_depths(first, num_layers)
     rows = [e.model for e in recipe.rows()]
@@ -165,7 +167,7 @@ def rows_per_chunk(recipe: MergeRecipe, params: dict, info: TensorInfo) -> int |
     return None
 
 
-def common_tensors(refs: list[str], listings: dict[str, dict[str, TensorInfo]]
+def common_tensors(refs: list[str], listings: dict[str, dict[str, TensorInfo]], *, realign: bool = False
                    ) -> tuple[dict[str, dict[str, str]], list[str]]:
     """The tensors every input has, each as {model reference: tensor name read there}, and what is left out.
 
@@ -198,8 +200,9 @@ def common_tensors(refs: list[str], listings: dict[str, dict[str, TensorInfo]]
     for name, found in sources.items():
         shapes = {ref: listings[ref][there].shape for ref, there in found.items()}
         for ref, shape in shapes.items():
-            if shape != shapes[refs[0]]:
-                vocab = VOCABULARY_HINT if name.endswith(TOKEN_INDEXED) and shape[1:] == shapes[refs[0]][1:] else ""
+            rows_only = name.endswith(TOKEN_INDEXED) and shape[1:] == shapes[refs[0]][1:]
+            if shape != shapes[refs[0]] and not (realign and rows_only):
+                vocab = VOCABULARY_HINT if rows_only else ""
                 raise CheckpointError(f"shape mismatch at {name}: {refs[0]} has {list(shapes[refs[0]])}, "
                                       f"{ref} has {list(shape)}{vocab}")
     return sources, left_out

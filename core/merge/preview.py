@@ -20,10 +20,12 @@ import torch
 from core.errors import CheckpointError, ResourceError
 from core.io.checkpoint import Checkpoint
 from core.io.lora import AdaptedCheckpoint, open_adapted, split_reference
+from core.merge.aligned import align_plan
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, plan_merge
 from core.merge.preflight import Resources, measure_resources, shortage
 from core.merge.recipe import MergeRecipe
 from core.merge.slices import plan_slices
+from core.merge.vocabulary import build_vocabulary
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def preview(recipe: MergeRecipe, out: str | Path, devices: list[torch.device], *
     a merge that would not fit is not an error here: see Preview.problem.
     """
     with open_inputs(recipe, token=token) as inputs:
-        return preview_inputs(recipe, inputs, out, devices, shard_bytes=shard_bytes)
+        return preview_inputs(recipe, inputs, out, devices, shard_bytes=shard_bytes, token=token)
 
 
 def plan_inputs(recipe: MergeRecipe, *, token: str | bool | None = None,
@@ -80,13 +82,13 @@ def plan_inputs(recipe: MergeRecipe, *, token: str | bool | None = None,
     """The plan alone, inputs closed after, for a caller with no output folder to measure (the sweep's
     check that a loaded model has a place for every merged tensor)."""
     with open_inputs(recipe, token=token) as inputs:
-        return plan_for(recipe, inputs, shard_bytes=shard_bytes)
+        return plan_for(recipe, inputs, shard_bytes=shard_bytes, token=token)
 
 
 def preview_inputs(recipe: MergeRecipe, inputs: Inputs, out: str | Path, devices: list[torch.device], *,
-                   shard_bytes: int = DEFAULT_SHARD_BYTES) -> Preview:
+                   shard_bytes: int = DEFAULT_SHARD_BYTES, token: str | bool | None = None) -> Preview:
     """preview, for inputs already opened (the engine's, which it goes on to read)."""
-    plan = plan_for(recipe, inputs, shard_bytes=shard_bytes)
+    plan = plan_for(recipe, inputs, shard_bytes=shard_bytes, token=token)
     found = measure_resources(plan, out, devices)
     return Preview(plan, found, shortage(found))
 
@@ -117,14 +119,18 @@ def open_checkpoint(ref: str, *, token: str | bool | None = None) -> Checkpoint:
 
 
 def plan_for(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
-             shard_bytes: int = DEFAULT_SHARD_BYTES) -> MergePlan:
+             shard_bytes: int = DEFAULT_SHARD_BYTES, token: str | bool | None = None) -> MergePlan:
     """The MergePlan for opened inputs (layer count from the base's config when it has one; sliced recipes:
-    core.merge.slices)."""
+    core.merge.slices); a recipe that realigns vocabularies has them built here (core.merge.vocabulary), so
+    its token-indexed jobs take the output vocabulary's rows (token: for a tokenizer_source Hub id)."""
     first = checkpoints[recipe.inputs()[0]]
     listings = {ref: ckpt.tensors for ref, ckpt in checkpoints.items()}
+    vocabulary = build_vocabulary(recipe, checkpoints, token=token)
+    realign = vocabulary is not None
     if recipe.slices:
-        plan = plan_slices(recipe, listings, shard_bytes=shard_bytes)
+        plan = plan_slices(recipe, listings, shard_bytes=shard_bytes, realign=realign)
     else:
-        plan = plan_merge(recipe, listings, num_layers=first.num_layers(), shard_bytes=shard_bytes)
+        plan = plan_merge(recipe, listings, num_layers=first.num_layers(), shard_bytes=shard_bytes, realign=realign)
+    plan = replace(align_plan(plan, vocabulary, recipe, shard_bytes=shard_bytes), vocabulary=vocabulary)
     adapters = sum(c.adapter_bytes for c in checkpoints.values() if isinstance(c, AdaptedCheckpoint))
     return replace(plan, bytes_read=plan.bytes_read + adapters)

@@ -12,13 +12,14 @@ A recipe says which models to merge, how, and with which parameters:
     parameters: {lambda: 1.0}
     dtype: bfloat16          # working dtype: inputs are rounded to it (math runs in float32)
     out_dtype: bfloat16      # dtype written; default: dtype, else the base's
-    tokenizer_source: base   # or a model reference
+    tokenizer_source: base   # base, union or a model reference: realign embedding rows to that vocabulary
+    chat_template: auto      # or a Jinja string (also the `tokenizer:` block: core.merge.tokenizer_spec)
 
 `load_recipe` / `parse_recipe` check everything that can be checked without reading a tensor
 and raise RecipeError with one line naming the problem; `to_yaml` writes the recipe back so
 the UI form and the YAML editor can round-trip. `resolve_params` gives a method the values
 for one tensor. mergekit's `slices` (frankenmerges, core.merge.slice_spec / core.merge.slices) are
-read; its `modules` are not supported yet and are refused.
+read; its `modules` are not supported yet and are refused. Vocabulary settings: core.merge.tokenizer_spec.
 """
 from __future__ import annotations
 
@@ -32,11 +33,13 @@ from core.io.safe_yaml import load_yaml
 from core.merge.methods import METHODS, Method
 from core.merge.params import Setting, resolve_setting
 from core.merge.slice_spec import OutputSlice, parameter_mapping, parse_slices, slice_models, slices_data
+from core.merge.tokenizer_spec import (TokenizerSpec, check_vocabulary, parse_chat_template, parse_tokenizer,
+                                       tokenizer_data)
 from core.units import DTYPES
 
-KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source")
-NOT_YET = {"modules": "list the models under 'models:' instead",
-           "tokenizer": "use tokenizer_source: base or a model reference"}
+KEYS = ("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source",
+        "tokenizer", "chat_template")
+NOT_YET = {"modules": "list the models under 'models:' instead"}
 
 
 @dataclass
@@ -57,7 +60,9 @@ class MergeRecipe:
     parameters: dict[str, Setting] = field(default_factory=dict)  # global settings
     dtype: str | None = None  # working dtype, one of DTYPES; None: each tensor's own
     out_dtype: str | None = None  # output dtype; None: dtype, else the base's
-    tokenizer_source: str | None = None  # None / "base": the base (or first) model; else a reference
+    tokenizer_source: str | None = None  # None: the base's files, rows as they are; base | union | a reference: realigned
+    tokenizer: TokenizerSpec | None = None  # mergekit's `tokenizer:` block (instead of tokenizer_source)
+    chat_template: str | None = None  # auto or a Jinja string, written into the output tokenizer
     slices: tuple[OutputSlice, ...] | None = None  # given instead of models (which then lists their models)
 
     @property
@@ -67,6 +72,11 @@ class MergeRecipe:
     @property
     def uses_base(self) -> bool:
         return self.base_model is not None and self.method.base != "unused"
+
+    @property
+    def vocabulary_source(self) -> str | None:
+        """base | union | a model reference when embedding rows are realigned to a vocabulary; None: not."""
+        return self.tokenizer.source if self.tokenizer else self.tokenizer_source
 
     def inputs(self) -> list[str]:
         """Every model the merge reads, base first, each once."""
@@ -133,9 +143,12 @@ def recipe_from_dict(data: object) -> MergeRecipe:
         parameters=parameter_mapping(data.get("parameters"), "parameters"),
         dtype=_dtype_name(data, "dtype"),
         out_dtype=_dtype_name(data, "out_dtype"),
-        tokenizer_source=_tokenizer_source(data),
+        tokenizer_source=_optional_text(data, "tokenizer_source"),
+        tokenizer=parse_tokenizer(data["tokenizer"]) if data.get("tokenizer") is not None else None,
+        chat_template=parse_chat_template(data.get("chat_template")),
         slices=slices,
     )
+    check_vocabulary(recipe.tokenizer_source, recipe.tokenizer, recipe.inputs())
     if slices:
         for index, part in enumerate(slices):
             try:
@@ -157,9 +170,11 @@ def to_yaml(recipe: MergeRecipe) -> str:
     else:
         data["models"] = [{"model": e.model, **({"parameters": e.parameters} if e.parameters else {})}
                           for e in recipe.models]
-    for key in ("parameters", "dtype", "out_dtype", "tokenizer_source"):
+    for key in ("parameters", "dtype", "out_dtype", "tokenizer_source", "chat_template"):
         if getattr(recipe, key):
             data[key] = getattr(recipe, key)
+    if recipe.tokenizer:
+        data["tokenizer"] = tokenizer_data(recipe.tokenizer)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
@@ -279,15 +294,6 @@ def _model_entries(value: object) -> list[ModelEntry]:
             raise RecipeError(f"unknown key(s) {sorted(unknown, key=str)} in models[{index}]: valid are model, parameters")
         entries.append(ModelEntry(item["model"].strip(), parameter_mapping(item.get("parameters"), f"models[{index}].parameters")))
     return entries
-
-
-def _tokenizer_source(data: dict) -> str | None:
-    """tokenizer_source: base or a model reference; mergekit's `union` is refused by name, not looked up as a folder."""
-    source = _optional_text(data, "tokenizer_source")
-    if source == "union":
-        raise RecipeError("tokenizer_source: union (a vocabulary merged from every model) is not supported yet: "
-                          "use tokenizer_source: base or a model reference")
-    return source
 
 
 def _optional_text(data: dict, key: str) -> str | None:

@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 from core.io.card import model_card
-from core.io.checkpoint import Checkpoint, resolve_reference
-from core.io.lora import AdaptedCheckpoint, split_reference
+from core.io.checkpoint import Checkpoint
+from core.io.lora import AdaptedCheckpoint
 from core.io.staging import staged_output
 from core.io.writer import ShardWriter, copy_side_files
 from core.merge.plan import TIED, MergePlan
 from core.merge.recipe import MergeRecipe, to_yaml
 from core.merge.slices import write_layer_count
+from core.merge.tokenizer_out import check_chat_template_target, write_tokenizer
 
 
 class ShardSink:
@@ -35,11 +36,12 @@ class ShardSink:
     """
 
     def __init__(self, recipe: MergeRecipe, out_dir: str | Path, inputs: dict[str, Checkpoint], plan: MergePlan, *,
-                 overwrite: bool = False, token: str | bool | None = None):
+                 overwrite: bool = False):
         self.recipe, self.out_dir, self.plan, self.overwrite = recipe, Path(out_dir), plan, overwrite
         self.inputs = inputs
         self.first = inputs[recipe.inputs()[0]]
-        self.tokenizer_from = _tokenizer_folder(recipe, token)
+        check_chat_template_target(recipe, inputs)
+        self.tokenizer_from = plan.vocabulary.copy_from if plan.vocabulary is not None else None
         adapters = tuple(c.adapter.folder for c in inputs.values() if isinstance(c, AdaptedCheckpoint))
         tokenizer = (self.tokenizer_from,) if self.tokenizer_from else ()
         self.read = tuple(c.folder for c in inputs.values()) + adapters + tokenizer
@@ -65,6 +67,7 @@ class ShardSink:
         untie = any(job.sources for job in self.plan.jobs if job.name in TIED)  # tied and untied inputs mixed
         copy_side_files(self.first.folder, self.staging, tokenizer_source=self.tokenizer_from,
                         dtype=_main_dtype(self.plan), untie=untie)
+        write_tokenizer(self.staging, self.recipe, self.plan.vocabulary, self.inputs)
         if self.recipe.slices and (self.staging / "config.json").exists():
             write_layer_count(self.staging / "config.json", self.recipe, self.inputs)
         (self.staging / "mergekit_config.yml").write_text(to_yaml(self.recipe), encoding="utf-8")
@@ -91,13 +94,6 @@ class WeightsSink:
 
     def finish(self) -> None:
         self._rows_done.clear()  # ready for the next merge into the same model
-
-
-def _tokenizer_folder(recipe: MergeRecipe, token: str | bool | None) -> Path | None:
-    source = recipe.tokenizer_source
-    if source in (None, "base"):
-        return None
-    return resolve_reference(split_reference(source)[0], token=token)  # model+lora: the model's tokenizer
 
 
 def _main_dtype(plan: MergePlan) -> torch.dtype:

@@ -21,7 +21,8 @@ from pathlib import Path
 from core.errors import CheckpointError
 from core.io.checkpoint import Checkpoint
 from core.io.header import TensorInfo
-from core.merge.plan import LAYER, MergePlan, TensorJob, output_dtype, plan_shards, rows_per_chunk, working_bytes
+from core.merge.plan import (LAYER, TOKEN_INDEXED, MergePlan, TensorJob, output_dtype, plan_shards, rows_per_chunk,
+                             working_bytes)
 from core.merge.recipe import MergeRecipe, resolve_params
 from core.merge.slice_spec import OutputSlice
 
@@ -29,15 +30,17 @@ LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 EMBEDDING_PARTS = ("embed", "wte", "wpe")  # names of tensors before the layer stack (mergekit's pre_weights)
 
 
-def plan_slices(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], *, shard_bytes: int) -> MergePlan:
-    """The MergePlan of a sliced recipe over inputs listed as {reference: {tensor name: TensorInfo}}."""
+def plan_slices(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]], *, shard_bytes: int,
+                realign: bool = False) -> MergePlan:
+    """The MergePlan of a sliced recipe over inputs listed as {reference: {tensor name: TensorInfo}}
+    (realign: token-indexed tensors may differ in rows, as in plan_merge)."""
     parts = list(zip(recipe.slices, recipe.slice_recipes()))
     template = listings[recipe.slices[0].sources[0].model]
     stack = _layer_stack(recipe.slices[0].sources[0].model, template)
     _check_ranges(recipe, stack, listings)
     outer = [name for name in template if not LAYER.search(name)]
     pre = [name for name in outer if any(part in name for part in EMBEDDING_PARTS)]
-    jobs = [_job(parts[0], name, {s.model: name for s in parts[0][0].sources}, 0.0, listings) for name in pre]
+    jobs = [_job(parts[0], name, {s.model: name for s in parts[0][0].sources}, 0.0, listings, realign) for name in pre]
     layer = 0
     for out, part in parts:
         for offset in range(out.length):
@@ -46,7 +49,7 @@ def plan_slices(recipe: MergeRecipe, listings: dict[str, dict[str, TensorInfo]],
                 names = {s.model: f"{stack}.{s.layer_range[0] + offset}.{suffix}" for s in out.sources}
                 jobs.append(_job((out, part), f"{stack}.{layer}.{suffix}", names, t, listings))
             layer += 1
-    jobs += [_job(parts[-1], name, {s.model: name for s in parts[-1][0].sources}, 0.0, listings)
+    jobs += [_job(parts[-1], name, {s.model: name for s in parts[-1][0].sources}, 0.0, listings, realign)
              for name in outer if name not in pre]
     return MergePlan(
         jobs=jobs,
@@ -96,13 +99,15 @@ def job_inputs(recipe: MergeRecipe, job: TensorJob,
 
 
 def _job(part: tuple[OutputSlice, MergeRecipe], out_name: str, names: dict[str, str], t: float,
-         listings: dict[str, dict[str, TensorInfo]]) -> TensorJob:
+         listings: dict[str, dict[str, TensorInfo]], realign: bool = False) -> TensorJob:
     """One output tensor of a slice: read from names[model] of each source (checked to exist alike)."""
     out, recipe = part
     first = None
     for source in out.sources:
         info = listings[source.model].get(names[source.model])
-        if info is None or (first is not None and info.shape != first.shape):
+        rows_only = realign and out_name.endswith(TOKEN_INDEXED) and first is not None and info is not None \
+            and info.shape[1:] == first.shape[1:]
+        if info is None or (first is not None and info.shape != first.shape and not rows_only):
             found = "lacks it" if info is None else f"has {list(info.shape)}, {out.sources[0].model} {list(first.shape)}"
             raise CheckpointError(f"slice source {source.model!r} cannot give {names[source.model]!r} for {out_name}: "
                                   f"it {found}")

@@ -8,7 +8,7 @@ Each document is a recipe; a document with `name: X` is written to INTERMEDIATE/
 defaults to OUT's sibling OUT-stages, mergekit-multi's --intermediate-dir), and the one document
 without a name is the final merge, written to OUT. Where every document is named, the last one
 is the final (mergekit-multi then writes only intermediates). A stage reads an earlier one by
-writing its name where a model goes (model, base_model, tokenizer_source; `X+lora` too); stages
+writing its name where a model goes (model, base_model, tokenizer_source, the tokenizer: block's sources; `X+lora` too); stages
 run in dependency order (file order among equals), a cycle or a stage reading the final is refused.
 
 As mergekit-multi (whose --lazy is the default), intermediates are kept after the run, and an
@@ -38,10 +38,12 @@ from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, plan_merge
 from core.merge.preflight import measure_resources, shortage
 from core.merge.preview import Preview, open_checkpoint, preview
 from core.merge.recipe import MergeRecipe, recipe_from_dict
+from core.merge.tokenizer_spec import WORDS
 
 NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,99}$")
-REFERENCE_KEYS = ("model", "models", "base_model", "tokenizer_source")  # where a stage name stands for its output
-KEEP = ("base", "union")  # tokenizer_source words that are no model
+# where a stage name stands for its output (source: the tokenizer: block's, and its tokens' sources)
+REFERENCE_KEYS = ("model", "models", "base_model", "tokenizer_source", "source")
+KEEP = WORDS  # tokenizer_source / source words that are no model
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def _patch(value: object, outputs: dict[str, str], reads: list[str], check_ref: 
         return {k: _patch(v, outputs, reads, check_ref, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_patch(v, outputs, reads, check_ref, key) for v in value]
-    if key not in REFERENCE_KEYS or not isinstance(value, str) or (key == "tokenizer_source" and value in KEEP):
+    if key not in REFERENCE_KEYS or not isinstance(value, str) or (key in ("tokenizer_source", "source") and value in KEEP):
         return value
     model, adapter = split_reference(value.strip())
     if model in outputs:
@@ -229,7 +231,9 @@ def _preview_pending(stage: Stage, pending: dict, devices: list[torch.device], t
                 opened.append(checkpoint)
                 listings[ref], layers[ref] = checkpoint.tensors, checkpoint.num_layers()
         first = stage.recipe.inputs()[0]
-        plan = plan_merge(stage.recipe, listings, num_layers=layers[first], shard_bytes=shard_bytes)
+        # a vocabulary to realign to is built when the stage runs (its inputs' tokenizers exist only then)
+        plan = plan_merge(stage.recipe, listings, num_layers=layers[first], shard_bytes=shard_bytes,
+                          realign=stage.recipe.vocabulary_source is not None)
     finally:
         for checkpoint in opened:
             checkpoint.close()

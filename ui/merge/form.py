@@ -106,7 +106,7 @@ def build_merge_form(app: gr.Blocks, workspace: Workspace, ws: gr.State) -> Form
                 dtype = gr.Dropdown(DTYPE_CHOICES, value="", label="Working dtype",
                                     info="inputs are rounded to it; the math is float32")
                 out_dtype = gr.Dropdown(DTYPE_CHOICES, value="", label="Output dtype", info="what is written")
-                tokenizer = gr.Textbox(label="Tokenizer from", placeholder="base", info="'base' or a model")
+                tokenizer = gr.Textbox(label="Tokenizer from", placeholder="the base's, rows unchanged", info="'base', 'union' (every input's tokens) or a model: rows realigned to its vocabulary")
         with gr.Column(scale=2):
             recipe_yaml = gr.Code(form_to_yaml(start), language="yaml", interactive=True, elem_id="recipe-yaml",
                                   label="Recipe YAML: edit, then click outside", wrap_lines=True)

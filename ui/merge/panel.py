@@ -238,6 +238,8 @@ def plan_markdown(recipe: MergeRecipe, found: Preview, out: Path, devices: list[
     over = f"each of {len(recipe.slices)} slices" if recipe.slices else recipe.counted()
     rows = [("Method", f"{recipe.method.label} over {over}"),
             *([("Slices", f"{output_layers(recipe)} output layers: " + "; ".join(slice_lines(recipe)))] if recipe.slices else []),
+            *([("Vocabulary", merge_plan.vocabulary.summary() + " (embedding rows realigned)")]
+              if merge_plan.vocabulary is not None else []),
             ("Tensors", f"{len(merge_plan.jobs)} ({merged} merged, {len(merge_plan.jobs) - merged} copied)"),
             ("Reads", human(merge_plan.bytes_read)),
             ("Writes", f"{human(merge_plan.bytes_written)} in {len(merge_plan.shards)} file(s) → `{out.name}`"),

@@ -27,6 +27,7 @@ from core.merge.methods import METHODS, Method
 from core.merge.params import Param, Setting
 from core.merge.recipe import MergeRecipe, ModelEntry, parse_recipe, recipe_from_dict, to_yaml
 from core.merge.slice_spec import OutputSlice
+from core.merge.tokenizer_spec import TokenizerSpec
 
 _keys = itertools.count(1)
 FIELDS = ("base_model", "dtype", "out_dtype", "tokenizer_source")  # text settings outside the rows
@@ -55,8 +56,10 @@ class FormState:
     globals: dict[str, Setting] = field(default_factory=dict)  # top-level `parameters`
     dtype: str = ""  # working dtype; "" = each tensor's own
     out_dtype: str = ""  # dtype written; "" = dtype, else the base's
-    tokenizer_source: str = ""  # "" / "base" = the base (or first) model; else a model reference
+    tokenizer_source: str = ""  # "": the base's tokenizer, rows as they are; base | union | a model: realigned
     slices: tuple[OutputSlice, ...] | None = None  # a pasted `slices:` recipe's, kept as pasted (edited in YAML)
+    tokenizer: TokenizerSpec | None = None  # a pasted `tokenizer:` block, kept as pasted (edited in YAML)
+    chat_template: str = ""  # a pasted chat_template (auto or Jinja), kept as pasted
     key: int = field(default_factory=_new_key, compare=False)  # a pasted recipe is a new form
 
 
@@ -67,7 +70,8 @@ def form_to_yaml(state: FormState) -> str:
     recipe = MergeRecipe(state.method, [ModelEntry(r.model, dict(r.params)) for r in state.rows],
                          base_model=state.base_model or None, parameters=dict(state.globals),
                          dtype=state.dtype or None, out_dtype=state.out_dtype or None,
-                         tokenizer_source=state.tokenizer_source or None, slices=state.slices)
+                         tokenizer_source=state.tokenizer_source or None, slices=state.slices,
+                         tokenizer=state.tokenizer, chat_template=state.chat_template or None)
     return to_yaml(recipe)
 
 
@@ -95,7 +99,7 @@ def _from_recipe(recipe: MergeRecipe) -> FormState:
     return FormState(recipe.merge_method, recipe.base_model or "",
                      [ModelRow(e.model, copy.deepcopy(e.parameters)) for e in recipe.models],
                      copy.deepcopy(recipe.parameters), recipe.dtype or "", recipe.out_dtype or "",
-                     recipe.tokenizer_source or "", recipe.slices)
+                     recipe.tokenizer_source or "", recipe.slices, recipe.tokenizer, recipe.chat_template or "")
 
 
 # ---- edits ----------------------------------------------------------------------------------
