@@ -29,11 +29,13 @@ from numbers import Integral
 from pathlib import Path
 from typing import Callable, Iterator
 
+import psutil
 import torch
 
-from core.devices import devices_for
+from core.devices import block_threads, devices_for
 from core.errors import MergeCancelled, RecipeError
 from core.io.checkpoint import Checkpoint
+from core.io.prefetch import RowBlocks
 from core.merge.nonfinite import NonFinite
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob
 from core.progress import eta
@@ -147,18 +149,24 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
            devices: list[torch.device], seed: int = 0, refuse_nonfinite: bool = False,
            cancel: threading.Event | None = None) -> Iterator[Progress]:
     """The one merge loop: each planned tensor computed (tensors spread over `devices` in turn), checked for
-    NaN/Inf and handed to `sink` chunk by chunk; a Progress after each. Cancel is checked between tensors
+    NaN/Inf and handed to `sink` chunk by chunk (a chunk may be a reused buffer: the sink must write or copy it
+    before the next); a Progress after each. Cancel is checked between tensors
     and chunks, and once more after the last (a Stop during the last tensor still means no model)."""
     started = time.perf_counter()
     done = 0
+    out_of_core = plan.bytes_read > psutil.virtual_memory().available  # see Checkpoint.release
     for step, job in enumerate(plan.jobs, 1):
         MergeCancelled.check(cancel, STOPPED)
         target = devices[(step - 1) % len(devices)]
         findings = NonFinite(refuse_nonfinite)
-        for chunk in tensor_chunks(recipe, job, inputs, target, seed, cancel, findings):
-            if job.merged:
-                findings.check_output(job.name, chunk)
-            sink.write(job.name, chunk)
+        with block_threads(target, job.rows_per_chunk is not None):  # one core left for the block reader
+            for chunk in tensor_chunks(recipe, job, inputs, target, seed, cancel, findings, release=out_of_core):
+                if job.merged:
+                    findings.check_output(job.name, chunk)
+                sink.write(job.name, chunk)
+        if out_of_core:
+            for checkpoint, name in job_reads(recipe, job, inputs):
+                checkpoint.release(name)
         done += job.nbytes
         # a sliced job's copied tensor is one source layer's, renamed: nothing to compare it with under its name
         notes = () if job.merged or job.rows_from else copy_differs(job.name, [inputs[ref] for ref in recipe.inputs()])
@@ -169,13 +177,14 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
 
 def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
                   device: torch.device, seed: int, cancel: threading.Event | None,
-                  findings: NonFinite) -> Iterator[torch.Tensor]:
+                  findings: NonFinite, *, release: bool = False) -> Iterator[torch.Tensor]:
     """The output tensor of one job, as one tensor or as consecutive blocks of rows; NaN/Inf in the inputs
-    go to `findings`."""
+    go to `findings`. release: a one-pass merge releases each input block once merged (Checkpoint.release)."""
     rows, names, base, base_name = job_inputs(recipe, job, checkpoints)
     if not job.merged:
         yield rows[0].read(names[0])
         return
+    reads = job_reads(recipe, job, checkpoints)  # the models' tensors, then the base's
     working = DTYPES.get(recipe.dtype or "")
     generator = None
     if recipe.method.random:
@@ -184,14 +193,12 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
 
     if recipe.method.coefficients is not None:
         models, base_coefficient = recipe.method.coefficients(job.params)
-        inputs = list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])
         coefficients = models + ([base_coefficient] if base is not None else [])
         if _sum_is_precise_enough(coefficients, job.out_dtype):
-            yield from _weighted_sum(job, inputs, coefficients, working, device, cancel, findings)
+            yield from _weighted_sum(job, reads, coefficients, working, device, cancel, findings, release)
             return
 
     passes = 0  # a method may read the tensor more than once (TIES: twice for top-k, then to merge)
-    buffers = BlockBuffers(job, device)
 
     def read() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """Every input's next block of rows as float32 on the device: (n, *block) models, (*block) base.
@@ -199,27 +206,27 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
         Inputs are checked for NaN/Inf on the first pass only, so each value is counted once."""
         nonlocal passes
         passes += 1
-        for piece in job.row_slices():
-            MergeCancelled.check(cancel, STOPPED)
-            first = rows[0].read(names[0], device=device, dtype=working, rows=piece,
-                                 out=buffers.take(rows[0], piece, names[0]))
-            stack = torch.empty((len(rows), *first.shape), dtype=torch.float32, device=device)  # (n, *block)
-            stack[0].copy_(first)
-            for i, (checkpoint, name) in enumerate(zip(rows[1:], names[1:]), 1):
-                stack[i].copy_(checkpoint.read(name, device=device, dtype=working, rows=piece,
-                                               out=buffers.take(checkpoint, piece, name)))
+        for stored in input_blocks(job, reads, cancel):
+            stack = torch.empty((len(rows), *stored[0].shape), dtype=torch.float32, device=device)  # (n, *block)
+            for i in range(len(rows)):
+                stack[i].copy_(_prepared(stored[i], device, working))
             if passes == 1:
                 findings.check(job.name, stack, rows)
             base_block = None
             if base is not None:
-                base_block = base.read(base_name, device=device, dtype=working, rows=piece,
-                                       out=buffers.take(base, piece, base_name)).to(torch.float32, copy=True)
+                base_block = _prepared(stored[-1], device, working).to(torch.float32, copy=True)
                 if passes == 1:
                     findings.check(job.name, base_block.unsqueeze(0), [base])
             yield stack, base_block
 
     for merged in recipe.method.merge_blocks(read, job.shape, generator=generator, **job.params):
         yield merged.to(job.out_dtype)
+
+
+def job_reads(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint]) -> list[tuple[Checkpoint, str]]:
+    """(checkpoint, tensor read there) for each input of `job`: the models, then the base if the recipe uses one."""
+    rows, names, base, base_name = job_inputs(recipe, job, checkpoints)
+    return list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])
 
 
 def _sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) -> bool:
@@ -233,7 +240,8 @@ def _sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) ->
 
 
 def _weighted_sum(job: TensorJob, inputs: list[tuple[Checkpoint, str]], coefficients: list[float], working: torch.dtype | None,
-                  device: torch.device, cancel: threading.Event | None, findings: NonFinite) -> Iterator[torch.Tensor]:
+                  device: torch.device, cancel: threading.Event | None, findings: NonFinite,
+                  release: bool) -> Iterator[torch.Tensor]:
     """Σ c_i·x_i block by block, each input (a checkpoint and the tensor read there) added in its stored dtype
     into one float32 sum.
 
@@ -242,56 +250,50 @@ def _weighted_sum(job: TensorJob, inputs: list[tuple[Checkpoint, str]], coeffici
     make the sum non-finite (0·NaN is NaN), so only the sum is checked, and the inputs are
     counted when it fails. Each input comes with the tensor name read there (TensorJob.source).
     """
-    buffers = BlockBuffers(job, device)
-    for piece in job.row_slices():
-        MergeCancelled.check(cancel, STOPPED)
-        merged = None
-        for (checkpoint, name), coefficient in zip(inputs, coefficients):
-            block = _read_summable(checkpoint, name, device, working, piece, buffers.take(checkpoint, piece, name))
-            if merged is None:
-                merged = buffers.take(None, piece, dtype=torch.float32).copy_(block)
+    total = written = None  # the float32 sum and the block written, each allocated once and reused
+    for stored in input_blocks(job, inputs, cancel, release=release):
+        for i, (block, coefficient) in enumerate(zip(stored, coefficients)):
+            block = _summable(_prepared(block, device, working))
+            if i == 0:
+                if total is None:
+                    total = torch.empty(block.shape, dtype=torch.float32, device=device)
+                    written = torch.empty(block.shape, dtype=job.out_dtype, device=device)
+                merged = _leading(total, block).copy_(block)
                 if coefficient != 1:
                     merged.mul_(coefficient)
             else:
                 merged.add_(block, alpha=coefficient)
         if not torch.isfinite(merged.sum()):
-            for checkpoint, name in inputs:
-                block = _read_summable(checkpoint, name, device, working, piece)
-                findings.check(job.name, block.unsqueeze(0), [checkpoint])
-        yield merged.to(job.out_dtype, copy=True)  # a copy even in float32: the sum's buffer is reused
+            for (checkpoint, name), block in zip(inputs, stored):
+                findings.check(job.name, _summable(_prepared(block, device, working)).unsqueeze(0), [checkpoint])
+        yield _leading(written, merged).copy_(merged)  # valid until the next block: the sink writes it at once
 
 
-class BlockBuffers:
-    """One block-sized buffer per input (and one float32 sum) for a job's row blocks, reused block after block.
-
-    Why: a fresh megabyte block is a fresh anonymous mapping whose every page faults when written; at
-    3 x 7.6 GB that was 5.5 million page faults. The last, shorter block uses the first rows.
-    """
-
-    def __init__(self, job: TensorJob, device: torch.device):
-        self.job, self.device, self.held = job, device, {}
-
-    def take(self, owner: Checkpoint | None, piece: slice | None, name: str | None = None,
-             dtype: torch.dtype | None = None) -> torch.Tensor | None:
-        """The buffer for owner's block `piece` of its tensor `name` (owner None: the sum, in dtype, on the
-        device); an input gets None (a new tensor) for a whole tensor or off the CPU (it is read on the CPU).
-        `name` is what is read from owner, which is not the job's own name for a sliced layer or a tied head."""
-        if piece is None:
-            return None if owner is not None else torch.empty(self.job.shape, dtype=dtype, device=self.device)
-        if owner is not None and self.device.type != "cpu":
-            return None
-        buffer = self.held.get(id(owner))
-        if buffer is None:
-            shape = (self.job.rows_per_chunk, *self.job.shape[1:])
-            dtype, device = (dtype, self.device) if owner is None else (owner.tensors[name].dtype, "cpu")
-            buffer = self.held[id(owner)] = torch.empty(shape, dtype=dtype, device=device)
-        start, stop, _ = piece.indices(self.job.shape[0])
-        return buffer[:stop - start]
+def input_blocks(job: TensorJob, reads: list[tuple[Checkpoint, str]], cancel: threading.Event | None, *,
+                 release: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Each (checkpoint, tensor) in `reads` as stored on the CPU: the whole tensor, or block after block of
+    rows, read one block ahead on a thread (core.io.prefetch). A block is valid until the next is asked
+    for. Cancel is checked before each block."""
+    if job.rows_per_chunk is None:
+        MergeCancelled.check(cancel, STOPPED)
+        yield [checkpoint.read(name) for checkpoint, name in reads]
+        return
+    with RowBlocks(reads, job.row_slices(), release=release) as blocks:
+        for _, stored in blocks:
+            MergeCancelled.check(cancel, STOPPED)
+            yield stored
 
 
-def _read_summable(checkpoint: Checkpoint, name: str, device: torch.device, working: torch.dtype | None,
-                   piece: slice | None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """A block as stored (or in `working`), float8 widened to float32: torch cannot add float8."""
-    block = checkpoint.read(name, device=device, dtype=working, rows=piece, out=out)
+def _leading(buffer: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The first rows of a reused buffer, as many as `like` has (the last block of rows may be shorter)."""
+    return buffer[:len(like)] if like.dim() else buffer
+
+
+def _prepared(block: torch.Tensor, device: torch.device, working: torch.dtype | None) -> torch.Tensor:
+    """A block as read, on the compute device and in the recipe's working dtype (`dtype:`, if it sets one)."""
+    return block.to(device=device, dtype=working or block.dtype)
+
+
+def _summable(block: torch.Tensor) -> torch.Tensor:
+    """A block as read, float8 widened to float32: torch cannot add float8."""
     return block.to(torch.float32) if block.dtype.itemsize == 1 else block
-
