@@ -38,12 +38,12 @@ from core.io.checkpoint import Checkpoint
 from core.io.prefetch import RowBlocks
 from core.merge.nonfinite import NonFinite
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob
-from core.progress import eta
 from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
 from core.merge.recipe import DTYPES, MergeRecipe
 from core.merge.sinks import ShardSink, WeightsSink
-from core.merge.warnings import copy_differs
 from core.merge.slices import job_inputs
+from core.merge.warnings import copy_differs
+from core.progress import eta
 
 
 @dataclass(frozen=True)
