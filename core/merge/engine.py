@@ -9,8 +9,11 @@ method on the chosen device, hand the result to a sink, report progress.
 There is one loop (`stream`); the sink decides where tensors go (core.merge.sinks): a new model
 folder (ShardSink: merge_events) or a loaded model's weights (WeightsSink: merge_into, the
 sweep's in-memory mode). Memory stays bounded by the largest tensor times the number of inputs
-(elementwise methods: by a fixed chunk), never by model size: inputs are memory-mapped, one
-tensor (or block of rows) is merged at a time, and shards are streamed to disk. `cancel` is
+(elementwise methods: by a fixed chunk), never by model size: one tensor (or block of rows) is
+merged at a time, and shards are streamed to disk. Whole tensors are read from the memory map, blocks
+of rows with preadv one block ahead on a thread (core.merge.blocks); a block merge computes on one core
+fewer than the machine has (core.devices.block_threads), and inputs larger than the RAM available
+are released from the page cache once merged (Checkpoint.release). `cancel` is
 checked between tensors and chunks; a cancelled or failed merge leaves no output folder behind.
 Before anything is created, the merge's Preview (core.merge.preview: the plan, free disk and
 memory) must fit. Every float input block is checked for NaN/Inf, and so is every merged block
@@ -35,7 +38,7 @@ import torch
 from core.devices import block_threads, devices_for
 from core.errors import MergeCancelled, RecipeError
 from core.io.checkpoint import Checkpoint
-from core.io.prefetch import RowBlocks
+from core.merge.blocks import STOPPED, input_blocks, prepared, sum_is_precise_enough, weighted_sum
 from core.merge.nonfinite import NonFinite
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob
 from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
@@ -66,7 +69,6 @@ class Progress:
         return eta(self.bytes_done, self.bytes_total, self.elapsed)
 
 
-STOPPED = "merge stopped: no output was written"  # what a Stop between tensors raises
 MAX_SEED = 2**63 - 1  # torch.Generator's range is 64 bits; mergekit's numpy seeding allows far less
 
 
@@ -194,8 +196,8 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
     if recipe.method.coefficients is not None:
         models, base_coefficient = recipe.method.coefficients(job.params)
         coefficients = models + ([base_coefficient] if base is not None else [])
-        if _sum_is_precise_enough(coefficients, job.out_dtype):
-            yield from _weighted_sum(job, reads, coefficients, working, device, cancel, findings, release)
+        if sum_is_precise_enough(coefficients, job.out_dtype):
+            yield from weighted_sum(job, reads, coefficients, working, device, cancel, findings, release)
             return
 
     passes = 0  # a method may read the tensor more than once (TIES: twice for top-k, then to merge)
@@ -209,12 +211,12 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
         for stored in input_blocks(job, reads, cancel):
             stack = torch.empty((len(rows), *stored[0].shape), dtype=torch.float32, device=device)  # (n, *block)
             for i in range(len(rows)):
-                stack[i].copy_(_prepared(stored[i], device, working))
+                stack[i].copy_(prepared(stored[i], device, working))
             if passes == 1:
                 findings.check(job.name, stack, rows)
             base_block = None
             if base is not None:
-                base_block = _prepared(stored[-1], device, working).to(torch.float32, copy=True)
+                base_block = prepared(stored[-1], device, working).to(torch.float32, copy=True)
                 if passes == 1:
                     findings.check(job.name, base_block.unsqueeze(0), [base])
             yield stack, base_block
@@ -227,73 +229,3 @@ def job_reads(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkp
     """(checkpoint, tensor read there) for each input of `job`: the models, then the base if the recipe uses one."""
     rows, names, base, base_name = job_inputs(recipe, job, checkpoints)
     return list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])
-
-
-def _sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) -> bool:
-    """Whether Σ c_i·x_i in float32 is as good as base + Σ w_i(x_i − base) for this output.
-
-    Why: with large coefficients of both signs (c_base = 1 − λΣw, e.g. −3) the sum cancels big
-    terms and loses digits the delta form keeps. Below float32 output the loss is far under one
-    output ulp; a float32 (or wider) output takes the weighted sum only while Σ|c_i| ≤ 2.
-    """
-    return out_dtype.itemsize < 4 or sum(abs(c) for c in coefficients) <= 2
-
-
-def _weighted_sum(job: TensorJob, inputs: list[tuple[Checkpoint, str]], coefficients: list[float], working: torch.dtype | None,
-                  device: torch.device, cancel: threading.Event | None, findings: NonFinite,
-                  release: bool) -> Iterator[torch.Tensor]:
-    """Σ c_i·x_i block by block, each input (a checkpoint and the tensor read there) added in its stored dtype
-    into one float32 sum.
-
-    Why: it makes one pass per input where the general path copies every input into a
-    float32 stack first; at 3 × 1.5 GB that halves the merge's compute. NaN/Inf in any input
-    make the sum non-finite (0·NaN is NaN), so only the sum is checked, and the inputs are
-    counted when it fails. Each input comes with the tensor name read there (TensorJob.source).
-    """
-    total = written = None  # the float32 sum and the block written, each allocated once and reused
-    for stored in input_blocks(job, inputs, cancel, release=release):
-        for i, (block, coefficient) in enumerate(zip(stored, coefficients)):
-            block = _summable(_prepared(block, device, working))
-            if i == 0:
-                if total is None:
-                    total = torch.empty(block.shape, dtype=torch.float32, device=device)
-                    written = torch.empty(block.shape, dtype=job.out_dtype, device=device)
-                merged = _leading(total, block).copy_(block)
-                if coefficient != 1:
-                    merged.mul_(coefficient)
-            else:
-                merged.add_(block, alpha=coefficient)
-        if not torch.isfinite(merged.sum()):
-            for (checkpoint, name), block in zip(inputs, stored):
-                findings.check(job.name, _summable(_prepared(block, device, working)).unsqueeze(0), [checkpoint])
-        yield _leading(written, merged).copy_(merged)  # valid until the next block: the sink writes it at once
-
-
-def input_blocks(job: TensorJob, reads: list[tuple[Checkpoint, str]], cancel: threading.Event | None, *,
-                 release: bool = False) -> Iterator[list[torch.Tensor]]:
-    """Each (checkpoint, tensor) in `reads` as stored on the CPU: the whole tensor, or block after block of
-    rows, read one block ahead on a thread (core.io.prefetch). A block is valid until the next is asked
-    for. Cancel is checked before each block."""
-    if job.rows_per_chunk is None:
-        MergeCancelled.check(cancel, STOPPED)
-        yield [checkpoint.read(name) for checkpoint, name in reads]
-        return
-    with RowBlocks(reads, job.row_slices(), release=release) as blocks:
-        for _, stored in blocks:
-            MergeCancelled.check(cancel, STOPPED)
-            yield stored
-
-
-def _leading(buffer: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """The first rows of a reused buffer, as many as `like` has (the last block of rows may be shorter)."""
-    return buffer[:len(like)] if like.dim() else buffer
-
-
-def _prepared(block: torch.Tensor, device: torch.device, working: torch.dtype | None) -> torch.Tensor:
-    """A block as read, on the compute device and in the recipe's working dtype (`dtype:`, if it sets one)."""
-    return block.to(device=device, dtype=working or block.dtype)
-
-
-def _summable(block: torch.Tensor) -> torch.Tensor:
-    """A block as read, float8 widened to float32: torch cannot add float8."""
-    return block.to(torch.float32) if block.dtype.itemsize == 1 else block
