@@ -37,9 +37,9 @@ def sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) -> 
     return out_dtype.itemsize < 4 or sum(abs(c) for c in coefficients) <= 2
 
 
-def weighted_sum(job: TensorJob, inputs: list[tuple[Checkpoint, str]], coefficients: list[float], working: torch.dtype | None,
-                  device: torch.device, cancel: threading.Event | None, findings: NonFinite,
-                  release: bool) -> Iterator[torch.Tensor]:
+def weighted_sum(job: TensorJob, inputs: list[tuple[Checkpoint, str]], coefficients: list[float],
+                 working: torch.dtype | None, device: torch.device, cancel: threading.Event | None,
+                 findings: NonFinite, release: bool) -> Iterator[torch.Tensor]:
     """Σ c_i·x_i block by block, each input (a checkpoint and the tensor read there) added in its stored dtype
     into one float32 sum.
 
