@@ -12,8 +12,11 @@ Example:
 """
 from __future__ import annotations
 
+import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -90,3 +93,25 @@ def list_devices() -> list[DeviceInfo]:
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend and backend.is_available())
+
+
+@contextmanager
+def block_threads(device: torch.device, in_blocks: bool) -> Iterator[None]:
+    """While one tensor is merged in blocks of rows on the CPU: torch computes on one core fewer than the machine has.
+
+    Why: a block is small (a few MB; core.merge.plan.CHUNK_ELEMENTS), so each op splits into a few
+    short pieces, and all of them wait for the slowest thread. With every core in torch's pool, one
+    core busy with anything else (the block reader of core.io.prefetch, another program) stalls
+    every op: a 3 x 1.46 GB task arithmetic took 60 s instead of 5 on 2 cores with another process
+    running, TIES 56 s instead of 22 (bench/README.md). Only block merges: their math is elementwise
+    or exact counts, so the bytes do not depend on the thread count, while a whole-tensor reduction
+    (DARE's rescale) adds up in a different order with fewer threads. The setting is torch's, for the
+    whole process, and comes back when the block ends.
+    """
+    before = torch.get_num_threads()
+    if in_blocks and device.type == "cpu":
+        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -102,12 +102,28 @@ class Checkpoint:
         self._files.clear()
         self._pickled.clear()
 
+    def release(self, name: str, rows: slice | None = None) -> None:
+        """Tell the kernel that tensor `name`'s bytes (or those of its `rows`) will not be read again
+        (POSIX_FADV_DONTNEED on their file range).
+
+        Why: when the inputs are larger than RAM, pages kept after use push out the pages of the tensors not read
+        yet (cached by an earlier read), which then come from the disk a second time. A hint: ignored where the
+        OS or the file system does not take it, and for a .bin checkpoint (loaded, not read from its file)."""
+        info = self.tensors.get(name)
+        if info is None or name in self._pickled or not hasattr(os, "posix_fadvise"):
+            return
+        offset, length = _byte_range(info, rows)
+        if length == 0:  # 0 would mean "to the end of the file"
+            return
+        try:
+            os.posix_fadvise(self._descriptor(info.file), offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
     def _mapped(self, info: TensorInfo, rows: slice | None, out: torch.Tensor | None) -> torch.Tensor:
-        shape, offset = list(info.shape), info.offset
+        shape, (offset, _) = list(info.shape), _byte_range(info, rows)
         if rows is not None and shape:
             start, stop, _ = rows.indices(shape[0])
-            row_bytes = info.nbytes // shape[0] if shape[0] else 0
-            offset += start * row_bytes
             shape[0] = max(0, stop - start)
         count = 1
         for dim in shape:
@@ -125,10 +141,7 @@ class Checkpoint:
 
     def _pread(self, info: TensorInfo, shape: list[int], offset: int, out: torch.Tensor | None) -> torch.Tensor:
         """A block copied from the file into `out` or a new tensor (the module docstring says why not the map)."""
-        descriptor = self._files.get(info.file)
-        if descriptor is None:
-            descriptor = self._files[info.file] = os.open(info.file, os.O_RDONLY)
-            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        descriptor = self._descriptor(info.file)
         block = torch.empty(shape, dtype=info.dtype) if out is None else out
         if list(block.shape) != shape or block.dtype != info.dtype or not block.is_contiguous():
             raise ValueError(f"out must be a contiguous {info.dtype} tensor of shape {shape}, got {block.dtype} "
@@ -140,6 +153,14 @@ class Checkpoint:
                 raise CheckpointError(f"{self.ref}: {info.file.name} ends inside tensor {info.name!r}")
             done += got
         return block
+
+    def _descriptor(self, file: Path) -> int:
+        """The file opened for preadv, once; POSIX_FADV_SEQUENTIAL so the kernel reads ahead of the engine."""
+        descriptor = self._files.get(file)
+        if descriptor is None:
+            descriptor = self._files[file] = os.open(file, os.O_RDONLY)
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return descriptor
 
     def _list_tensors(self) -> None:
         files = sorted(self.folder.glob("*.safetensors"))
@@ -175,6 +196,15 @@ class Checkpoint:
                 raise CheckpointError(f"{self.ref}: tensor {name!r} appears in both "
                                       f"{self.tensors[name].file.name} and {info.file.name}")
             self.tensors[name] = info
+
+
+def _byte_range(info: TensorInfo, rows: slice | None) -> tuple[int, int]:
+    """(file offset, length) of a tensor's bytes, or of its rows[start:stop] (first dimension)."""
+    if rows is None or not info.shape:
+        return info.offset, info.nbytes
+    start, stop, _ = rows.indices(info.shape[0])
+    row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+    return info.offset + start * row_bytes, max(0, stop - start) * row_bytes
 
 
 def check_own_files(folder: Path, ref: str) -> None:

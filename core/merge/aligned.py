@@ -48,6 +48,10 @@ class AlignedInput:
             block = torch.cat([block, pad])
         return block.to(device=device, dtype=dtype or info.dtype)
 
+    def release(self, name: str, rows: slice | None = None) -> None:
+        """Nothing per block: a realigned block is gathered from rows all over its sources, so their pages are
+        released whole once the job is done (core.merge.engine.stream, inputs larger than RAM)."""
+
     def _real(self, start: int, stop: int) -> torch.Tensor:
         """Output rows [start, stop) below the padding, in float32 on the CPU: Σ weight · source row."""
         shape = self.tensors[self.name].shape[1:]

@@ -9,8 +9,11 @@ method on the chosen device, hand the result to a sink, report progress.
 There is one loop (`stream`); the sink decides where tensors go (core.merge.sinks): a new model
 folder (ShardSink: merge_events) or a loaded model's weights (WeightsSink: merge_into, the
 sweep's in-memory mode). Memory stays bounded by the largest tensor times the number of inputs
-(elementwise methods: by a fixed chunk), never by model size: inputs are memory-mapped, one
-tensor (or block of rows) is merged at a time, and shards are streamed to disk. `cancel` is
+(elementwise methods: by a fixed chunk), never by model size: one tensor (or block of rows) is
+merged at a time, and shards are streamed to disk. Whole tensors are read from the memory map, blocks
+of rows with preadv one block ahead on a thread (core.merge.blocks); a block merge computes on one core
+fewer than the machine has (core.devices.block_threads), and inputs larger than the RAM available
+are released from the page cache once merged (Checkpoint.release). `cancel` is
 checked between tensors and chunks; a cancelled or failed merge leaves no output folder behind.
 Before anything is created, the merge's Preview (core.merge.preview: the plan, free disk and
 memory) must fit. Every float input block is checked for NaN/Inf, and so is every merged block
@@ -29,12 +32,14 @@ from numbers import Integral
 from pathlib import Path
 from typing import Callable, Iterator
 
+import psutil
 import torch
 
-from core.devices import devices_for
+from core.devices import block_threads, devices_for
 from core.errors import MergeCancelled, RecipeError
 from core.io.checkpoint import Checkpoint
 from core.merge.aligned import align_inputs
+from core.merge.blocks import STOPPED, input_blocks, prepared, sum_is_precise_enough, weighted_sum
 from core.merge.nonfinite import NonFinite
 from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob
 from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
@@ -66,7 +71,6 @@ class Progress:
         return eta(self.bytes_done, self.bytes_total, self.elapsed)
 
 
-STOPPED = "merge stopped: no output was written"  # what a Stop between tensors raises
 MAX_SEED = 2**63 - 1  # torch.Generator's range is 64 bits; mergekit's numpy seeding allows far less
 
 
@@ -149,18 +153,25 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
            devices: list[torch.device], seed: int = 0, refuse_nonfinite: bool = False,
            cancel: threading.Event | None = None) -> Iterator[Progress]:
     """The one merge loop: each planned tensor computed (tensors spread over `devices` in turn), checked for
-    NaN/Inf and handed to `sink` chunk by chunk; a Progress after each. Cancel is checked between tensors
+    NaN/Inf and handed to `sink` chunk by chunk (a chunk may be a reused buffer: the sink must write or copy it
+    before the next); a Progress after each. Cancel is checked between tensors
     and chunks, and once more after the last (a Stop during the last tensor still means no model)."""
     started = time.perf_counter()
     done = 0
+    out_of_core = plan.bytes_read > psutil.virtual_memory().available  # see Checkpoint.release
     for step, job in enumerate(plan.jobs, 1):
         MergeCancelled.check(cancel, STOPPED)
         target = devices[(step - 1) % len(devices)]
         findings = NonFinite(refuse_nonfinite)
-        for chunk in tensor_chunks(recipe, job, inputs, target, seed, cancel, findings, vocabulary=plan.vocabulary):
-            if job.merged:
-                findings.check_output(job.name, chunk)
-            sink.write(job.name, chunk)
+        with block_threads(target, job.rows_per_chunk is not None):  # one core left for the block reader
+            for chunk in tensor_chunks(recipe, job, inputs, target, seed, cancel, findings,
+                                       vocabulary=plan.vocabulary, release=out_of_core):
+                if job.merged:
+                    findings.check_output(job.name, chunk)
+                sink.write(job.name, chunk)
+        if out_of_core:
+            for checkpoint, name in job_reads(recipe, job, inputs):
+                checkpoint.release(name)
         done += job.nbytes
         # a sliced job's copied tensor is one source layer's, renamed: nothing to compare it with under its name
         notes = () if job.merged or job.rows_from else copy_differs(job.name, [inputs[ref] for ref in recipe.inputs()])
@@ -171,14 +182,17 @@ def stream(recipe: MergeRecipe, inputs: dict[str, Checkpoint], plan: MergePlan, 
 
 def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint],
                   device: torch.device, seed: int, cancel: threading.Event | None,
-                  findings: NonFinite, *, vocabulary: Vocabulary | None = None) -> Iterator[torch.Tensor]:
+                  findings: NonFinite, *, vocabulary: Vocabulary | None = None,
+                  release: bool = False) -> Iterator[torch.Tensor]:
     """The output tensor of one job, as one tensor or as consecutive blocks of rows; NaN/Inf in the inputs
-    go to `findings`. With a vocabulary, token-indexed inputs are read realigned (core.merge.aligned)."""
+    go to `findings`. With a vocabulary, token-indexed inputs are read realigned (core.merge.aligned).
+    release: a one-pass merge releases each input block once merged (Checkpoint.release)."""
     rows, names, base, base_name = job_inputs(recipe, job, checkpoints)
     rows, base = align_inputs(vocabulary, recipe, job, rows, names, base, base_name)
     if not job.merged:
         yield rows[0].read(names[0])
         return
+    reads = list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])  # models, then the base
     working = DTYPES.get(recipe.dtype or "")
     generator = None
     if recipe.method.random:
@@ -187,14 +201,12 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
 
     if recipe.method.coefficients is not None:
         models, base_coefficient = recipe.method.coefficients(job.params)
-        inputs = list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])
         coefficients = models + ([base_coefficient] if base is not None else [])
-        if _sum_is_precise_enough(coefficients, job.out_dtype):
-            yield from _weighted_sum(job, inputs, coefficients, working, device, cancel, findings)
+        if sum_is_precise_enough(coefficients, job.out_dtype):
+            yield from weighted_sum(job, reads, coefficients, working, device, cancel, findings, release)
             return
 
     passes = 0  # a method may read the tensor more than once (TIES: twice for top-k, then to merge)
-    buffers = BlockBuffers(job, device)
 
     def read() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """Every input's next block of rows as float32 on the device: (n, *block) models, (*block) base.
@@ -202,21 +214,15 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
         Inputs are checked for NaN/Inf on the first pass only, so each value is counted once."""
         nonlocal passes
         passes += 1
-        for piece in job.row_slices():
-            MergeCancelled.check(cancel, STOPPED)
-            first = rows[0].read(names[0], device=device, dtype=working, rows=piece,
-                                 out=buffers.take(rows[0], piece, names[0]))
-            stack = torch.empty((len(rows), *first.shape), dtype=torch.float32, device=device)  # (n, *block)
-            stack[0].copy_(first)
-            for i, (checkpoint, name) in enumerate(zip(rows[1:], names[1:]), 1):
-                stack[i].copy_(checkpoint.read(name, device=device, dtype=working, rows=piece,
-                                               out=buffers.take(checkpoint, piece, name)))
+        for stored in input_blocks(job, reads, cancel):
+            stack = torch.empty((len(rows), *stored[0].shape), dtype=torch.float32, device=device)  # (n, *block)
+            for i in range(len(rows)):
+                stack[i].copy_(prepared(stored[i], device, working))
             if passes == 1:
                 findings.check(job.name, stack, rows)
             base_block = None
             if base is not None:
-                base_block = base.read(base_name, device=device, dtype=working, rows=piece,
-                                       out=buffers.take(base, piece, base_name)).to(torch.float32, copy=True)
+                base_block = prepared(stored[-1], device, working).to(torch.float32, copy=True)
                 if passes == 1:
                     findings.check(job.name, base_block.unsqueeze(0), [base])
             yield stack, base_block
@@ -225,76 +231,7 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
         yield merged.to(job.out_dtype)
 
 
-def _sum_is_precise_enough(coefficients: list[float], out_dtype: torch.dtype) -> bool:
-    """Whether Σ c_i·x_i in float32 is as good as base + Σ w_i(x_i − base) for this output.
-
-    Why: with large coefficients of both signs (c_base = 1 − λΣw, e.g. −3) the sum cancels big
-    terms and loses digits the delta form keeps. Below float32 output the loss is far under one
-    output ulp; a float32 (or wider) output takes the weighted sum only while Σ|c_i| ≤ 2.
-    """
-    return out_dtype.itemsize < 4 or sum(abs(c) for c in coefficients) <= 2
-
-
-def _weighted_sum(job: TensorJob, inputs: list[tuple[Checkpoint, str]], coefficients: list[float], working: torch.dtype | None,
-                  device: torch.device, cancel: threading.Event | None, findings: NonFinite) -> Iterator[torch.Tensor]:
-    """Σ c_i·x_i block by block, each input (a checkpoint and the tensor read there) added in its stored dtype
-    into one float32 sum.
-
-    Why: it makes one pass per input where the general path copies every input into a
-    float32 stack first; at 3 × 1.5 GB that halves the merge's compute. NaN/Inf in any input
-    make the sum non-finite (0·NaN is NaN), so only the sum is checked, and the inputs are
-    counted when it fails. Each input comes with the tensor name read there (TensorJob.source).
-    """
-    buffers = BlockBuffers(job, device)
-    for piece in job.row_slices():
-        MergeCancelled.check(cancel, STOPPED)
-        merged = None
-        for (checkpoint, name), coefficient in zip(inputs, coefficients):
-            block = _read_summable(checkpoint, name, device, working, piece, buffers.take(checkpoint, piece, name))
-            if merged is None:
-                merged = buffers.take(None, piece, dtype=torch.float32).copy_(block)
-                if coefficient != 1:
-                    merged.mul_(coefficient)
-            else:
-                merged.add_(block, alpha=coefficient)
-        if not torch.isfinite(merged.sum()):
-            for checkpoint, name in inputs:
-                block = _read_summable(checkpoint, name, device, working, piece)
-                findings.check(job.name, block.unsqueeze(0), [checkpoint])
-        yield merged.to(job.out_dtype, copy=True)  # a copy even in float32: the sum's buffer is reused
-
-
-class BlockBuffers:
-    """One block-sized buffer per input (and one float32 sum) for a job's row blocks, reused block after block.
-
-    Why: a fresh megabyte block is a fresh anonymous mapping whose every page faults when written; at
-    3 x 7.6 GB that was 5.5 million page faults. The last, shorter block uses the first rows.
-    """
-
-    def __init__(self, job: TensorJob, device: torch.device):
-        self.job, self.device, self.held = job, device, {}
-
-    def take(self, owner: Checkpoint | None, piece: slice | None, name: str | None = None,
-             dtype: torch.dtype | None = None) -> torch.Tensor | None:
-        """The buffer for owner's block `piece` of its tensor `name` (owner None: the sum, in dtype, on the
-        device); an input gets None (a new tensor) for a whole tensor or off the CPU (it is read on the CPU).
-        `name` is what is read from owner, which is not the job's own name for a sliced layer or a tied head."""
-        if piece is None:
-            return None if owner is not None else torch.empty(self.job.shape, dtype=dtype, device=self.device)
-        if owner is not None and self.device.type != "cpu":
-            return None
-        buffer = self.held.get(id(owner))
-        if buffer is None:
-            shape = (self.job.rows_per_chunk, *self.job.shape[1:])
-            dtype, device = (dtype, self.device) if owner is None else (owner.tensors[name].dtype, "cpu")
-            buffer = self.held[id(owner)] = torch.empty(shape, dtype=dtype, device=device)
-        start, stop, _ = piece.indices(self.job.shape[0])
-        return buffer[:stop - start]
-
-
-def _read_summable(checkpoint: Checkpoint, name: str, device: torch.device, working: torch.dtype | None,
-                   piece: slice | None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """A block as stored (or in `working`), float8 widened to float32: torch cannot add float8."""
-    block = checkpoint.read(name, device=device, dtype=working, rows=piece, out=out)
-    return block.to(torch.float32) if block.dtype.itemsize == 1 else block
-
+def job_reads(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint]) -> list[tuple[Checkpoint, str]]:
+    """(checkpoint, tensor read there) for each input of `job`: the models, then the base if the recipe uses one."""
+    rows, names, base, base_name = job_inputs(recipe, job, checkpoints)
+    return list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])

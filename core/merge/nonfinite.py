@@ -39,8 +39,12 @@ class NonFinite:
     def check_output(self, name: str, block: torch.Tensor) -> None:
         """Count NaN/Inf in a merged block, already in the output dtype; raise at once when refusing.
 
-        Only where every input was finite: otherwise the input's own finding already says why."""
-        if self.counts or torch.isfinite(block.sum(dtype=torch.float32)):
+        Only where every input was finite: otherwise the input's own finding already says why. The sum that
+        looks for them adds up in float32 inside torch, and is returned as float32 only for float16, whose finite
+        blocks may well sum past 65504, and float8, which torch cannot sum (a bfloat16 result takes a fifth of the
+        time of a float32 one)."""
+        wide_sum = torch.float32 if block.dtype == torch.float16 or block.dtype.itemsize == 1 else None
+        if self.counts or torch.isfinite(block.sum(dtype=wide_sum)):
             return
         wide = block.to(torch.float32) if block.dtype.itemsize == 1 else block  # float8 has no isfinite
         count = int(block.numel() - torch.isfinite(wide).sum())
