@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "core"]
 # The last row times resolve_reference alone, after the imports (torch's, huggingface_hub's): the Hub part.
 ALONE = ("import sys, time\nfrom huggingface_hub import list_repo_files, snapshot_download\n"
-         "from core.io.checkpoint import resolve_reference\nstart = time.perf_counter()\n"
+         "from core.io.reference import resolve_reference\nstart = time.perf_counter()\n"
          "try:\n    resolve_reference('org/name')\nexcept Exception as error:\n    print(error, file=sys.stderr)\n"
          "print(time.perf_counter() - start)")
 COMMANDS = {

@@ -19,7 +19,8 @@ from core.cli.main import main
 from core.demo.build import DEMO_FOLDER, DEMO_MODELS
 from core.errors import CheckpointError
 from core.io import hub
-from core.io.checkpoint import HUB_ID, Checkpoint, resolve_reference
+from core.io.checkpoint import Checkpoint
+from core.io.reference import HUB_ID, resolve_reference
 from core.merge.recipe import load_recipe
 from ui.merge.form import example_names
 

@@ -18,7 +18,7 @@ from core.app.sessions import downloads_root, session_name, session_workspace
 from core.app.workspace import Workspace
 from core.demo.build import demo_pair
 from core.devices import list_devices
-from core.io.checkpoint import HUB_ID
+from core.io.reference import HUB_ID
 
 QUEUE = "gpu"  # concurrency_id of every heavy job (merge, comparison, sweep, weights): one at a time on the machine
 PRIVATE = {"api_visibility": "private"}

@@ -5,7 +5,7 @@
 
 What a reference is follows from what it resolves to, not how it is spelled: `base` or `app.py`
 beside the app is a path (and hosted, refused), never a pass. Hub ids they type are fetched with
-their own access (core.io.checkpoint.resolve_reference).
+their own access (core.io.reference.resolve_reference).
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from pathlib import Path
 
 from core.app.workspace import PACKAGED_REF, Workspace, packaged_minilm
 from core.errors import CheckpointError
-from core.io.checkpoint import HUB_ID, lies_within
+from core.io.checkpoint import lies_within
 from core.io.lora import split_reference
+from core.io.reference import HUB_ID
 from core.merge.recipe import MergeRecipe
 from core.merge.slice_spec import renamed_models
 from core.merge.tokenizer_spec import WORDS, renamed_spec

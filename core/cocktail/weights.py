@@ -33,8 +33,8 @@ from typing import Callable
 import torch
 
 from core.errors import MergeCancelled, RerankError
-from core.io.checkpoint import resolve_reference
 from core.io.json_input import parse_json
+from core.io.reference import resolve_reference
 from core.rerank.model import Reranker, detect_kind, load_reranker, loaded_rerankers, unload
 
 EMBEDDER_TEMPERATURE = 0.05  # LM-Cocktail's (and FlagEmbedding's training) contrastive temperature

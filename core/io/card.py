@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from core.errors import RerankError
-from core.io.checkpoint import HUB_ID, Checkpoint
+from core.io.checkpoint import Checkpoint
+from core.io.reference import HUB_ID
 from core.merge.recipe import MergeRecipe, to_yaml
 
 # mergekit 0.1.5's merge_method names: a recipe with one of these runs under mergekit-yaml unchanged

@@ -16,15 +16,15 @@ POSIX_FADV_SEQUENTIAL so the kernel reads ahead of the engine.
 `.bin` pickles are opened only with `torch.load(weights_only=True, mmap=True)`; arbitrary
 code in a pickle is refused, never executed. Every file a checkpoint's own index names must
 lie inside its folder (`own_file`): a downloaded repo whose weight_map says `../../secret`
-or `/etc/x` is refused, in every mode. Hub ids are fetched with huggingface_hub; when the
-Hub cannot be reached (core.io.hub: probed once, no retries) a cached repo still opens for this
-machine's user, and anything else fails at once with one line that says so.
+or `/etc/x` is refused, in every mode. A reference is resolved to its folder by core.io.reference
+(Hub ids fetched with huggingface_hub; when the Hub cannot be reached, core.io.hub: probed once, no
+retries, a cached repo still opens for this machine's user, and anything else fails at once with one
+line that says so).
 """
 from __future__ import annotations
 
 import mmap
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -32,9 +32,7 @@ import torch
 from core.errors import CheckpointError
 from core.io.header import TensorInfo, read_header
 from core.io.json_input import parse_json
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-SIDE_FILES = ["*.json", "*.txt", "*.model", "*.jinja", "*.py", "1_Pooling/*", "2_Normalize/*"]
+from core.io.reference import resolve_reference
 
 
 class Checkpoint:
@@ -256,73 +254,6 @@ def own_file(folder: Path, name: object, ref: str, *, named_by: str) -> Path:
 def lies_within(path: Path, folders: list[Path]) -> bool:
     """Whether path is one of folders or inside one (compare resolved paths)."""
     return any(path == folder or folder in path.parents for folder in folders)
-
-
-def resolve_reference(ref: str, *, token: str | bool | None = None) -> Path:
-    """A local folder for `ref`: the folder itself, or a Hub snapshot downloaded on demand.
-
-    token: None = whoever runs this process (huggingface_hub's HF_TOKEN or saved login, and
-    its cache when offline). A string (a visitor's token) or False (anonymous) is someone
-    else's access: it is the only token sent, and the Hub must confirm that it can read the
-    repo before any file, cached or not, is used; offline, such a request is refused.
-    """
-    path = Path(ref).expanduser()
-    if path.is_dir() and re.search(r"\.(partial|old-\d+)$", path.name):
-        raise CheckpointError(f"model {ref!r} is an unfinished or replaced merge output, not a model: "
-                              "run that merge again")
-    if path.is_dir():
-        return path.resolve()
-    if path.exists():
-        raise CheckpointError(f"model {ref!r} is a file: give the folder that holds config.json and the weights")
-    if not HUB_ID.match(ref):
-        raise CheckpointError(f"model {ref!r} not found: no such folder, and it is not a Hub id like 'org/name'")
-    return _download(ref, token)
-
-
-def _download(repo_id: str, token: str | bool | None) -> Path:
-    """Fetch the weights (safetensors preferred over .bin) and side files of a Hub model.
-
-    With a caller's own access (a token, or False for none), the Hub must confirm it first:
-    snapshot_download alone falls back to the local cache when the Hub refuses a token, and so
-    would serve a private repo that the server's own token once fetched. A gated repo lists its
-    files to anyone, so the check is auth_check, which refuses a visitor who has not accepted
-    the repo's terms (GatedRepoError). A visitor's download is also bounded in size before it
-    starts (core.io.download_size).
-    """
-    from huggingface_hub import auth_check, list_repo_files, snapshot_download
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
-    from core.io.download_size import check_download_size
-    from core.io.hub import HubUnreachable, guard_hub_requests
-
-    guard_hub_requests()
-    cut_off = None  # the HubUnreachable that sent us to the cache, if any
-    try:
-        try:
-            if token is not None:
-                auth_check(repo_id, token=token)
-            names = list_repo_files(repo_id, token=token)
-            weights = ["*.safetensors"] if any(n.endswith(".safetensors") for n in names) else ["*.bin"]
-            if token is not None:  # a visitor's download: bounded before it starts (core.io.download_size)
-                check_download_size(repo_id, weights + SIDE_FILES, token=token)
-        except OfflineModeIsEnabled as offline:  # HF_HUB_OFFLINE=1 or no answer: use what the local cache holds
-            cut_off = offline if isinstance(offline, HubUnreachable) else None
-            if token is not None:
-                raise CheckpointError(f"cannot get {repo_id!r}: {cut_off or 'this app is offline'}, so it cannot "
-                                      "check that you may read it; use a model under models/ or one of your merges"
-                                      ) from None
-            weights = ["*.safetensors", "*.bin"]
-        return Path(snapshot_download(repo_id, allow_patterns=weights + SIDE_FILES, token=token))
-    except CheckpointError:
-        raise
-    except Exception as error:  # noqa: BLE001 - network, auth, missing repo: all end the same way
-        if cut_off is not None:
-            raise CheckpointError(f"cannot get {repo_id!r}: {cut_off} and it is not in the local cache; give a "
-                                  "local folder (python -m core demo builds some under models/demo/) or go online; "
-                                  "HF_HUB_OFFLINE=1 uses the cache only, without trying the Hub") from None
-        reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
-        raise CheckpointError(f"cannot get {repo_id!r} from the Hugging Face Hub ({reason}); check the id "
-                              "and your network, or give a local folder") from None
 
 
 def _load_pickle(file: Path) -> dict[str, torch.Tensor]:

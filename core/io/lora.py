@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from core.errors import CheckpointError
-from core.io.checkpoint import Checkpoint, read_json_object, resolve_reference
+from core.io.checkpoint import Checkpoint, read_json_object
+from core.io.reference import resolve_reference
 
 WEIGHTS = "adapter_model.safetensors"
 PREFIX = "base_model.model."

@@ -27,7 +27,8 @@ from core.app.models import ModelChoice, find_models
 from core.app.workspace import Workspace
 from core.devices import parse_device
 from core.errors import GenerationError
-from core.io.checkpoint import check_own_files, resolve_reference
+from core.io.checkpoint import check_own_files
+from core.io.reference import resolve_reference
 from core.model_cache import MODELS
 from core.rerank.model import pick_dtype
 from core.units import human

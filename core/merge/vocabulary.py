@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from core.errors import CheckpointError, RecipeError
-from core.io.checkpoint import Checkpoint, resolve_reference
+from core.io.checkpoint import Checkpoint
 from core.io.lora import split_reference
+from core.io.reference import resolve_reference
 from core.merge.plan import TOKEN_INDEXED
 from core.merge.recipe import MergeRecipe
 from core.merge.tokenizer_spec import TokenChoice

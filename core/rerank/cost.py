@@ -21,7 +21,7 @@ import torch
 
 from core.devices import parse_device
 from core.errors import MergeDeskError
-from core.io.checkpoint import resolve_reference
+from core.io.reference import resolve_reference
 from core.monitor import MemoryMonitor
 
 TIMED_PAIRS = 100

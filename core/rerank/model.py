@@ -30,7 +30,8 @@ import torch
 
 from core.devices import parse_device
 from core.errors import RerankError
-from core.io.checkpoint import check_own_files, resolve_reference
+from core.io.checkpoint import check_own_files
+from core.io.reference import resolve_reference
 from core.model_cache import MODELS
 from core.rerank.encode import encode_cross_pairs, encode_llm_pairs, encode_texts, run_batches
 from core.rerank.pooling import SentenceEncoder, read_pooling

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from core.errors import CheckpointError
-from core.io.checkpoint import resolve_reference
 from core.io.download_size import VISITOR_DOWNLOAD_BYTES, download_bytes
+from core.io.reference import resolve_reference
 
 GB = 1000**3
 

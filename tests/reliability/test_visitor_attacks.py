@@ -69,7 +69,7 @@ def gated(monkeypatch):
 # F1: /plan is outside the per-visitor cap, and one visitor's plans fill the whole queue.
 # ---------------------------------------------------------------------------------------------
 def test_one_visitors_plans_lock_everyone_out_of_the_queue(tmp_path, gated, monkeypatch):
-    """A plan of Hub ids downloads both repos (checkpoint._download) before it answers: minutes for a big
+    """A plan of Hub ids downloads both repos (core.io.reference._download) before it answers: minutes for a big
     repo. /plan is public, runs 4 at once and is not in the "gpu" lane, so limit_visitor_jobs never counts it;
     4 running + 8 waiting fill max_size=8 and every other visitor's join (page-load events included) is
     refused with 'Queue is full'."""
@@ -238,7 +238,7 @@ def test_the_gauge_does_not_show_another_visitors_job(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 def test_an_anonymous_visitor_is_not_served_a_gated_repo_from_the_servers_cache(tmp_path, monkeypatch,
                                                                               bert_cls_family):
-    """_download (core/io/checkpoint.py) takes list_repo_files as the access check, but the Hub lists a gated
+    """_download (core/io/reference.py) takes list_repo_files as the access check, but the Hub lists a gated
     repo's files (and answers repo_info / the tree) to anyone: only the file downloads are gated. The real
     snapshot_download then asks hf_hub_download for each file at the resolved commit hash, which returns the
     cached pointer without any request when the file is in the cache, so the weights the operator's HF_TOKEN
@@ -250,7 +250,7 @@ def test_an_anonymous_visitor_is_not_served_a_gated_repo_from_the_servers_cache(
     from huggingface_hub.errors import GatedRepoError
     from huggingface_hub.hf_api import HfApi, RepoFile
 
-    from core.io.checkpoint import resolve_reference
+    from core.io.reference import resolve_reference
 
     repo, sha = "operator/gated-llama", "a" * 40
     cache = tmp_path / "hf-cache"
