@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,6 +96,14 @@ def _mps_available() -> bool:
     return bool(backend and backend.is_available())
 
 
+class _BlockThreads:
+    """torch's thread count to restore, and how many block merges are running (the app may run two at once)."""
+
+    lock = threading.Lock()
+    running = 0
+    saved = 0
+
+
 @contextmanager
 def block_threads(device: torch.device, in_blocks: bool) -> Iterator[None]:
     """While one tensor is merged in blocks of rows on the CPU: torch computes on one core fewer than the machine has.
@@ -106,12 +115,21 @@ def block_threads(device: torch.device, in_blocks: bool) -> Iterator[None]:
     running, TIES 56 s instead of 22 (bench/README.md). Only block merges: their math is elementwise
     or exact counts, so the bytes do not depend on the thread count, while a whole-tensor reduction
     (DARE's rescale) adds up in a different order with fewer threads. The setting is torch's, for the
-    whole process, and comes back when the block ends.
+    whole process, and comes back when the last block merge running ends.
     """
-    before = torch.get_num_threads()
-    if in_blocks and device.type == "cpu":
-        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
+    if not (in_blocks and device.type == "cpu"):
+        yield
+        return
+    state = _BlockThreads
+    with state.lock:  # the first block merge in sets the count, the last one out restores it
+        if state.running == 0:
+            state.saved = torch.get_num_threads()
+            torch.set_num_threads(max(1, min(state.saved, (os.cpu_count() or 1) - 1)))
+        state.running += 1
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with state.lock:
+            state.running -= 1
+            if state.running == 0:
+                torch.set_num_threads(state.saved)

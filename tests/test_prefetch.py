@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from core.devices import block_threads
 from core.errors import CheckpointError, MergeCancelled
 from core.io.checkpoint import Checkpoint
 from core.io.prefetch import RowBlocks
@@ -159,3 +160,20 @@ def test_block_merges_restore_torchs_thread_count(models, tmp_path):
     before = torch.get_num_threads()
     merge(recipe_from_dict(recipe(models)), tmp_path / "merged")
     assert torch.get_num_threads() == before
+
+
+def test_two_block_merges_that_overlap_restore_the_count_when_the_last_ends():
+    """The app can run a merge and a sweep's merge at once: the first one in must not 'restore' the count the
+    second set, nor the second the first's (before, the one that ended last left torch on one thread fewer)."""
+    before, cpu = torch.get_num_threads(), torch.device("cpu")
+    torch.set_num_threads(2)
+    try:
+        first, second = block_threads(cpu, True), block_threads(cpu, True)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert torch.get_num_threads() == max(1, min(2, (os.cpu_count() or 1) - 1))  # second still merging
+        second.__exit__(None, None, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
