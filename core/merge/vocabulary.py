@@ -82,6 +82,12 @@ def build_vocabulary(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
         return None
     refs = recipe.inputs()
     base = recipe.base_model or refs[0]
+    if not (recipe.tokenizer or recipe.chat_template) and source != "union" and \
+            not any(is_token_indexed(name) for ref in refs for name in checkpoints[ref].tensors):
+        # no row is indexed by token (a bare stack of layers): nothing to realign, a source's files are copied
+        folder = None if source == "base" else checkpoints[source].folder if source in checkpoints else \
+            resolve_reference(split_reference(source)[0], token=token)
+        return Vocabulary({}, 0, {}, {}, {}, None, folder, source)
     loaded = {ref: load_tokenizer(checkpoints[ref].folder, ref, must=ref == base) for ref in refs}
     loaded = {ref: tok if tok is not None else loaded[base] for ref, tok in loaded.items()}  # mergekit: "same as base"
     limits = {ref: _vocab_limit(checkpoints[ref]) for ref in refs}
