@@ -21,6 +21,7 @@ from core.io.checkpoint import Checkpoint
 from core.io.header import TensorInfo
 from core.merge.plan import CHUNK_ELEMENTS, MergePlan, TensorJob, plan_shards, rows_per_chunk, working_bytes
 from core.merge.recipe import MergeRecipe
+from core.merge.slices import paired
 from core.merge.vocabulary import Rule, Vocabulary, is_token_indexed
 
 
@@ -113,7 +114,7 @@ def align_inputs(vocabulary: Vocabulary | None, recipe: MergeRecipe, job: Tensor
     """A merged token-indexed job's inputs as AlignedInputs (the job's names read there), else as they are."""
     if vocabulary is None or not job.merged or not is_token_indexed(job.name):
         return rows, base
-    sources = list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])
+    sources = paired(rows, names, base, base_name)
     refs = tuple(checkpoint.ref for checkpoint, _ in sources)
     rules = vocabulary.rules(refs, recipe.base_model)
     aligned = [AlignedInput(name, rules[i], sources, i, job.shape[0], len(vocabulary.tokens))

@@ -45,7 +45,7 @@ from core.merge.plan import DEFAULT_SHARD_BYTES, MergePlan, TensorJob
 from core.merge.preview import Preview, open_inputs, plan_for, preview_inputs
 from core.merge.recipe import DTYPES, MergeRecipe
 from core.merge.sinks import ShardSink, WeightsSink
-from core.merge.slices import job_inputs
+from core.merge.slices import job_inputs, paired
 from core.merge.vocabulary import Vocabulary
 from core.merge.warnings import copy_differs
 from core.progress import eta
@@ -192,7 +192,7 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
     if not job.merged:
         yield rows[0].read(names[0])
         return
-    reads = list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])  # models, then the base
+    reads = paired(rows, names, base, base_name)
     working = DTYPES.get(recipe.dtype or "")
     generator = None
     if recipe.method.random:
@@ -233,5 +233,5 @@ def tensor_chunks(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Ch
 
 def job_reads(recipe: MergeRecipe, job: TensorJob, checkpoints: dict[str, Checkpoint]) -> list[tuple[Checkpoint, str]]:
     """(checkpoint, tensor read there) for each input of `job`: the models, then the base if the recipe uses one."""
-    rows, names, base, base_name = job_inputs(recipe, job, checkpoints)
-    return list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])
+    return paired(*job_inputs(recipe, job, checkpoints))
+

@@ -80,6 +80,11 @@ def write_layer_count(config_path: Path, recipe: MergeRecipe, inputs: dict[str, 
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def paired(rows: list, names: list[str], base: Checkpoint | None, base_name: str) -> list[tuple[Checkpoint, str]]:
+    """job_inputs' reads as (checkpoint, tensor name) pairs: the models', then the base's when there is one."""
+    return list(zip(rows, names)) + ([(base, base_name)] if base is not None else [])
+
+
 def job_inputs(recipe: MergeRecipe, job: TensorJob,
                checkpoints: dict[str, Checkpoint]) -> tuple[list[Checkpoint], list[str], Checkpoint | None, str]:
     """What the engine reads for one job: (model rows, the tensor read from each, base or None, the base's tensor).

@@ -85,8 +85,7 @@ def build_vocabulary(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
     if not (recipe.tokenizer or recipe.chat_template) and source != "union" and \
             not any(is_token_indexed(name) for ref in refs for name in checkpoints[ref].tensors):
         # no row is indexed by token (a bare stack of layers): nothing to realign, a source's files are copied
-        folder = None if source == "base" else checkpoints[source].folder if source in checkpoints else \
-            resolve_reference(split_reference(source)[0], token=token)
+        folder = None if source == "base" else _source_folder(source, checkpoints, token)
         return Vocabulary({}, 0, {}, {}, {}, None, folder, source)
     loaded = {ref: load_tokenizer(checkpoints[ref].folder, ref, must=ref == base) for ref in refs}
     loaded = {ref: tok if tok is not None else loaded[base] for ref, tok in loaded.items()}  # mergekit: "same as base"
@@ -102,8 +101,7 @@ def build_vocabulary(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
     elif source == "union":
         out, changed = _union(checkpoints[base].folder, base, loaded, limits), True
     else:
-        folder = checkpoints[source].folder if source in checkpoints else \
-            resolve_reference(split_reference(source)[0], token=token)
+        folder = _source_folder(source, checkpoints, token)
         out, copy_from = load_tokenizer(folder, source, must=True), folder
     choices = dict(recipe.tokenizer.tokens) if recipe.tokenizer else {}
     missing = [tok for tok in choices if tok not in out.get_vocab()]
@@ -125,6 +123,13 @@ def build_vocabulary(recipe: MergeRecipe, checkpoints: dict[str, Checkpoint], *,
         positions[ref] = torch.tensor([i if i < limits[ref] else -1 for i in found], dtype=torch.long)
     return Vocabulary(tokens, rows, positions, {ref: tok.get_vocab() for ref, tok in loaded.items()}, choices,
                       out if changed or recipe.chat_template else None, copy_from, source)
+
+
+def _source_folder(source: str, checkpoints: dict[str, Checkpoint], token: str | bool | None) -> Path:
+    """The folder of a model named as the tokenizer source: an input's, else resolved (it need not be an input)."""
+    if source in checkpoints:
+        return checkpoints[source].folder
+    return resolve_reference(split_reference(source)[0], token=token)
 
 
 def load_tokenizer(folder: Path, ref: str, *, must: bool):
